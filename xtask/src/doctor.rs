@@ -1,0 +1,91 @@
+//! `cargo xtask doctor`: what this machine has for each task.
+
+use std::process::ExitCode;
+
+use anyhow::Result;
+use clap::Args;
+use xshell::cmd;
+
+use crate::context::Context;
+use crate::tools::{self, Tool};
+
+/// Show which tools are found, their versions, and how to install what is missing
+#[derive(Args, Debug)]
+#[command(
+    long_about = "Show which tools are found, their paths and versions, which tasks need them, \
+and how to install what is missing. Changes nothing.
+
+Exits 0 when what `build` and `test` need (cargo, git) is present.
+
+Runs (read-only):
+  TOOL --version              for each tool
+  docker version --format {{.Server.Version}}   (does the engine answer?)",
+    after_long_help = "Examples:
+  cargo xtask doctor"
+)]
+pub struct Doctor {}
+
+impl Doctor {
+    pub fn run(self, cx: &Context) -> Result<ExitCode> {
+        let mut essentials_present = true;
+        for tool in tools::ALL {
+            let line = match tools::locate(tool.name) {
+                Some(path) => {
+                    let version = probe_version(cx, tool, path.as_str());
+                    format!("ok       {:<24} {version}  ({path})", tool.name)
+                }
+                None => {
+                    essentials_present &= !tools::ESSENTIAL.iter().any(|e| e.name == tool.name);
+                    format!("missing  {:<24} {}", tool.name, tool.install)
+                }
+            };
+            cx.result(format_args!(
+                "{line}\n         {:<24} needed by: {}",
+                "", tool.used_by
+            ));
+        }
+        if tools::locate(tools::DOCKER.name).is_some() {
+            let sh = &cx.sh;
+            let format = "{{.Server.Version}}";
+            let engine = match cx.read(cmd!(sh, "docker version --format {format}").ignore_stderr())
+            {
+                Ok(version) => format!("ok       {:<24} {version}", "docker engine"),
+                Err(_) => format!(
+                    "missing  {:<24} the docker CLI is here but no engine answers (is dockerd running? is DOCKER_HOST right?)",
+                    "docker engine"
+                ),
+            };
+            cx.result(engine);
+        }
+        Ok(if essentials_present {
+            ExitCode::SUCCESS
+        } else {
+            ExitCode::FAILURE
+        })
+    }
+}
+
+/// The first line a tool prints for `--version`, or why there is none.
+fn probe_version(cx: &Context, tool: &Tool, path: &str) -> String {
+    let sh = &cx.sh;
+    let args: &[&str] = match tool.name {
+        "wrk" => &["--version"],
+        "kubectl" => &["version", "--client"],
+        "kubectl-argo-rollouts" => &["version", "--short"],
+        _ => &["--version"],
+    };
+    // wrk prints its version with a usage text and exits 1: take the first line either way.
+    match cmd!(sh, "{path} {args...}")
+        .quiet()
+        .ignore_status()
+        .ignore_stderr()
+        .read()
+    {
+        Ok(out) => out
+            .lines()
+            .next()
+            .unwrap_or("(no version printed)")
+            .to_owned(),
+        Err(err) => format!("(version unknown: {err})"),
+    }
+}

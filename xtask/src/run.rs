@@ -1,0 +1,72 @@
+//! `cargo xtask run`: build, then become the service.
+
+use std::process::ExitCode;
+
+use anyhow::Result;
+use clap::Args;
+
+use crate::build::Build;
+use crate::context::{Context, shell_quote};
+
+/// Build, then start bin/api in the foreground
+#[derive(Args, Debug)]
+#[command(
+    long_about = "Build (as `cargo xtask build`), then start bin/api in the foreground.
+
+The service replaces this process (exec), so Ctrl-C and SIGTERM reach it directly \
+and it drains in-flight requests before it exits; its exit status is the task's. \
+The environment passes through unchanged.
+
+Runs:
+  API_VERSION=<version> cargo build --release --package api
+  bin/api [ARGS...]",
+    after_long_help = "Environment (read by the service):
+  PORT          port to listen on (default 8080)
+  API_VERSION   the version to compile in, instead of git describe's
+
+Examples:
+  cargo xtask run
+  PORT=3000 cargo xtask run
+  cargo xtask run -- --version"
+)]
+pub struct Run {
+    /// Arguments for bin/api
+    #[arg(last = true)]
+    pub args: Vec<String>,
+}
+
+impl Run {
+    pub fn run(self, cx: &Context) -> Result<ExitCode> {
+        let built = Build::default().run(cx)?;
+        let mut line = built.binary.to_string();
+        for arg in &self.args {
+            line.push(' ');
+            line.push_str(&shell_quote(arg));
+        }
+        if cx.dry_run {
+            println!("{line}");
+            return Ok(ExitCode::SUCCESS);
+        }
+        eprintln!("$ {line}");
+        let mut service = std::process::Command::new(&built.binary);
+        service.args(&self.args);
+        exec(service, &built.binary)
+    }
+}
+
+#[cfg(unix)]
+fn exec(mut service: std::process::Command, binary: &camino::Utf8Path) -> Result<ExitCode> {
+    use std::os::unix::process::CommandExt;
+    // Only returns on failure.
+    let err = service.exec();
+    Err(anyhow::Error::new(err).context(format!("start {binary}")))
+}
+
+#[cfg(not(unix))]
+fn exec(mut service: std::process::Command, binary: &camino::Utf8Path) -> Result<ExitCode> {
+    use anyhow::Context as _;
+    let status = service
+        .status()
+        .with_context(|| format!("start {binary}"))?;
+    Ok(ExitCode::from(status.code().unwrap_or(1) as u8))
+}

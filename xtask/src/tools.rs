@@ -1,0 +1,99 @@
+//! The external tools tasks call, found on `PATH` before any work starts.
+
+use anyhow::{Result, bail};
+use camino::Utf8PathBuf;
+
+/// A program a task runs, and how to get it when it is missing.
+pub struct Tool {
+    pub name: &'static str,
+    pub install: &'static str,
+    /// Which tasks need it (for `doctor`).
+    pub used_by: &'static str,
+}
+
+pub const CARGO: Tool = Tool {
+    name: "cargo",
+    install: "install Rust with rustup: https://rustup.rs",
+    used_by: "build, run, test, bench",
+};
+pub const GIT: Tool = Tool {
+    name: "git",
+    install: "apt-get install git",
+    used_by: "build, run, package, deploy, release",
+};
+pub const DOCKER: Tool = Tool {
+    name: "docker",
+    install: "install Docker Engine: apt-get install docker.io (or docker-ce)",
+    used_by: "package",
+};
+pub const KUBECTL: Tool = Tool {
+    name: "kubectl",
+    install: "apt-get install kubectl, or see https://kubernetes.io/docs/tasks/tools/",
+    used_by: "sanity, release (port-forward)",
+};
+pub const ARGO_ROLLOUTS: Tool = Tool {
+    name: "kubectl-argo-rollouts",
+    install: "download the kubectl-argo-rollouts binary from https://github.com/argoproj/argo-rollouts/releases onto PATH",
+    used_by: "deploy, status, promote, abort, release",
+};
+pub const WRK: Tool = Tool {
+    name: "wrk",
+    install: "apt-get install wrk",
+    used_by: "bench",
+};
+pub const NEXTEST: Tool = Tool {
+    name: "cargo-nextest",
+    install: "cargo install cargo-nextest --locked (optional: test falls back to cargo test)",
+    used_by: "test (optional)",
+};
+
+/// Finds every tool, or fails naming all that are missing and how to install each.
+pub fn require(tools: &[&Tool]) -> Result<Vec<Utf8PathBuf>> {
+    let mut found = Vec::new();
+    let mut missing = Vec::new();
+    for tool in tools {
+        match locate(tool.name) {
+            Some(path) => found.push(path),
+            None => missing.push(format!("  {}: {}", tool.name, tool.install)),
+        }
+    }
+    if !missing.is_empty() {
+        bail!(
+            "missing tool{} on PATH:\n{}",
+            if missing.len() == 1 { "" } else { "s" },
+            missing.join("\n")
+        );
+    }
+    Ok(found)
+}
+
+/// Where a program is: `which` on `PATH`, and for cargo the `CARGO` that runs us.
+pub fn locate(name: &str) -> Option<Utf8PathBuf> {
+    if name == "cargo"
+        && let Some(cargo) = std::env::var_os("CARGO")
+    {
+        return Utf8PathBuf::from_path_buf(cargo.into()).ok();
+    }
+    let path = which::which(name).ok()?;
+    Utf8PathBuf::from_path_buf(path).ok()
+}
+
+/// The cargo to call for nested builds: the one running us, so a
+/// `cargo +nightly xtask` stays on nightly.
+pub fn cargo() -> Utf8PathBuf {
+    locate("cargo").unwrap_or_else(|| "cargo".into())
+}
+
+/// What `build` and `test` cannot do without: `doctor` fails without these.
+pub const ESSENTIAL: &[&Tool] = &[&CARGO, &GIT];
+
+/// Every tool a task calls, for `doctor`.
+pub const ALL: &[&Tool] = &[
+    &CARGO,
+    &GIT,
+    &NEXTEST,
+    &WRK,
+    &DOCKER,
+    &KUBECTL,
+    &ARGO_ROLLOUTS,
+];

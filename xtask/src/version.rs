@@ -1,0 +1,195 @@
+//! Which version a build says it is, and which commit it comes from.
+
+use anyhow::{Context as _, Result, bail};
+use camino::Utf8Path;
+use xshell::{Shell, cmd};
+
+/// Environment variable that overrides the version `git describe` gives.
+pub const API_VERSION: &str = "API_VERSION";
+
+/// `API_VERSION` if set and not empty, else `git describe --tags --always --dirty`.
+pub fn resolve(sh: &Shell, dir: &Utf8Path) -> Result<String> {
+    resolve_with(sh, dir, std::env::var(API_VERSION).ok())
+}
+
+fn resolve_with(sh: &Shell, dir: &Utf8Path, from_env: Option<String>) -> Result<String> {
+    if let Some(version) = from_env
+        && !version.is_empty()
+    {
+        check(&version).with_context(|| format!("{API_VERSION}={version:?}"))?;
+        return Ok(version);
+    }
+    describe(sh, dir)
+}
+
+/// `git describe --tags --always --dirty` of the checkout at `dir`.
+pub fn describe(sh: &Shell, dir: &Utf8Path) -> Result<String> {
+    let _cd = sh.push_dir(dir);
+    cmd!(sh, "git describe --tags --always --dirty")
+        .quiet()
+        .ignore_stderr()
+        .read()
+        .with_context(|| {
+            format!(
+                "cannot tell the version: {dir} is not a git checkout with a commit; \
+                 run from a clone, or set {API_VERSION}"
+            )
+        })
+}
+
+/// The full SHA of `HEAD`.
+pub fn head_sha(sh: &Shell, dir: &Utf8Path) -> Result<String> {
+    let _cd = sh.push_dir(dir);
+    cmd!(sh, "git rev-parse --verify HEAD")
+        .quiet()
+        .ignore_stderr()
+        .read()
+        .with_context(|| {
+            format!("cannot read the commit of {dir}: not a git checkout with a commit")
+        })
+}
+
+/// Whether tracked files differ from `HEAD` (what `--dirty` means to `git describe`).
+pub fn is_dirty(sh: &Shell, dir: &Utf8Path) -> Result<bool> {
+    let _cd = sh.push_dir(dir);
+    let status = cmd!(sh, "git status --porcelain --untracked-files=no")
+        .quiet()
+        .read()
+        .with_context(|| format!("git status in {dir}"))?;
+    Ok(!status.is_empty())
+}
+
+/// A version goes into JSON, logs and labels: keep it to what a tag may hold.
+pub fn check(version: &str) -> Result<()> {
+    let ok = !version.is_empty()
+        && version.len() <= 128
+        && version
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "._-+".contains(c));
+    if !ok {
+        bail!(
+            "invalid version {version:?}: use 1 to 128 characters of letters, digits, '.', '_', '-' and '+'"
+        );
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use camino::Utf8PathBuf;
+
+    /// A real git repository in a temporary folder, removed on drop.
+    struct Repo {
+        sh: Shell,
+        dir: Utf8PathBuf,
+        _tmp: xshell::TempDir,
+    }
+
+    impl Repo {
+        fn new() -> Repo {
+            let sh = Shell::new().unwrap();
+            let tmp = sh.create_temp_dir().unwrap();
+            let dir = Utf8PathBuf::from_path_buf(tmp.path().to_owned()).unwrap();
+            sh.change_dir(&dir);
+            cmd!(sh, "git init -q -b main").run().unwrap();
+            cmd!(sh, "git config user.email test@example.com")
+                .run()
+                .unwrap();
+            cmd!(sh, "git config user.name test").run().unwrap();
+            cmd!(sh, "git config commit.gpgsign false").run().unwrap();
+            Repo { sh, dir, _tmp: tmp }
+        }
+
+        fn commit(&self, file: &str, text: &str) {
+            let sh = &self.sh;
+            sh.write_file(self.dir.join(file), text).unwrap();
+            cmd!(sh, "git add {file}").run().unwrap();
+            cmd!(sh, "git commit -q -m {file}").run().unwrap();
+        }
+
+        fn tag(&self, name: &str) {
+            let sh = &self.sh;
+            cmd!(sh, "git tag -a {name} -m {name}").run().unwrap();
+        }
+
+        fn describe(&self) -> String {
+            describe(&self.sh, &self.dir).unwrap()
+        }
+
+        fn head(&self) -> String {
+            head_sha(&self.sh, &self.dir).unwrap()
+        }
+    }
+
+    #[test]
+    fn no_tags_gives_the_short_sha() {
+        let repo = Repo::new();
+        repo.commit("a", "1");
+        let version = repo.describe();
+        assert!(version.len() >= 7, "{version}");
+        assert!(
+            repo.head().starts_with(&version),
+            "{version} vs {}",
+            repo.head()
+        );
+    }
+
+    #[test]
+    fn a_tagged_commit_gives_the_tag() {
+        let repo = Repo::new();
+        repo.commit("a", "1");
+        repo.tag("v1.2.3");
+        assert_eq!(repo.describe(), "v1.2.3");
+    }
+
+    #[test]
+    fn commits_after_a_tag_count_and_name_the_commit() {
+        let repo = Repo::new();
+        repo.commit("a", "1");
+        repo.tag("v1.2.3");
+        repo.commit("b", "2");
+        repo.commit("c", "3");
+        let short = &repo.head()[..7];
+        let version = repo.describe();
+        assert!(version.starts_with("v1.2.3-2-g"), "{version}");
+        assert!(version.contains(short), "{version} lacks {short}");
+    }
+
+    #[test]
+    fn a_dirty_tree_says_dirty() {
+        let repo = Repo::new();
+        repo.commit("a", "1");
+        repo.tag("v1.0.0");
+        assert!(!is_dirty(&repo.sh, &repo.dir).unwrap());
+        repo.sh.write_file(repo.dir.join("a"), "changed").unwrap();
+        assert_eq!(repo.describe(), "v1.0.0-dirty");
+        assert!(is_dirty(&repo.sh, &repo.dir).unwrap());
+    }
+
+    #[test]
+    fn no_repository_is_a_clear_error() {
+        let sh = Shell::new().unwrap();
+        let tmp = sh.create_temp_dir().unwrap();
+        let dir = Utf8PathBuf::from_path_buf(tmp.path().to_owned()).unwrap();
+        // GIT_CEILING_DIRECTORIES keeps git from finding a repository above the temp folder.
+        let _ceiling = sh.push_env("GIT_CEILING_DIRECTORIES", tmp.path().parent().unwrap());
+        let err = format!("{:#}", describe(&sh, &dir).unwrap_err());
+        assert!(err.contains("not a git checkout"), "{err}");
+        assert!(err.contains(API_VERSION), "{err}");
+    }
+
+    #[test]
+    fn api_version_overrides_git() {
+        let repo = Repo::new();
+        repo.commit("a", "1");
+        let set = |v: &str| resolve_with(&repo.sh, &repo.dir, Some(v.to_owned()));
+        assert_eq!(set("v9.9.9").unwrap(), "v9.9.9");
+        assert!(set("bad version").is_err());
+        assert_eq!(set("").unwrap(), repo.describe());
+        assert_eq!(
+            resolve_with(&repo.sh, &repo.dir, None).unwrap(),
+            repo.describe()
+        );
+    }
+}
