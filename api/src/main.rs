@@ -249,11 +249,13 @@ fn check(addr: SocketAddr, timeout: Duration) -> Result<(), String> {
         TcpStream::connect_timeout(&addr, timeout).map_err(|e| format!("connect: {e}"))?;
     let _ = stream.set_read_timeout(Some(timeout));
     let _ = stream.set_write_timeout(Some(timeout));
-    write!(
-        stream,
+    // One write: a server that answers early must not find half a request.
+    let request = format!(
         "GET /health HTTP/1.1\r\nHost: {addr}\r\nUser-Agent: api-healthcheck\r\nConnection: close\r\n\r\n"
-    )
-    .map_err(|e| format!("send: {e}"))?;
+    );
+    stream
+        .write_all(request.as_bytes())
+        .map_err(|e| format!("send: {e}"))?;
     // The status line is all we need; it is the first line of the answer.
     let mut head = Vec::with_capacity(256);
     let mut buf = [0u8; 256];
