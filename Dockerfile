@@ -4,12 +4,11 @@
 # Builds with BuildKit and with the classic builder alike: no `RUN --mount`, no
 # `# syntax=` line (that would pull a frontend image).
 
-# The base images, pinned; a private mirror is named with --build-arg, e.g.
+# The base image, pinned; a private mirror is named with --build-arg, e.g.
 #   --build-arg RUST_IMAGE=registry.example.com/mirror/rust:1.95.0-slim-bookworm
 # .ci/builder-image makes this exact tag locally on a machine that cannot pull.
+# The final stage is `scratch`, which is no image to pull from anywhere.
 ARG RUST_IMAGE=rust:1.95.0-slim-bookworm
-# `scratch` holds nothing but the binary; a distroless static base also fits.
-ARG RUNTIME_IMAGE=scratch
 
 FROM ${RUST_IMAGE} AS builder
 WORKDIR /build
@@ -42,7 +41,8 @@ RUN find api/src -name '*.rs' -exec touch {} + \
     && cp target/x86_64-unknown-linux-gnu/release/api /api \
     && /api --version
 
-FROM ${RUNTIME_IMAGE}
+# Nothing but the binary: no shell, no libc, no package to patch.
+FROM scratch
 COPY --from=builder /api /api
 # nobody:nogroup, by number: the image has no /etc/passwd to look a name up in.
 USER 65534:65534

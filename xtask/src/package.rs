@@ -39,12 +39,12 @@ $CI_REGISTRY_USER and $CI_REGISTRY_PASSWORD are all set, it first logs in, givin
 password to docker on stdin: it never appears in an argument or in any output.
 
 Runs:
-  git rev-parse --verify HEAD; git status --porcelain; git describe --tags --always --dirty
-  docker version --format {{.Server.Version}}                 (does the engine answer?)
-  docker login --username $CI_REGISTRY_USER --password-stdin $CI_REGISTRY   (--push, credentials set)
+  git rev-parse --verify HEAD, git status --porcelain, git describe --tags --always --dirty
+  docker version --format {{.Server.Version}}                (does the engine answer?)
+  docker login --username <user> --password-stdin <registry>  (--push, credentials set)
   docker build --file Dockerfile --tag IMAGE:TAG --build-arg API_VERSION=<version> \\
       --build-arg REVISION=<sha> --build-arg CREATED=<time> [--build-arg SOURCE=<url>] [ARGS...] .
-  docker push IMAGE:TAG                                         (--push)",
+  docker push IMAGE:TAG                                       (--push)",
     after_long_help = "Environment:
   API_IMAGE             image repository, instead of $CI_REGISTRY_IMAGE or `api`
   API_IMAGE_TAG         image tag, instead of $CI_COMMIT_SHA or the SHA of HEAD
