@@ -187,6 +187,49 @@ fn sigterm_stops_the_container_with_exit_0_within_the_drain_timeout() {
     );
 }
 
+#[test]
+fn the_build_context_holds_only_what_the_build_needs() {
+    if !needs_engine() {
+        return;
+    }
+    // The real .dockerignore at work: a throwaway Dockerfile lists what reached the engine.
+    let mut list = docker(&["build", "--no-cache", "--file", "-", "."]);
+    list.current_dir(root()).stdin(std::process::Stdio::piped());
+    list.stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped());
+    let mut child = list.spawn().unwrap();
+    let base = read(
+        std::process::Command::new("sed")
+            .args(["-n", "s/^ARG RUST_IMAGE=//p", "Dockerfile"])
+            .current_dir(root()),
+    );
+    std::io::Write::write_all(
+        child.stdin.as_mut().unwrap(),
+        format!("FROM {base}\nCOPY . /context\nRUN cd /context && find . -type f | sort\n")
+            .as_bytes(),
+    )
+    .unwrap();
+    drop(child.stdin.take());
+    let output = child.wait_with_output().unwrap();
+    let text = without_colours(&String::from_utf8_lossy(&output.stdout));
+    assert!(output.status.success(), "{text}");
+    let files: Vec<&str> = text.lines().filter(|l| l.starts_with("./")).collect();
+    assert!(files.contains(&"./Cargo.lock"), "{files:?}");
+    assert!(files.contains(&"./api/src/main.rs"), "{files:?}");
+    assert!(files.contains(&"./xtask/Cargo.toml"), "{files:?}");
+    for file in &files {
+        let needed = [
+            "./Cargo.toml",
+            "./Cargo.lock",
+            "./api/Cargo.toml",
+            "./xtask/Cargo.toml",
+        ]
+        .contains(file)
+            || file.starts_with("./api/src/");
+        assert!(needed, "{file} is in the build context: {files:?}");
+    }
+}
+
 // --- The dependency layer ---------------------------------------------------
 
 #[test]
