@@ -30,12 +30,14 @@ RUN mkdir -p api/src xtask/src \
     && echo 'fn main() {}' > xtask/src/main.rs \
     && cargo build --release --locked --package api --target x86_64-unknown-linux-gnu
 
-# 2. The service. The version is declared only here, so a new version does not
-#    rebuild the dependencies; the crate reads API_VERSION with option_env!.
+# 2. The service. The version is declared only here, after the dependencies,
+#    so a new version does not rebuild them; the crate reads API_VERSION with
+#    option_env!. (Declared before the COPY: the classic builder runs each ARG
+#    as a step of its own, and a cached one costs nothing on a source change.)
 #    COPY keeps the files' times, which may be older than the stub's build:
 #    touch them so cargo sees the change.
-COPY api/src api/src
 ARG API_VERSION=dev
+COPY api/src api/src
 RUN find api/src -name '*.rs' -exec touch {} + \
     && cargo build --release --locked --package api --target x86_64-unknown-linux-gnu \
     && cp target/x86_64-unknown-linux-gnu/release/api /api \
@@ -43,7 +45,7 @@ RUN find api/src -name '*.rs' -exec touch {} + \
 
 # Nothing but the binary: no shell, no libc, no package to patch.
 FROM scratch
-COPY --from=builder /api /api
+# What never changes comes first, so a rebuild redoes only the COPY and the LABEL.
 # nobody:nogroup, by number: the image has no /etc/passwd to look a name up in.
 USER 65534:65534
 EXPOSE 8080
@@ -51,12 +53,12 @@ EXPOSE 8080
 HEALTHCHECK --interval=10s --timeout=3s --start-period=5s --retries=3 \
     CMD ["/api", "healthcheck"]
 ENTRYPOINT ["/api"]
-
-# Last, so that a new commit or build time changes no layer above.
 ARG API_VERSION=dev
 ARG REVISION=unknown
 ARG SOURCE=
 ARG CREATED=
+COPY --from=builder /api /api
+# Last: the creation time differs on every build.
 LABEL org.opencontainers.image.title="api" \
       org.opencontainers.image.version="${API_VERSION}" \
       org.opencontainers.image.revision="${REVISION}" \
