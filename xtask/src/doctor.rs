@@ -28,7 +28,7 @@ pub struct Doctor {}
 impl Doctor {
     pub fn run(self, cx: &Context) -> Result<ExitCode> {
         let mut essentials_present = true;
-        for tool in tools::ALL {
+        for tool in tools::ALL.iter().chain(crate::lint::LINTERS) {
             let line = match tools::locate(tool.name) {
                 Some(path) => {
                     let version = probe_version(cx, tool, path.as_str());
@@ -70,6 +70,7 @@ fn probe_version(cx: &Context, tool: &Tool, path: &str) -> String {
     let sh = &cx.sh;
     let args: &[&str] = match tool.name {
         "wrk" => &["--version"],
+        "go" => &["version"],
         "kubectl" => &["version", "--client"],
         "kubectl-argo-rollouts" => &["version", "--short"],
         _ => &["--version"],
