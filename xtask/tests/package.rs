@@ -249,15 +249,14 @@ fn a_source_only_change_reuses_the_dependency_layer() {
         std::fs::copy(&from, &to).unwrap();
     }
     let _images = RemoveImages(vec!["api-layer-test:before", "api-layer-test:after"]);
+    // The version `package` compiles in, so that the first build finds the
+    // service that `package` built cached, or leaves it cached for `package`.
+    let version = format!(
+        "API_VERSION={}",
+        git(&["describe", "--tags", "--always", "--dirty"])
+    );
     let build = |tag: &str| {
-        let mut cmd = docker(&[
-            "build",
-            "--tag",
-            tag,
-            "--build-arg",
-            "API_VERSION=layer-test",
-            ".",
-        ]);
+        let mut cmd = docker(&["build", "--tag", tag, "--build-arg", &version, "."]);
         cmd.current_dir(&context.path);
         let ran = run(&mut serialised(&cmd));
         assert!(ran.ok, "docker build failed:\n{}", ran.both());
