@@ -6,6 +6,8 @@
 mod abort;
 mod deploy;
 mod interrupt;
+#[cfg(test)]
+mod manifest;
 mod plugin;
 mod promote;
 mod release;
