@@ -4,7 +4,6 @@
 
 mod rollout_support;
 
-use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
@@ -270,31 +269,23 @@ fn port_forward_reaches_the_pods_the_preview_service_selects() {
     )
     .ok();
     for (service, version) in [("api-preview", "v2"), ("api-active", "v1")] {
-        let mut child = Command::new("kubectl")
-            .args([
-                "port-forward",
-                &format!("service/{service}"),
-                ":80",
-                "-n",
-                NAMESPACE,
-            ])
-            .env("PATH", world.path())
-            .env("ARGO_ROLLOUTS_DOUBLE_STATE", &world.state_path)
-            .env(rollout_support::MARKER, &world.marker)
-            .stdout(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let mut line = String::new();
-        BufReader::new(child.stdout.as_mut().unwrap())
-            .read_line(&mut line)
-            .unwrap();
-        let port = line
-            .strip_prefix("Forwarding from 127.0.0.1:")
-            .and_then(|rest| rest.strip_suffix(" -> 8080\n"))
-            .unwrap_or_else(|| panic!("{line:?}"));
-        let answer = http_get(&format!("127.0.0.1:{port}"), "/health");
-        child.kill().unwrap();
-        child.wait().unwrap();
+        let mut child = rollout_support::Spawned::new(
+            Command::new("kubectl")
+                .args([
+                    "port-forward",
+                    &format!("service/{service}"),
+                    ":80",
+                    "-n",
+                    NAMESPACE,
+                ])
+                .env("PATH", world.path())
+                .env("ARGO_ROLLOUTS_DOUBLE_STATE", &world.state_path)
+                .env(rollout_support::MARKER, &world.marker)
+                .stdout(Stdio::piped()),
+        );
+        let addr = rollout_support::forwarded_address(child.child());
+        let answer = http_get(&addr, "/health");
+        drop(child);
         let (code, body) = answer.expect("an answer through the forward");
         assert_eq!(code, 200);
         assert!(body.contains(version), "{service}: {body}");

@@ -6,7 +6,7 @@ use anyhow::{Result, bail};
 use clap::Args;
 
 use super::plugin::{Phase, Plugin, RolloutStatus};
-use super::{Target, go_duration, interrupt, parse_duration};
+use super::{Target, go_duration, interrupt, parse_duration, timing};
 use crate::context::Context;
 use crate::image::ImageArgs;
 
@@ -161,6 +161,6 @@ pub fn wait_for_preview(
             );
         }
         last = Some(status);
-        interrupt::sleep(waiting.poll_interval.min(deadline - now))?;
+        timing::waiting(|| interrupt::sleep(waiting.poll_interval.min(deadline - now)))?;
     }
 }

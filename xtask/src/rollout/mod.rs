@@ -13,6 +13,7 @@ mod promote;
 mod release;
 mod sanity;
 mod status;
+mod timing;
 
 use std::time::Duration;
 

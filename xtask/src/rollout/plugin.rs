@@ -8,7 +8,7 @@ use anyhow::{Context as _, Result, bail};
 use camino::Utf8PathBuf;
 use xshell::{Cmd, cmd};
 
-use super::{Target, go_duration, interrupt};
+use super::{Target, go_duration, interrupt, timing};
 use crate::context::Context;
 use crate::image::ImageRef;
 
@@ -128,10 +128,7 @@ impl Plugin {
             return Ok(());
         }
         eprintln!("$ {line}");
-        let output = cmd
-            .quiet()
-            .ignore_status()
-            .output()
+        let output = timing::in_tools(|| cmd.quiet().ignore_status().output())
             .with_context(|| format!("run {line}"))?;
         relay_stdout(&output);
         if !output.status.success() {
@@ -147,10 +144,7 @@ impl Plugin {
             eprintln!("$ {cmd}");
         }
         let line = cmd.to_string();
-        let output = cmd
-            .quiet()
-            .ignore_status()
-            .output()
+        let output = timing::in_tools(|| cmd.quiet().ignore_status().output())
             .with_context(|| format!("run {line}"))?;
         parse_status(&output)
             .with_context(|| format!("read the status of rollout {}", self.rollout()))
@@ -169,6 +163,10 @@ impl Plugin {
     /// Degraded or its timeout (exit 1). Its progress lines go to stderr.
     /// Read-only, so it is our caller that decides whether it runs under --dry-run.
     pub fn wait_healthy(&self, cx: &Context, timeout: Duration) -> Result<()> {
+        timing::in_tools(|| self.watch_until_healthy(cx, timeout))
+    }
+
+    fn watch_until_healthy(&self, cx: &Context, timeout: Duration) -> Result<()> {
         let args = self.watch_args(timeout);
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
         let line = self.line(cx, &args);
@@ -177,8 +175,10 @@ impl Plugin {
         argv.extend(self.kube_flags());
         let handle = duct::cmd(self.path.as_std_path(), &argv)
             .dir(cx.root.as_std_path())
-            .stdout_to_stderr()
+            // Inner first: stderr is captured (for the error), then stdout joins
+            // our own stderr (the progress lines), not the capture.
             .stderr_capture()
+            .stdout_to_stderr()
             .unchecked()
             .start()
             .with_context(|| format!("start {line}"))?;

@@ -11,7 +11,9 @@ use super::deploy::{Arrival, WENT_ACTIVE, Waiting, wait_for_preview};
 use super::plugin::Plugin;
 use super::promote::promote_and_wait;
 use super::sanity::{CheckArgs, Place, check};
-use super::{DEFAULT_ACTIVE_SERVICE, Target, check_label, go_duration, interrupt, parse_duration};
+use super::{
+    DEFAULT_ACTIVE_SERVICE, Target, check_label, go_duration, interrupt, parse_duration, timing,
+};
 use crate::context::Context;
 use crate::image::ImageArgs;
 
@@ -95,9 +97,11 @@ impl Release {
         match self.after_set_image(cx, &plugin, kubectl, &expected) {
             Ok(()) => {
                 if !cx.dry_run {
+                    let total = started.elapsed();
                     cx.say(format!(
-                        "released {image} (version {expected}) in {:.1}s",
-                        started.elapsed().as_secs_f64()
+                        "released {image} (version {expected}) in {:.1}s: {}",
+                        total.as_secs_f64(),
+                        timing::summary(total)
                     ));
                 }
                 cx.result(&image);

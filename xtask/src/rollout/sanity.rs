@@ -11,7 +11,7 @@ use clap::Args;
 
 use super::{
     DEFAULT_PREVIEW_SERVICE, HEALTH_PATH, SERVICE_PORT, Target, check_label, go_duration,
-    interrupt, parse_duration,
+    interrupt, parse_duration, timing,
 };
 use crate::context::Context;
 use crate::{http, tools, version};
@@ -152,7 +152,7 @@ pub fn check(
                 );
                 return Ok(());
             }
-            let forward = PortForward::start(kubectl, &args, &forward_line)?;
+            let forward = timing::in_tools(|| PortForward::start(kubectl, &args, &forward_line))?;
             let base = format!("http://127.0.0.1:{}", forward.port);
             (Some(forward), base)
         }
@@ -166,7 +166,7 @@ pub fn check(
         attempts += 1;
         let remaining = deadline.saturating_duration_since(Instant::now());
         let request_timeout = remaining.clamp(Duration::from_millis(200), Duration::from_secs(5));
-        match check_once(&base, expected, request_timeout) {
+        match timing::in_tools(|| check_once(&base, expected, request_timeout)) {
             Ok(()) => {
                 cx.say(format!(
                     "sanity passed: {base} runs version {expected} ({attempts} attempt{}, {:.1}s)",
@@ -187,7 +187,11 @@ pub fn check(
             }
         }
         let now = Instant::now();
-        interrupt::sleep(Duration::from_millis(500).min(deadline.saturating_duration_since(now)))?;
+        timing::waiting(|| {
+            interrupt::sleep(
+                Duration::from_millis(500).min(deadline.saturating_duration_since(now)),
+            )
+        })?;
     }
 }
 
@@ -339,6 +343,12 @@ impl PortForward {
 
 impl Drop for PortForward {
     fn drop(&mut self) {
+        timing::in_tools(|| self.stop());
+    }
+}
+
+impl PortForward {
+    fn stop(&mut self) {
         let _ = self.handle.kill();
         // The reader thread sees the end of the pipe; then the child is reaped.
         let deadline = Instant::now() + Duration::from_secs(5);

@@ -538,3 +538,47 @@ pub fn http_get(addr: &str, path: &str) -> Option<(u16, String)> {
     let body = raw.split_once("\r\n\r\n").map(|(_, b)| b.to_owned())?;
     Some((status, body))
 }
+
+/// A child process a test started: killed and reaped when dropped, so a
+/// failing assertion never leaves it running.
+pub struct Spawned(Option<Child>);
+
+impl Spawned {
+    pub fn new(command: &mut Command) -> Spawned {
+        Spawned(Some(command.spawn().unwrap()))
+    }
+
+    pub fn id(&self) -> u32 {
+        self.0.as_ref().unwrap().id()
+    }
+
+    pub fn child(&mut self) -> &mut Child {
+        self.0.as_mut().unwrap()
+    }
+
+    pub fn wait_with_output(mut self) -> Output {
+        self.0.take().unwrap().wait_with_output().unwrap()
+    }
+}
+
+impl Drop for Spawned {
+    fn drop(&mut self) {
+        if let Some(child) = &mut self.0 {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// Reads kubectl's `Forwarding from 127.0.0.1:PORT -> TARGET` line: the address.
+pub fn forwarded_address(child: &mut Child) -> String {
+    let mut line = String::new();
+    BufReader::new(child.stdout.as_mut().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let port = line
+        .strip_prefix("Forwarding from 127.0.0.1:")
+        .and_then(|rest| rest.split(' ').next())
+        .unwrap_or_else(|| panic!("not kubectl's forwarding line: {line:?}"));
+    format!("127.0.0.1:{port}")
+}
