@@ -389,17 +389,23 @@ pub fn free_port() -> u16 {
         .port()
 }
 
-/// A real `api` binary built with `version` compiled in: `API_VERSION=V cargo build -p api`,
-/// in a target folder of its own per version (so parallel tests never swap binaries).
+/// A real `api` binary built with `version` compiled in: `API_VERSION=V cargo build -p api`.
+/// Each version gets a target folder of its own, so parallel tests (nextest
+/// runs each in its own process) never see a binary swapped under them; the
+/// dependencies are compiled once, in a shared build folder (cargo's
+/// `build.build-dir`, which also serializes the builds; a cargo older than
+/// 1.91 ignores it and compiles them per version).
 pub fn api_binary(version: &str) -> PathBuf {
     static BUILDS: OnceLock<Mutex<()>> = OnceLock::new();
     let _one_at_a_time = BUILDS.get_or_init(Default::default).lock().unwrap();
-    let target_dir = root().join("target/rollout-e2e").join(version);
+    let base = root().join("target/rollout-e2e");
+    let target_dir = base.join(version);
     let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
     let status = Command::new(cargo)
         .args(["build", "--quiet", "--package", "api", "--bin", "api"])
         .env("API_VERSION", version)
         .env("CARGO_TARGET_DIR", &target_dir)
+        .env("CARGO_BUILD_BUILD_DIR", base.join("build"))
         .current_dir(root())
         .status()
         .unwrap();
