@@ -22,8 +22,8 @@ would only mark a healthy rollout Degraded. Asks for confirmation when stdin is 
 --yes); never prompts otherwise.
 
 Runs:
-  kubectl-argo-rollouts status ROLLOUT --watch=false [-n NAMESPACE] [--context CONTEXT]   (the check)
-  kubectl-argo-rollouts abort ROLLOUT ...",
+  kubectl-argo-rollouts status ROLLOUT --watch=false [-n NAMESPACE] [--context CONTEXT]
+  kubectl-argo-rollouts abort ROLLOUT ...    (unless the first said Healthy)",
     after_long_help = "Environment:
   API_ROLLOUT, API_NAMESPACE (then KUBE_NAMESPACE), API_KUBE_CONTEXT: as the flags
 

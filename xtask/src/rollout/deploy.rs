@@ -27,7 +27,7 @@ active, and the wait ends at Healthy.
 
 Runs:
   kubectl-argo-rollouts set image ROLLOUT CONTAINER=IMAGE:TAG [-n NAMESPACE] [--context CONTEXT]
-  kubectl-argo-rollouts status ROLLOUT --watch=false ...   (with --wait, every --poll-interval)
+  kubectl-argo-rollouts status ROLLOUT --watch=false ...    (with --wait, every --poll-interval)
 Prints the image reference on stdout.",
     after_long_help = "Environment:
   API_IMAGE, CI_REGISTRY_IMAGE        the image repository (in that order)
@@ -59,7 +59,7 @@ pub struct Deploy {
 /// How long and how often to wait for the preview.
 #[derive(Args, Debug, Clone)]
 pub struct Waiting {
-    /// The longest wait for the preview, such as 300s or 5m
+    /// The longest wait for the preview (in release, also for Healthy after promote), such as 5m
     #[arg(long, default_value = "300s", value_parser = parse_duration, value_name = "DURATION")]
     pub timeout: Duration,
 

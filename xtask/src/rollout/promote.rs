@@ -21,9 +21,9 @@ plugin's promote would otherwise change nothing and say it promoted. Asks for co
 stdin is a terminal (not with --yes); never prompts otherwise, so CI never hangs.
 
 Runs:
-  kubectl-argo-rollouts status ROLLOUT --watch=false [-n NAMESPACE] [--context CONTEXT]   (the check)
-  kubectl-argo-rollouts promote ROLLOUT ...
-  kubectl-argo-rollouts status ROLLOUT --timeout TIMEOUT ...   (until Healthy)",
+  kubectl-argo-rollouts status ROLLOUT --watch=false [-n NAMESPACE] [--context CONTEXT]
+  kubectl-argo-rollouts promote ROLLOUT ...    (if the first said `Paused - BlueGreenPause`)
+  kubectl-argo-rollouts status ROLLOUT --timeout TIMEOUT ...    (until Healthy)",
     after_long_help = "Environment:
   API_ROLLOUT, API_NAMESPACE (then KUBE_NAMESPACE), API_KUBE_CONTEXT: as the flags
 

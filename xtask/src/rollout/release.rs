@@ -31,11 +31,12 @@ with nothing to return to, a failure there is reported but not aborted. Never pr
 
 Runs:
   kubectl-argo-rollouts set image ROLLOUT CONTAINER=IMAGE:TAG [-n NAMESPACE] [--context CONTEXT]
-  kubectl-argo-rollouts status ROLLOUT --watch=false ...          (every --poll-interval, until the pause)
-  kubectl port-forward service/api-preview :80 --address 127.0.0.1 ...   (or --url), GET /health, GET /
+  kubectl-argo-rollouts status ROLLOUT --watch=false ...    (every --poll-interval, to the pause)
+  kubectl port-forward service/api-preview :80 --address 127.0.0.1 ...    (unless --url)
+  GET /health, GET /
   kubectl-argo-rollouts promote ROLLOUT ...
-  kubectl-argo-rollouts status ROLLOUT --timeout TIMEOUT ...       (until Healthy)
-  kubectl-argo-rollouts abort ROLLOUT ...                          (only on failure)
+  kubectl-argo-rollouts status ROLLOUT --timeout TIMEOUT ...    (until Healthy)
+  kubectl-argo-rollouts abort ROLLOUT ...    (only on failure)
 Prints the released image reference on stdout.",
     after_long_help = "Environment:
   API_IMAGE, CI_REGISTRY_IMAGE        the image repository (in that order)

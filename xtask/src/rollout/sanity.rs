@@ -29,7 +29,8 @@ are retried until they pass or --timeout runs out, since a Service's endpoints f
 delay; every failure says what was expected and what came back. Changes nothing.
 
 Runs:
-  kubectl port-forward service/PREVIEW_SERVICE :80 --address 127.0.0.1 [-n NAMESPACE] [--context CONTEXT]
+  kubectl port-forward service/PREVIEW_SERVICE :80 --address 127.0.0.1 \\
+      [-n NAMESPACE] [--context CONTEXT]
   GET http://127.0.0.1:<forwarded port>/health, then GET /",
     after_long_help = "Environment:
   API_VERSION                          the expected version, instead of git describe's
