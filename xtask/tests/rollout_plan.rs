@@ -352,3 +352,17 @@ fn a_bad_duration_says_what_a_duration_looks_like() {
     assert!(run.stderr.contains("300s, 5m or 1m30s"), "{run}");
     assert!(world.calls().is_empty());
 }
+
+#[test]
+fn a_missing_rollout_says_how_to_create_it() {
+    let world = World::new(Some("v1"));
+    let run = world.run(&["status", "-n", "elsewhere"]);
+    run.failed();
+    assert!(
+        run.error().contains(
+            "Error: rollouts.argoproj.io \"api\" not found (no Rollout api there: check --namespace and \
+             --context, or create it once with `kubectl create -n elsewhere -f rollout.yaml`"
+        ),
+        "{run}"
+    );
+}

@@ -611,3 +611,102 @@ fn release_overhead_figures() {
     drop((green, blue));
     world.assert_no_process_left();
 }
+
+/// Runs xtask on a pseudo-terminal (Python's pty module, arguments passed one
+/// by one), typing `answer`; returns what the terminal showed and the exit code.
+fn at_a_terminal(world: &World, args: &[&str], answer: &str) -> (String, Option<i32>) {
+    const SPAWN: &str =
+        "import os, pty, sys; sys.exit(os.waitstatus_to_exitcode(pty.spawn(sys.argv[1:])))";
+    let cmd = world.xtask(&[]);
+    let xtask = cmd.get_program().to_owned();
+    let mut terminal = Command::new("python3");
+    terminal.args(["-c", SPAWN]).arg(xtask).args(args);
+    for (key, value) in cmd.get_envs() {
+        match value {
+            Some(value) => terminal.env(key, value),
+            None => terminal.env_remove(key),
+        };
+    }
+    let mut child = rollout_support::Spawned::new(
+        terminal
+            .current_dir(rollout_support::root())
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped()),
+    );
+    // Typed ahead: the terminal keeps it until the question reads it.
+    use std::io::Write;
+    child
+        .child()
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(answer.as_bytes())
+        .unwrap();
+    let output = child.wait_with_output();
+    (
+        String::from_utf8_lossy(&output.stdout).into_owned(),
+        output.status.code(),
+    )
+}
+
+fn paused_world() -> World {
+    let world = World::new(Some("v1"));
+    world.behaviour("v2", Some(0.0), None);
+    world
+        .run(&[
+            "deploy",
+            "-n",
+            NAMESPACE,
+            "--image",
+            REPOSITORY,
+            "--tag",
+            "v2",
+            "--wait",
+            "--poll-interval",
+            "100ms",
+        ])
+        .ok();
+    world
+}
+
+#[test]
+fn promote_asks_at_a_terminal_and_takes_no_for_an_answer() {
+    if !require_tool("python3") {
+        return;
+    }
+    let world = paused_world();
+    let (screen, code) = at_a_terminal(&world, &["promote", "-n", NAMESPACE], "n\n");
+    assert!(
+        screen.contains("switch all traffic of rollout api to the preview? [y/N]"),
+        "{screen}"
+    );
+    assert!(
+        screen.contains("error: not promoted: not confirmed"),
+        "{screen}"
+    );
+    assert_ne!(code, Some(0));
+    assert_eq!(world.changes(), [set_image_v2()]);
+
+    let (screen, code) = at_a_terminal(&world, &["promote", "-n", NAMESPACE], "y\n");
+    assert_eq!(code, Some(0), "{screen}");
+    assert_eq!(world.active_image(), Some(image("v2")));
+    world.assert_no_process_left();
+}
+
+#[test]
+fn promote_with_stdin_not_a_terminal_never_asks() {
+    let world = paused_world();
+    // stdin is an open pipe nobody writes to: a prompt would hang here.
+    let child = rollout_support::Spawned::new(
+        world
+            .xtask(&["promote", "-n", NAMESPACE])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped()),
+    );
+    let run = Run::from(child.wait_with_output());
+    run.ok();
+    assert!(!run.stderr.contains("[y/N]"), "{run}");
+    assert_eq!(world.active_image(), Some(image("v2")));
+    world.assert_no_process_left();
+}

@@ -4,7 +4,7 @@
 use std::process::Output;
 use std::time::{Duration, Instant};
 
-use anyhow::{Context as _, Result, bail};
+use anyhow::{Context as _, Result, anyhow, bail};
 use camino::Utf8PathBuf;
 use xshell::{Cmd, cmd};
 
@@ -132,9 +132,27 @@ impl Plugin {
             .with_context(|| format!("run {line}"))?;
         relay_stdout(&output);
         if !output.status.success() {
-            bail!("{}", failure(&output));
+            bail!("{}{}", failure(&output), self.not_found_hint(&output));
         }
         Ok(())
+    }
+
+    /// When the plugin says the Rollout does not exist: how it comes to exist.
+    fn not_found_hint(&self, output: &Output) -> String {
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        let missing = format!("rollouts.argoproj.io \"{}\" not found", self.rollout());
+        if !stderr.contains(&missing) {
+            return String::new();
+        }
+        let ns = match &self.target.namespace {
+            Some(ns) => format!(" -n {ns}"),
+            None => String::new(),
+        };
+        format!(
+            " (no Rollout {} there: check --namespace and --context, or create it once with \
+             `kubectl create{ns} -f rollout.yaml`; see README.md, Deploying)",
+            self.rollout()
+        )
     }
 
     /// `status ROLLOUT --watch=false`: one look, read-only (runs under --dry-run too).
@@ -147,6 +165,7 @@ impl Plugin {
         let output = timing::in_tools(|| cmd.quiet().ignore_status().output())
             .with_context(|| format!("run {line}"))?;
         parse_status(&output)
+            .map_err(|e| anyhow!("{e:#}{}", self.not_found_hint(&output)))
             .with_context(|| format!("read the status of rollout {}", self.rollout()))
     }
 
