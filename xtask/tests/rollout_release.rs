@@ -209,6 +209,39 @@ fn release_aborts_when_the_wait_times_out() {
 }
 
 #[test]
+fn release_aborts_when_promotion_does_not_end_healthy_in_time() {
+    let Some((world, blue)) = blue_world() else {
+        return;
+    };
+    let green = Pod::api(&world, "v2");
+    world.pods("v2", &green.addr);
+    world.switch_after("v2", 30.0);
+
+    let run = world.run(&release_args(&["--timeout", "2s"]));
+    run.failed();
+    assert!(
+        run.error()
+            .contains("release stopped at step `promote`; rollout api aborted")
+            && run
+                .error()
+                .contains("Error: Rollout status watch exceeded timeout"),
+        "{run}"
+    );
+    assert_eq!(
+        world.changes(),
+        [
+            set_image_v2(),
+            "promote api -n shop".to_owned(),
+            "abort api -n shop".to_owned()
+        ]
+    );
+    assert_eq!(world.active_image(), Some(image("v1")));
+
+    drop((green, blue));
+    world.assert_no_process_left();
+}
+
+#[test]
 fn ctrl_c_during_the_wait_aborts() {
     let Some((world, blue)) = blue_world() else {
         return;

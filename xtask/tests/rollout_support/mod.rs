@@ -136,6 +136,11 @@ impl World {
         self.write_state(&state);
     }
 
+    /// How long after `promote` the active Service switches to `tag` (default 0.1s).
+    pub fn switch_after(&self, tag: &str, seconds: f64) {
+        self.edit(|s| s["behaviour"][image(tag)]["switch_after"] = json!(seconds));
+    }
+
     /// The pods of `tag` answer at `addr` (what port-forward reaches).
     pub fn pods(&self, tag: &str, addr: &str) {
         self.edit(|s| s["pods"][image(tag)] = json!(addr));
