@@ -171,6 +171,12 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
         total += number * scale;
         rest = &rest[unit_len..];
     }
+    if total < 0.001 {
+        // The plugin reads a zero --timeout as "wait forever".
+        return Err(format!(
+            "invalid duration {text:?}: it must be at least 1ms, such as 300s or 5m"
+        ));
+    }
     Ok(Duration::from_secs_f64(total))
 }
 
@@ -241,6 +247,8 @@ mod tests {
             let err = parse_duration(bad).expect_err(bad);
             assert!(err.contains("300s, 5m or 1m30s"), "{bad}: {err}");
         }
+        let err = parse_duration("0s").unwrap_err();
+        assert!(err.contains("at least 1ms"), "{err}");
     }
 
     #[test]
