@@ -734,3 +734,66 @@ fn promote_with_stdin_not_a_terminal_never_asks() {
     assert_eq!(world.active_image(), Some(image("v2")));
     world.assert_no_process_left();
 }
+
+#[test]
+fn sanity_waits_for_a_pod_behind_the_preview_service() {
+    let Some((world, blue)) = blue_world() else {
+        return;
+    };
+    world.behaviour("v2", Some(0.0), None);
+    world
+        .run(&[
+            "deploy", "-n", NAMESPACE, "--image", REPOSITORY, "--tag", "v2",
+        ])
+        .ok();
+    // No pod of v2 runs yet: kubectl port-forward refuses until one does.
+    let sanity = rollout_support::Spawned::new(
+        world
+            .xtask(&[
+                "sanity",
+                "-n",
+                NAMESPACE,
+                "--expect-version",
+                "v2",
+                "--timeout",
+                "20s",
+            ])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped()),
+    );
+    std::thread::sleep(Duration::from_millis(1500));
+    let green = Pod::api(&world, "v2");
+    world.pods("v2", &green.addr);
+    let run = Run::from(sanity.wait_with_output());
+    run.ok();
+    assert!(
+        run.stderr.contains("not yet: ") && run.stderr.contains("pod is not running"),
+        "{run}"
+    );
+    assert!(run.stderr.contains("sanity passed"), "{run}");
+
+    drop((green, blue));
+    world.assert_no_process_left();
+}
+
+#[test]
+fn release_aborts_when_the_preview_service_does_not_exist() {
+    let Some((world, blue)) = blue_world() else {
+        return;
+    };
+    let run = world.run(&release_args(&["--preview-service", "api-previw"]));
+    assert_aborted(&world, &run, "sanity");
+    assert!(
+        run.error()
+            .contains("no port-forward to api-previw within 2s"),
+        "{run}"
+    );
+    assert!(
+        run.stderr
+            .contains("Error from server (NotFound): services \"api-previw\" not found"),
+        "{run}"
+    );
+
+    drop(blue);
+    world.assert_no_process_left();
+}

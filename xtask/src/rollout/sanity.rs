@@ -130,6 +130,8 @@ pub fn check(
     let what = format!(
         "GET {HEALTH_PATH} answers 200 with status \"ok\" and version {expected:?}, GET / answers 200"
     );
+    let start = Instant::now();
+    let deadline = start + timeout;
     let forward_line;
     let (_forward, base) = match place {
         Place::Url(url) => {
@@ -153,14 +155,18 @@ pub fn check(
                 );
                 return Ok(());
             }
-            let forward = timing::in_tools(|| PortForward::start(kubectl, &args, &forward_line))?;
+            let forward = forward_within(cx, kubectl, &args, &forward_line, deadline)
+                .with_context(|| {
+                    format!(
+                        "sanity failed: no port-forward to {name} within {}",
+                        go_duration(timeout)
+                    )
+                })?;
             let base = format!("http://127.0.0.1:{}", forward.port);
             (Some(forward), base)
         }
     };
     cx.say(format!("checking {base}: {what}"));
-    let start = Instant::now();
-    let deadline = start + timeout;
     let mut attempts = 0;
     loop {
         interrupt::check()?;
@@ -193,6 +199,28 @@ pub fn check(
                 Duration::from_millis(500).min(deadline.saturating_duration_since(now)),
             )
         })?;
+    }
+}
+
+/// Starts the port-forward, retrying until `deadline`: right after a deploy
+/// the Service may have no running pod yet, and kubectl then refuses.
+fn forward_within(
+    cx: &Context,
+    kubectl: &Utf8PathBuf,
+    args: &[String],
+    line: &str,
+    deadline: Instant,
+) -> Result<PortForward> {
+    loop {
+        match timing::in_tools(|| PortForward::start(kubectl, args, line)) {
+            Ok(forward) => return Ok(forward),
+            Err(err) if interrupt::is_interrupted(&err) || Instant::now() >= deadline => {
+                return Err(err);
+            }
+            Err(err) => cx.say(format!("  not yet: {err:#}")),
+        }
+        let remaining = deadline.saturating_duration_since(Instant::now());
+        timing::waiting(|| interrupt::sleep(Duration::from_secs(1).min(remaining)))?;
     }
 }
 
