@@ -185,12 +185,12 @@ pub fn check(
             Err(failure) => {
                 if Instant::now() >= deadline {
                     bail!(
-                        "sanity failed after {attempts} attempt{} in {}: {failure}",
+                        "sanity failed after {attempts} attempt{} in {}: {failure:#}",
                         if attempts == 1 { "" } else { "s" },
                         go_duration(timeout)
                     );
                 }
-                cx.say(format!("  not yet: {failure}"));
+                cx.say(format!("  not yet: {failure:#}"));
             }
         }
         let now = Instant::now();
