@@ -283,7 +283,11 @@ fn port_forward_reaches_the_pods_the_preview_service_selects() {
                 .env(rollout_support::MARKER, &world.marker)
                 .stdout(Stdio::piped()),
         );
-        let addr = rollout_support::forwarded_address(child.child());
+        let (addr, target) = rollout_support::forwarded_address(child.child());
+        assert_eq!(
+            target, "8080",
+            "the Service's port 80 leads to the container's 8080"
+        );
         let answer = http_get(&addr, "/health");
         drop(child);
         let (code, body) = answer.expect("an answer through the forward");

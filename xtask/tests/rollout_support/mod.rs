@@ -581,15 +581,17 @@ impl Drop for Spawned {
     }
 }
 
-/// Reads kubectl's `Forwarding from 127.0.0.1:PORT -> TARGET` line: the address.
-pub fn forwarded_address(child: &mut Child) -> String {
+/// Reads kubectl's `Forwarding from 127.0.0.1:PORT -> TARGET` line: the
+/// local address, and the container port it forwards to.
+pub fn forwarded_address(child: &mut Child) -> (String, String) {
     let mut line = String::new();
     BufReader::new(child.stdout.as_mut().unwrap())
         .read_line(&mut line)
         .unwrap();
-    let port = line
+    let (port, target) = line
+        .trim_end()
         .strip_prefix("Forwarding from 127.0.0.1:")
-        .and_then(|rest| rest.split(' ').next())
+        .and_then(|rest| rest.split_once(" -> "))
         .unwrap_or_else(|| panic!("not kubectl's forwarding line: {line:?}"));
-    format!("127.0.0.1:{port}")
+    (format!("127.0.0.1:{port}"), target.to_owned())
 }
