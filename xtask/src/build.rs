@@ -47,7 +47,16 @@ pub struct Built {
 }
 
 impl Build {
+    /// Builds, then prints `<version> <path>` on stdout.
     pub fn run(&self, cx: &Context) -> Result<Built> {
+        let built = self.compile(cx)?;
+        cx.result(format_args!("{} {}", built.version, built.binary));
+        Ok(built)
+    }
+
+    /// Builds and copies to bin/api, printing nothing on stdout (for tasks
+    /// whose stdout is their own result, such as `bench --json`).
+    pub fn compile(&self, cx: &Context) -> Result<Built> {
         tools::require(&[&tools::CARGO])?;
         let version = version::resolve(&cx.sh, &cx.root)?;
         let sh = &cx.sh;
@@ -71,7 +80,6 @@ impl Build {
         };
         let binary = cx.path("bin/api");
         cx.copy(&built, &binary)?;
-        cx.result(format_args!("{version} {binary}"));
         Ok(Built { version, binary })
     }
 }

@@ -70,6 +70,7 @@ fn probe_version(cx: &Context, tool: &Tool, path: &str) -> String {
     let sh = &cx.sh;
     let args: &[&str] = match tool.name {
         "wrk" => &["--version"],
+        "go" => &["version"],
         "kubectl" => &["version", "--client"],
         "kubectl-argo-rollouts" => &["version", "--short"],
         _ => &["--version"],

@@ -96,4 +96,17 @@ pub const ALL: &[&Tool] = &[
     &DOCKER,
     &KUBECTL,
     &ARGO_ROLLOUTS,
+    &TASKSET,
+    &GO,
 ];
+
+pub const TASKSET: Tool = Tool {
+    name: "taskset",
+    install: "apt-get install util-linux",
+    used_by: "bench",
+};
+pub const GO: Tool = Tool {
+    name: "go",
+    install: "apt-get install golang-go (optional: bench then skips the Go comparison)",
+    used_by: "bench (optional)",
+};

@@ -1,0 +1,605 @@
+//! The built `api` binary, run for real on an ephemeral loopback port: start,
+//! configuration, logs, the command line, healthcheck, and graceful shutdown.
+//! Signals are sent with the system's `kill` command.
+
+use std::io::{BufRead, BufReader, ErrorKind, Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::process::{Child, Command, ExitStatus, Output, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::mpsc::{Receiver, RecvTimeoutError, channel};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+const API: &str = env!("CARGO_BIN_EXE_api");
+
+fn health_body() -> String {
+    format!(r#"{{"status":"ok","version":"{}"}}"#, api::VERSION)
+}
+
+/// A running `api`, killed and reaped when dropped.
+struct Api {
+    child: Child,
+    addr: SocketAddr,
+    lines: Receiver<String>,
+    /// Every stdout line so far, in order.
+    seen: Vec<Value>,
+}
+
+impl Api {
+    /// Starts on 127.0.0.1 and a free port (PORT=0) and waits for the start line.
+    fn start(env: &[(&str, &str)]) -> Api {
+        let mut command = Command::new(API);
+        command
+            .env("PORT", "0")
+            .env("HOST", "127.0.0.1")
+            .envs(env.iter().copied())
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        let mut child = command.spawn().expect("start api");
+        let stdout = child.stdout.take().unwrap();
+        let (tx, lines) = channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines() {
+                let Ok(line) = line else { break };
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        let mut api = Api {
+            child,
+            addr: "0.0.0.0:0".parse().unwrap(),
+            lines,
+            seen: Vec::new(),
+        };
+        let started = api.wait_for_log("started", Duration::from_secs(10));
+        api.addr = started["addr"].as_str().unwrap().parse().unwrap();
+        api
+    }
+
+    /// The next stdout line whose `msg` is `msg` (each line must be JSON).
+    fn wait_for_log(&mut self, msg: &str, limit: Duration) -> Value {
+        let deadline = Instant::now() + limit;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.lines.recv_timeout(left) {
+                Ok(line) => {
+                    let value: Value = serde_json::from_str(&line)
+                        .unwrap_or_else(|e| panic!("log line is not JSON ({e}): {line}"));
+                    self.seen.push(value.clone());
+                    if value["msg"] == msg {
+                        return value;
+                    }
+                }
+                Err(RecvTimeoutError::Timeout) => panic!("no {msg:?} log line within {limit:?}"),
+                Err(RecvTimeoutError::Disconnected) => {
+                    let mut stderr = String::new();
+                    if let Some(mut e) = self.child.stderr.take() {
+                        let _ = e.read_to_string(&mut stderr);
+                    }
+                    panic!("api closed stdout before a {msg:?} line; stderr: {stderr}")
+                }
+            }
+        }
+    }
+
+    fn signal(&self, name: &str) {
+        let status = Command::new("kill")
+            .args([&format!("-{name}"), &self.child.id().to_string()])
+            .status()
+            .expect("run kill");
+        assert!(status.success(), "kill -{name}");
+    }
+
+    fn wait_exit(&mut self, limit: Duration) -> ExitStatus {
+        let deadline = Instant::now() + limit;
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "api still running after {limit:?}"
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    fn connect(&self) -> TcpStream {
+        let stream = TcpStream::connect(self.addr).expect("connect to api");
+        stream
+            .set_read_timeout(Some(Duration::from_secs(5)))
+            .unwrap();
+        stream
+    }
+}
+
+impl Drop for Api {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// An HTTP/1.1 response as read off the wire.
+#[derive(Debug)]
+struct Response {
+    status: u16,
+    headers: Vec<(String, String)>,
+    body: String,
+}
+
+impl Response {
+    fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+/// How reading a response ended, when it did not end in a response.
+#[derive(Debug, PartialEq)]
+enum ReadEnd {
+    /// Closed or reset before the first byte of a response: nothing was answered.
+    ClosedBeforeResponse,
+    /// Closed or reset after part of a response: the one thing that must never happen.
+    CutMidResponse(usize),
+}
+
+/// Reads exactly one response (Content-Length framed) from `stream`;
+/// `head_only` for the answer to a HEAD.
+fn read_response(stream: &mut TcpStream, head_only: bool) -> Result<Response, ReadEnd> {
+    let mut raw = Vec::new();
+    let mut byte = [0u8; 1];
+    // Byte by byte up to the blank line: no read-ahead into the next response.
+    while !raw.ends_with(b"\r\n\r\n") {
+        match stream.read(&mut byte) {
+            Ok(1) => raw.push(byte[0]),
+            Ok(_) | Err(_) if raw.is_empty() => return Err(ReadEnd::ClosedBeforeResponse),
+            Ok(_) | Err(_) => return Err(ReadEnd::CutMidResponse(raw.len())),
+        }
+    }
+    let head = String::from_utf8(raw.clone()).expect("ASCII head");
+    let mut lines = head.split("\r\n");
+    let status_line = lines.next().unwrap();
+    assert!(status_line.starts_with("HTTP/1.1 "), "{status_line}");
+    let status = status_line[9..12].parse().unwrap();
+    let headers: Vec<(String, String)> = lines
+        .filter(|l| !l.is_empty())
+        .map(|l| {
+            let (n, v) = l.split_once(':').expect("header line");
+            (n.trim().to_owned(), v.trim().to_owned())
+        })
+        .collect();
+    let length: usize = headers
+        .iter()
+        .find(|(n, _)| n.eq_ignore_ascii_case("content-length"))
+        .map(|(_, v)| v.parse().unwrap())
+        .expect("every answer has a Content-Length");
+    let mut body = vec![0u8; if head_only { 0 } else { length }];
+    if stream.read_exact(&mut body).is_err() {
+        return Err(ReadEnd::CutMidResponse(raw.len()));
+    }
+    Ok(Response {
+        status,
+        headers,
+        body: String::from_utf8(body).unwrap(),
+    })
+}
+
+fn get(stream: &mut TcpStream, method: &str, path: &str) -> Response {
+    write!(stream, "{method} {path} HTTP/1.1\r\nHost: test\r\n\r\n").unwrap();
+    read_response(stream, method == "HEAD").expect("a full response")
+}
+
+fn run_api(args: &[&str], env: &[(&str, &str)]) -> Output {
+    Command::new(API)
+        .args(args)
+        .envs(env.iter().copied())
+        .stdin(Stdio::null())
+        .output()
+        .expect("run api")
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+// ---- starting, answering, logging ----
+
+#[test]
+fn starts_and_answers_with_the_compiled_in_version() {
+    let mut api = Api::start(&[]);
+    let started = api.seen[0].clone();
+    assert_eq!(started["level"], "info");
+    assert_eq!(started["version"], api::VERSION);
+    assert_eq!(started["addr"], api.addr.to_string());
+
+    let mut stream = api.connect();
+    let health = get(&mut stream, "GET", "/health");
+    assert_eq!(health.status, 200);
+    assert_eq!(health.header("content-type"), Some("application/json"));
+    assert_eq!(health.body, health_body());
+    let root = get(&mut stream, "GET", "/");
+    assert_eq!(root.status, 200);
+    assert_eq!(
+        root.body,
+        format!(r#"{{"service":"api","version":"{}"}}"#, api::VERSION)
+    );
+    api.signal("TERM");
+    assert!(api.wait_exit(Duration::from_secs(10)).success());
+}
+
+#[test]
+fn head_sends_the_length_but_no_body_on_the_wire() {
+    let api = Api::start(&[]);
+    let mut stream = api.connect();
+    let head = get(&mut stream, "HEAD", "/health");
+    assert_eq!(head.status, 200);
+    assert_eq!(
+        head.header("content-length"),
+        Some(health_body().len().to_string().as_str())
+    );
+    // Had HEAD sent a body, this would read it instead of the next answer.
+    let next = get(&mut stream, "GET", "/health");
+    assert_eq!(next.body, health_body());
+}
+
+#[test]
+fn unknown_paths_and_wrong_methods_get_json_errors_on_the_wire() {
+    let api = Api::start(&[]);
+    let mut stream = api.connect();
+    let missing = get(&mut stream, "GET", "/missing");
+    assert_eq!(
+        (missing.status, missing.body.as_str()),
+        (404, r#"{"error":"not found"}"#)
+    );
+    let wrong = get(&mut stream, "DELETE", "/health");
+    assert_eq!(wrong.status, 405);
+    assert_eq!(wrong.header("allow"), Some("GET, HEAD"));
+    assert_eq!(wrong.header("content-type"), Some("application/json"));
+}
+
+#[test]
+fn debug_level_logs_each_request_as_one_json_line() {
+    let mut api = Api::start(&[("LOG_LEVEL", "debug")]);
+    let mut stream = api.connect();
+    get(&mut stream, "GET", "/health?from=test");
+    let line = api.wait_for_log("request", Duration::from_secs(5));
+    assert_eq!(line["level"], "debug");
+    assert_eq!(line["method"], "GET");
+    assert_eq!(line["path"], "/health");
+    assert_eq!(line["status"], 200);
+}
+
+#[test]
+fn info_level_logs_start_and_stop_but_no_requests() {
+    let mut api = Api::start(&[]);
+    let mut stream = api.connect();
+    for _ in 0..10 {
+        get(&mut stream, "GET", "/health");
+    }
+    drop(stream);
+    api.signal("TERM");
+    api.wait_for_log("stopped", Duration::from_secs(10));
+    assert!(api.wait_exit(Duration::from_secs(10)).success());
+    let msgs: Vec<_> = api.seen.iter().map(|l| l["msg"].clone()).collect();
+    assert_eq!(msgs, ["started", "stopping", "stopped"]);
+}
+
+// ---- configuration ----
+
+#[test]
+fn bad_configuration_is_one_error_line_and_nothing_starts() {
+    for (var, value) in [
+        ("PORT", "abc"),
+        ("PORT", "70000"),
+        ("HOST", "somewhere"),
+        ("LOG_LEVEL", "loud"),
+        ("SHUTDOWN_TIMEOUT_SECS", "soon"),
+        ("HEADER_READ_TIMEOUT_SECS", "0"),
+        ("WORKERS", "0"),
+    ] {
+        let port = free_port().to_string();
+        let mut env = vec![("PORT", port.as_str()), ("HOST", "127.0.0.1")];
+        env.retain(|(k, _)| *k != var);
+        env.push((var, value));
+        let out = run_api(&[], &env);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{var}={value}: {stderr}");
+        assert!(
+            stderr.starts_with(&format!("error: {var}={value:?} ")),
+            "{var}={value}: {stderr}"
+        );
+        assert_eq!(stderr.lines().count(), 1, "one line: {stderr}");
+        assert!(out.stdout.is_empty(), "{var}={value}: no start line");
+    }
+}
+
+#[test]
+fn a_port_in_use_is_a_clear_error() {
+    let taken = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = taken.local_addr().unwrap().port().to_string();
+    let out = run_api(&[], &[("PORT", &port), ("HOST", "127.0.0.1")]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.starts_with(&format!("error: bind 127.0.0.1:{port}: ")),
+        "{stderr}"
+    );
+}
+
+// ---- the command line ----
+
+#[test]
+fn version_flag_prints_the_compiled_in_version() {
+    for flag in ["--version", "-V"] {
+        let out = run_api(&[flag], &[]);
+        assert!(out.status.success(), "{flag}");
+        assert_eq!(
+            String::from_utf8(out.stdout).unwrap(),
+            format!("{}\n", api::VERSION)
+        );
+    }
+}
+
+#[test]
+fn help_lists_the_modes_and_the_environment() {
+    let out = run_api(&["--help"], &[]);
+    assert!(out.status.success());
+    let text = String::from_utf8(out.stdout).unwrap();
+    for word in [
+        "healthcheck",
+        "--version",
+        "PORT",
+        "HOST",
+        "LOG_LEVEL",
+        "SHUTDOWN_TIMEOUT_SECS",
+    ] {
+        assert!(text.contains(word), "help mentions {word}: {text}");
+    }
+}
+
+#[test]
+fn unknown_arguments_print_usage_on_stderr_and_exit_2() {
+    for args in [&["--bogus"][..], &["serve"], &["healthcheck", "now"]] {
+        let out = run_api(args, &[]);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{args:?}");
+        assert!(
+            stderr.starts_with("error: unexpected arguments"),
+            "{stderr}"
+        );
+        assert!(stderr.contains("Usage: api"), "{stderr}");
+        assert!(out.stdout.is_empty(), "{args:?}");
+    }
+}
+
+// ---- healthcheck ----
+
+#[test]
+fn healthcheck_passes_against_a_live_service() {
+    let api = Api::start(&[]);
+    let port = api.addr.port().to_string();
+    let out = run_api(&["healthcheck"], &[("PORT", &port), ("HOST", "0.0.0.0")]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
+fn healthcheck_fails_against_a_dead_port() {
+    let port = free_port().to_string();
+    let out = run_api(&["healthcheck"], &[("PORT", &port)]);
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("unhealthy") && stderr.contains("connect"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn healthcheck_fails_when_the_answer_is_not_200() {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port().to_string();
+    let server = std::thread::spawn(move || {
+        let (mut conn, _) = listener.accept().unwrap();
+        let mut buf = [0u8; 1024];
+        let _ = conn.read(&mut buf);
+        conn.write_all(b"HTTP/1.1 503 Service Unavailable\r\nContent-Length: 0\r\n\r\n")
+            .unwrap();
+    });
+    let out = run_api(&["healthcheck"], &[("PORT", &port), ("HOST", "127.0.0.1")]);
+    server.join().unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("answered 503"), "{stderr}");
+}
+
+// ---- timeouts and shutdown ----
+
+#[test]
+fn a_client_that_sends_nothing_is_disconnected_after_the_header_read_timeout() {
+    let api = Api::start(&[("HEADER_READ_TIMEOUT_SECS", "1")]);
+    let mut silent = api.connect();
+    let started = Instant::now();
+    let mut buf = [0u8; 1024];
+    let read = silent.read(&mut buf);
+    let waited = started.elapsed();
+    assert!(
+        matches!(read, Ok(0)) || matches!(&read, Err(e) if e.kind() == ErrorKind::ConnectionReset),
+        "closed, no answer: {read:?}"
+    );
+    assert!(
+        waited >= Duration::from_millis(900) && waited < Duration::from_secs(4),
+        "closed after {waited:?}"
+    );
+}
+
+#[test]
+fn sigint_stops_the_service_like_sigterm() {
+    let mut api = Api::start(&[]);
+    api.signal("INT");
+    let stopped = api.wait_for_log("stopped", Duration::from_secs(10));
+    assert_eq!(stopped["signal"], "SIGINT");
+    assert_eq!(stopped["drained"], true);
+    assert!(api.wait_exit(Duration::from_secs(5)).success());
+}
+
+#[test]
+fn a_request_in_flight_at_sigterm_is_answered_and_new_connections_are_refused() {
+    let mut api = Api::start(&[("SHUTDOWN_TIMEOUT_SECS", "10")]);
+    let mut in_flight = api.connect();
+    // Half a request: the connection is accepted and its head is on the way.
+    in_flight
+        .write_all(b"GET /health HTTP/1.1\r\nHost: test\r\n")
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(100));
+    api.signal("TERM");
+    api.wait_for_log("stopping", Duration::from_secs(5));
+    // Well into the drain (the connections hear of it just after that line).
+    std::thread::sleep(Duration::from_millis(200));
+
+    assert!(
+        TcpStream::connect(api.addr).is_err(),
+        "no new connection while draining"
+    );
+    assert!(api.child.try_wait().unwrap().is_none(), "still draining");
+
+    in_flight.write_all(b"\r\n").unwrap();
+    let response = read_response(&mut in_flight, false).expect("answered in full");
+    assert_eq!(response.status, 200);
+    assert_eq!(response.body, health_body());
+    assert_eq!(response.header("connection"), Some("close"));
+    let mut rest = Vec::new();
+    in_flight.read_to_end(&mut rest).unwrap();
+    assert!(rest.is_empty(), "then closed");
+
+    let stopped = api.wait_for_log("stopped", Duration::from_secs(5));
+    assert_eq!(stopped["drained"], true);
+    assert!(api.wait_exit(Duration::from_secs(5)).success());
+}
+
+#[test]
+fn a_stalled_client_cannot_hold_shutdown_past_the_drain_timeout() {
+    let mut api = Api::start(&[
+        ("SHUTDOWN_TIMEOUT_SECS", "1"),
+        ("HEADER_READ_TIMEOUT_SECS", "60"),
+    ]);
+    // Accepted, half a request, then silent: it would hold the drain for 60 s.
+    let mut stalled = api.connect();
+    stalled.write_all(b"GET /health HTTP/1.1\r\n").unwrap();
+    std::thread::sleep(Duration::from_millis(100));
+    let signalled = Instant::now();
+    api.signal("TERM");
+    let stopped = api.wait_for_log("stopped", Duration::from_secs(5));
+    let status = api.wait_exit(Duration::from_secs(5));
+    let took = signalled.elapsed();
+    assert!(status.success(), "{status}");
+    assert_eq!(stopped["drained"], false);
+    assert_eq!(stopped["dropped_connections"], 1);
+    assert_eq!(stopped["level"], "warn");
+    assert!(
+        took >= Duration::from_millis(900) && took < Duration::from_secs(3),
+        "exited {took:?} after SIGTERM, drain timeout 1 s"
+    );
+}
+
+#[test]
+fn sigterm_under_keep_alive_load_answers_every_accepted_request_in_full() {
+    const CLIENTS: usize = 8;
+    let drain = Duration::from_secs(5);
+    let mut api = Api::start(&[("SHUTDOWN_TIMEOUT_SECS", "5")]);
+    let addr = api.addr;
+    let answered = Arc::new(AtomicUsize::new(0));
+    let signalled = Arc::new(AtomicBool::new(false));
+    let answered_after_signal = Arc::new(AtomicUsize::new(0));
+    let failures = Arc::new(Mutex::new(Vec::<String>::new()));
+
+    let clients: Vec<_> = (0..CLIENTS)
+        .map(|_| {
+            let (answered, signalled, after, failures) = (
+                answered.clone(),
+                signalled.clone(),
+                answered_after_signal.clone(),
+                failures.clone(),
+            );
+            std::thread::spawn(move || {
+                let deadline = Instant::now() + Duration::from_secs(20);
+                // Reconnect whenever the server closes; stop once it refuses.
+                while Instant::now() < deadline {
+                    let Ok(mut stream) = TcpStream::connect(addr) else {
+                        return;
+                    };
+                    stream
+                        .set_read_timeout(Some(Duration::from_secs(10)))
+                        .unwrap();
+                    loop {
+                        if stream
+                            .write_all(b"GET /health HTTP/1.1\r\nHost: test\r\n\r\n")
+                            .is_err()
+                        {
+                            break; // closed between requests: nothing was accepted
+                        }
+                        match read_response(&mut stream, false) {
+                            Ok(response) => {
+                                if response.status != 200 || response.body != health_body() {
+                                    failures.lock().unwrap().push(format!("{response:?}"));
+                                }
+                                answered.fetch_add(1, Ordering::Relaxed);
+                                if signalled.load(Ordering::Relaxed) {
+                                    after.fetch_add(1, Ordering::Relaxed);
+                                }
+                                if response.header("connection") == Some("close") {
+                                    break;
+                                }
+                            }
+                            Err(ReadEnd::ClosedBeforeResponse) => break,
+                            Err(cut) => {
+                                failures.lock().unwrap().push(format!("{cut:?}"));
+                                return;
+                            }
+                        }
+                    }
+                }
+            })
+        })
+        .collect();
+
+    let warmup = Instant::now();
+    while answered.load(Ordering::Relaxed) < 200 {
+        assert!(warmup.elapsed() < Duration::from_secs(10), "no load");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let before = answered.load(Ordering::Relaxed);
+    signalled.store(true, Ordering::Relaxed);
+    let at = Instant::now();
+    api.signal("TERM");
+    let status = api.wait_exit(drain + Duration::from_secs(2));
+    let took = at.elapsed();
+    for client in clients {
+        client.join().unwrap();
+    }
+
+    let failures = failures.lock().unwrap();
+    assert!(failures.is_empty(), "cut or wrong answers: {failures:?}");
+    assert!(status.success(), "{status}");
+    assert!(took < drain, "exited {took:?} after SIGTERM");
+    let stopped = api.wait_for_log("stopped", Duration::from_secs(1));
+    assert_eq!(stopped["drained"], true);
+    eprintln!(
+        "{before} answered before SIGTERM, {} after it; exit {took:?} after SIGTERM",
+        answered_after_signal.load(Ordering::Relaxed)
+    );
+}

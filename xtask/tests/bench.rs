@@ -1,0 +1,203 @@
+//! `cargo xtask bench` through the built xtask binary: its `--dry-run` plan
+//! and its refusal when tools are missing. A real run takes a minute of load
+//! and is a measurement, not a test.
+//!
+//! A dry run only locates wrk, taskset and go on PATH; it must run none of
+//! them. So PATH holds stand-ins that record any call and fail: only their
+//! presence matters, and a call would be the bug.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+const XTASK: &str = env!("CARGO_BIN_EXE_xtask");
+const VERSION: &str = "v9.9.9-plan";
+
+fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap()
+        .to_owned()
+}
+
+/// A fresh folder under the workspace's target dir (no temp-dir crate), one per test.
+fn scratch(name: &str) -> PathBuf {
+    let dir = root().join("target/xtask-tests/bench").join(name);
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+/// A PATH folder with a stand-in for each of `tools`, which appends its name
+/// to `calls` and exits 1 if anything runs it.
+fn stand_ins(dir: &Path, tools: &[&str]) -> (PathBuf, PathBuf) {
+    use std::os::unix::fs::PermissionsExt;
+    let bin = dir.join("bin");
+    std::fs::create_dir_all(&bin).unwrap();
+    let calls = dir.join("calls");
+    for tool in tools {
+        let path = bin.join(tool);
+        std::fs::write(
+            &path,
+            format!(
+                "#!/bin/sh\necho \"{tool} $*\" >> '{}'\necho 'a dry run ran {tool}' >&2\nexit 1\n",
+                calls.display()
+            ),
+        )
+        .unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
+    }
+    (bin, calls)
+}
+
+fn xtask(path: &Path, args: &[&str]) -> Output {
+    Command::new(XTASK)
+        .args(args)
+        .env("PATH", path)
+        .env("API_VERSION", VERSION)
+        .output()
+        .expect("run xtask")
+}
+
+/// The plan on stdout, after checking the run succeeded. With fewer than two
+/// CPUs there is no plan: bench must refuse, saying why.
+fn plan_of(out: &Output) -> Option<String> {
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    if cpus().is_none() {
+        assert!(
+            !out.status.success() && stderr.contains("different CPUs"),
+            "{stderr}"
+        );
+        return None;
+    }
+    assert!(out.status.success(), "{stderr}");
+    Some(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// The first two CPUs this process may use, as bench picks them.
+fn cpus() -> Option<(usize, usize)> {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap();
+    let list = status
+        .lines()
+        .find_map(|l| l.strip_prefix("Cpus_allowed_list:"))?
+        .trim()
+        .to_owned();
+    let mut cpus = Vec::new();
+    for part in list.split(',') {
+        match part.split_once('-') {
+            Some((a, b)) => cpus.extend(a.parse::<usize>().ok()?..=b.parse().ok()?),
+            None => cpus.push(part.parse().ok()?),
+        }
+    }
+    Some((*cpus.first()?, *cpus.get(1)?))
+}
+
+#[test]
+fn dry_run_prints_every_command_and_runs_none() {
+    let dir = scratch("plan");
+    let (bin, calls) = stand_ins(&dir, &["wrk", "taskset", "go"]);
+    let out = xtask(
+        &bin,
+        &[
+            "--dry-run",
+            "bench",
+            "--duration",
+            "7",
+            "--connections",
+            "32",
+        ],
+    );
+    let Some(stdout) = plan_of(&out) else { return };
+    let (server, load) = cpus().unwrap();
+
+    let root = root();
+    let root = root.display();
+    let cargo = std::env::var("CARGO").unwrap();
+    let go = bin.join("go");
+    let go = go.display();
+    let expected = format!(
+        "RUSTFLAGS='-C target-feature=+crt-static' API_VERSION={VERSION} {cargo} build --release --package api --target x86_64-unknown-linux-gnu
+# copy {root}/target/x86_64-unknown-linux-gnu/release/api to {root}/bin/api
+{go} build -trimpath \"-ldflags=-s -w -X main.version={VERSION}\" -o {root}/target/bench/api-go {root}/xtask/bench/main.go
+# 20 times each, unpinned: start, GET /health until 200, stop
+PORT='<port>' HOST=127.0.0.1 {root}/bin/api
+PORT='<port>' HOST=127.0.0.1 {root}/target/bench/api-go
+# 3 rounds, the servers in turn: start pinned, read /proc/<pid>/status VmRSS, warm up, measure, read VmRSS and VmHWM, stop
+PORT='<port>' HOST=127.0.0.1 taskset -c {server} {root}/bin/api
+taskset -c {load} wrk -t1 -c32 -d1s http://127.0.0.1:<port>/health
+taskset -c {load} wrk -t1 -c32 -d7s --latency -s xtask/bench/report.lua http://127.0.0.1:<port>/health
+PORT='<port>' HOST=127.0.0.1 taskset -c {server} {root}/target/bench/api-go
+taskset -c {load} wrk -t1 -c32 -d1s http://127.0.0.1:<port>/health
+taskset -c {load} wrk -t1 -c32 -d7s --latency -s xtask/bench/report.lua http://127.0.0.1:<port>/health
+"
+    );
+    assert_eq!(stdout, expected);
+    assert!(
+        !calls.exists(),
+        "ran: {}",
+        std::fs::read_to_string(&calls).unwrap_or_default()
+    );
+}
+
+#[test]
+fn dry_run_of_the_dynamic_build_plans_cargo_without_a_target() {
+    let dir = scratch("dynamic");
+    let (bin, _) = stand_ins(&dir, &["wrk", "taskset"]);
+    let out = xtask(&bin, &["--dry-run", "bench", "--dynamic", "--no-go"]);
+    let Some(stdout) = plan_of(&out) else { return };
+    let first = stdout.lines().next().unwrap_or_default();
+    assert!(
+        first.starts_with(&format!("API_VERSION={VERSION} ")),
+        "{first}"
+    );
+    assert!(first.ends_with(" build --release --package api"), "{first}");
+}
+
+#[test]
+fn without_go_the_plan_has_no_go_server_and_says_why() {
+    let dir = scratch("no-go");
+    let (bin, calls) = stand_ins(&dir, &["wrk", "taskset"]);
+    let out = xtask(&bin, &["--dry-run", "bench"]);
+    let Some(stdout) = plan_of(&out) else { return };
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!stdout.contains("api-go"), "{stdout}");
+    assert!(
+        stderr.contains("no Go comparison: go is not installed: apt-get install golang-go"),
+        "{stderr}"
+    );
+    assert!(!calls.exists());
+}
+
+#[test]
+fn missing_wrk_and_taskset_are_reported_together_before_any_work() {
+    let dir = scratch("missing");
+    let empty = dir.join("empty");
+    std::fs::create_dir_all(&empty).unwrap();
+    let out = xtask(&empty, &["bench"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert_eq!(
+        stderr,
+        "error: missing tools on PATH:\n  wrk: apt-get install wrk\n  taskset: apt-get install util-linux\n"
+    );
+    assert!(out.stdout.is_empty(), "nothing planned or built");
+}
+
+#[test]
+fn bad_numbers_are_refused_by_the_command_line() {
+    let dir = scratch("flags");
+    let (bin, calls) = stand_ins(&dir, &["wrk", "taskset"]);
+    for args in [
+        &["bench", "--duration", "0"][..],
+        &["bench", "--rounds", "x"],
+        &["bench", "--connections", "0"],
+    ] {
+        let out = xtask(&bin, args);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {stderr}");
+        assert!(
+            stderr.contains("error: invalid value"),
+            "{args:?}: {stderr}"
+        );
+    }
+    assert!(!calls.exists());
+}
