@@ -28,7 +28,8 @@ fn status(world: &World) -> Run {
 }
 
 fn wait_for(world: &World, line: &str) {
-    for _ in 0..100 {
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while std::time::Instant::now() < deadline {
         if status(world).stdout.trim() == line {
             return;
         }
@@ -55,7 +56,8 @@ fn a_new_image_progresses_then_pauses_for_promotion() {
         return;
     }
     let world = World::new(Some("v1"));
-    world.behaviour("v2", Some(0.5), None);
+    // Ready after 3s: time enough to see it progress, even on a loaded machine.
+    world.behaviour("v2", Some(3.0), None);
     assert_eq!(status(&world).ok().stdout, "Healthy\n");
     let set = rollouts(
         &world,
@@ -80,13 +82,17 @@ fn promote_before_the_pause_changes_nothing() {
         return;
     }
     let world = World::new(Some("v1"));
-    world.behaviour("v2", Some(1.0), None);
+    world.behaviour("v2", Some(3.0), None);
     rollouts(
         &world,
         &["set", "image", "api", &format!("api={}", image("v2"))],
     )
     .ok();
     let promote = rollouts(&world, &["promote", "api"]);
+    assert!(
+        status(&world).stdout.starts_with("Progressing"),
+        "the machine was too slow: the promote came after the pause"
+    );
     assert_eq!(
         promote.ok().stdout,
         "rollout 'api' promoted\n",

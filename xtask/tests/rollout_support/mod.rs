@@ -595,3 +595,37 @@ pub fn forwarded_address(child: &mut Child) -> (String, String) {
         .unwrap_or_else(|| panic!("not kubectl's forwarding line: {line:?}"));
     (format!("127.0.0.1:{port}"), target.to_owned())
 }
+
+/// A pipe read into a string by a thread, as it comes.
+pub struct Collected {
+    pub text: Arc<Mutex<String>>,
+    thread: std::thread::JoinHandle<()>,
+}
+
+impl Collected {
+    pub fn new(mut pipe: impl Read + Send + 'static) -> Collected {
+        let text = Arc::new(Mutex::new(String::new()));
+        let sink = Arc::clone(&text);
+        let thread = std::thread::spawn(move || {
+            let mut buf = [0u8; 4096];
+            while let Ok(n) = pipe.read(&mut buf) {
+                if n == 0 {
+                    break;
+                }
+                let chunk = String::from_utf8_lossy(&buf[..n]).into_owned();
+                sink.lock().unwrap().push_str(&chunk);
+            }
+        });
+        Collected { text, thread }
+    }
+
+    pub fn contains(&self, needle: &str) -> bool {
+        self.text.lock().unwrap().contains(needle)
+    }
+
+    /// Everything, once the writer closed the pipe.
+    pub fn finish(self) -> String {
+        self.thread.join().unwrap();
+        Arc::try_unwrap(self.text).unwrap().into_inner().unwrap()
+    }
+}
