@@ -1,8 +1,6 @@
 //! `cargo xtask`: builds, tests, packages and ships the `api` service.
 //! This file parses the command line and dispatches; each task is a module.
 
-// Scaffolding: the shared modules are ahead of the tasks that use them. Removed once all tasks are built.
-#![allow(dead_code)]
 
 mod bench;
 mod build;
