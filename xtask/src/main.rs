@@ -1,7 +1,6 @@
 //! `cargo xtask`: builds, tests, packages and ships the `api` service.
 //! This file parses the command line and dispatches; each task is a module.
 
-
 mod bench;
 mod build;
 mod context;
