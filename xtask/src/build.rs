@@ -50,7 +50,9 @@ impl Build {
     /// Builds, then prints `<version> <path>` on stdout.
     pub fn run(&self, cx: &Context) -> Result<Built> {
         let built = self.compile(cx)?;
-        cx.result(format_args!("{} {}", built.version, built.binary));
+        if !cx.dry_run {
+            cx.result(format_args!("{} {}", built.version, built.binary));
+        }
         Ok(built)
     }
 

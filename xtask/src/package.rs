@@ -1,17 +1,353 @@
-//! `cargo xtask package`: placeholder, filled by the api/package work.
+//! `cargo xtask package`: the container image, built with the `Dockerfile`,
+//! tagged with the commit it holds, and optionally pushed.
 
-use anyhow::{Result, bail};
+use std::io::Write as _;
+use std::process::{Command, Stdio};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use anyhow::{Context as _, Result, bail};
 use clap::Args;
+use xshell::{Cmd, cmd};
 
 use crate::context::Context;
+use crate::image::{ImageArgs, ImageRef};
+use crate::{tools, version};
 
-/// Build the container image, tagged with the commit SHA
+/// GitLab's predefined variables for the project's registry and its credentials.
+const CI_REGISTRY: &str = "CI_REGISTRY";
+const CI_REGISTRY_USER: &str = "CI_REGISTRY_USER";
+const CI_REGISTRY_PASSWORD: &str = "CI_REGISTRY_PASSWORD";
+
+/// Build the container image, tagged with the commit SHA; --push pushes it
 #[derive(Args, Debug)]
-#[command(after_long_help = "Examples:\n  cargo xtask package")]
-pub struct Package {}
+#[command(
+    long_about = "Build the container image with the Dockerfile, tagged IMAGE:TAG, and print \
+the image reference on stdout (the only line there; docker's own output goes to stderr).
+
+IMAGE is --image, else $API_IMAGE, else $CI_REGISTRY_IMAGE, else `api`. TAG is --tag, \
+else $API_IMAGE_TAG, else $CI_COMMIT_SHA, else the full SHA of HEAD. A work tree with \
+uncommitted changes is refused unless --allow-dirty (the tag then ends in -dirty): an \
+image must say truthfully what it holds. The version compiled into the service is the \
+one `cargo xtask build` uses ($API_VERSION, else git describe). The image carries the OCI \
+labels org.opencontainers.image.version, .revision (the full SHA of HEAD), .source and \
+.created.
+
+Before any work it checks that the docker CLI is on PATH and that its engine answers.
+
+With --push, the tag is pushed after a successful build. When $CI_REGISTRY, \
+$CI_REGISTRY_USER and $CI_REGISTRY_PASSWORD are all set, it first logs in, giving the \
+password to docker on stdin: it never appears in an argument or in any output.
+
+Runs:
+  git rev-parse --verify HEAD, git status --porcelain, git describe --tags --always --dirty
+  docker version --format {{.Server.Version}}                (does the engine answer?)
+  docker login --username <user> --password-stdin <registry>  (--push, credentials set)
+  docker build --file Dockerfile --tag IMAGE:TAG --build-arg API_VERSION=<version> \\
+      --build-arg REVISION=<sha> --build-arg CREATED=<time> [--build-arg SOURCE=<url>] [ARGS...] .
+  docker push IMAGE:TAG                                       (--push)",
+    after_long_help = "Environment:
+  API_IMAGE             image repository, instead of $CI_REGISTRY_IMAGE or `api`
+  API_IMAGE_TAG         image tag, instead of $CI_COMMIT_SHA or the SHA of HEAD
+  API_VERSION           the version to compile in, instead of git describe's
+  CI_REGISTRY_IMAGE     GitLab: the project's image repository
+  CI_COMMIT_SHA         GitLab: the commit being built
+  CI_PROJECT_URL        GitLab: the project's page, for the source label (else the `origin` remote)
+  CI_REGISTRY, CI_REGISTRY_USER, CI_REGISTRY_PASSWORD
+                        GitLab: registry credentials, used with --push
+  SOURCE_DATE_EPOCH     the creation time to label, instead of now (reproducible builds)
+  DOCKER_HOST           the engine to use (read by docker itself)
+
+Examples:
+  cargo xtask package
+  cargo xtask package --image registry.example.com/team/api --push
+  cargo xtask package --allow-dirty -- --no-cache --network host
+  cargo xtask --dry-run package"
+)]
+pub struct Package {
+    #[command(flatten)]
+    pub image: ImageArgs,
+
+    /// Push the tag after a successful build (logging in first when $CI_REGISTRY_* are set)
+    #[arg(long)]
+    pub push: bool,
+
+    /// Arguments for `docker build`, passed unchanged (e.g. -- --no-cache --network host)
+    #[arg(last = true, value_name = "DOCKER_BUILD_ARGS")]
+    pub docker_args: Vec<String>,
+}
 
 impl Package {
-    pub fn run(self, _cx: &Context) -> Result<()> {
-        bail!("package is not built yet")
+    pub fn run(self, cx: &Context) -> Result<()> {
+        tools::require(&[&tools::DOCKER, &tools::GIT])?;
+        let credentials = match self.push {
+            true => Credentials::from_env()?,
+            false => None,
+        };
+        let image = self.image.resolve(cx)?;
+        let version = version::resolve(&cx.sh, &cx.root)?;
+        let revision = version::head_sha(&cx.sh, &cx.root)?;
+        check_engine(cx)?;
+
+        if let Some(credentials) = &credentials {
+            login(cx, credentials)?;
+        }
+        build(cx, &image, &version, &revision, &self.docker_args)?;
+        if self.push {
+            let sh = &cx.sh;
+            let reference = image.to_string();
+            run_on_stderr(cx, cmd!(sh, "docker push {reference}"), None)
+                .with_context(|| format!("push {image}"))?;
+        }
+        cx.result(&image);
+        Ok(())
+    }
+}
+
+/// `docker version` asks the engine; the CLI alone answers `docker --version`.
+fn check_engine(cx: &Context) -> Result<()> {
+    let sh = &cx.sh;
+    let format = "{{.Server.Version}}";
+    let probe = cmd!(sh, "docker version --format {format}");
+    if cx.verbose {
+        eprintln!("$ {probe}");
+    }
+    let output = probe
+        .quiet()
+        .ignore_status()
+        .output()
+        .context("run `docker version`")?;
+    if output.status.success() {
+        return Ok(());
+    }
+    let said = String::from_utf8_lossy(&output.stderr);
+    let said = said.trim();
+    let host = match std::env::var("DOCKER_HOST") {
+        Ok(host) if !host.is_empty() => format!("DOCKER_HOST={host}"),
+        _ => "the default socket (DOCKER_HOST is not set)".to_owned(),
+    };
+    bail!(
+        "the docker CLI is installed, but no Docker engine answers at {host}: {said}\n\
+         start the engine (e.g. `systemctl start docker`), or point DOCKER_HOST at one that runs"
+    )
+}
+
+fn build(
+    cx: &Context,
+    image: &ImageRef,
+    version: &str,
+    revision: &str,
+    docker_args: &[String],
+) -> Result<()> {
+    let sh = &cx.sh;
+    let reference = image.to_string();
+    let mut build_args = vec![
+        format!("API_VERSION={version}"),
+        format!("REVISION={revision}"),
+        format!("CREATED={}", created()?),
+    ];
+    if let Some(source) = source_url(cx) {
+        build_args.push(format!("SOURCE={source}"));
+    }
+    let build_args: Vec<String> = build_args
+        .into_iter()
+        .flat_map(|arg| ["--build-arg".to_owned(), arg])
+        .collect();
+    run_on_stderr(
+        cx,
+        cmd!(
+            sh,
+            "docker build --file Dockerfile --tag {reference} {build_args...} {docker_args...} ."
+        ),
+        None,
+    )
+    .with_context(|| format!("build {image}"))
+}
+
+/// Registry credentials, all three or none: a half-set is a mistake worth naming.
+struct Credentials {
+    registry: String,
+    user: String,
+    password: String,
+}
+
+impl Credentials {
+    fn from_env() -> Result<Option<Credentials>> {
+        let get = |key| std::env::var(key).ok().filter(|v| !v.is_empty());
+        let (registry, user, password) = (
+            get(CI_REGISTRY),
+            get(CI_REGISTRY_USER),
+            get(CI_REGISTRY_PASSWORD),
+        );
+        match (registry, user, password) {
+            (Some(registry), Some(user), Some(password)) => Ok(Some(Credentials {
+                registry,
+                user,
+                password,
+            })),
+            (None, None, None) => Ok(None),
+            (registry, user, password) => {
+                let missing: Vec<_> = [
+                    (CI_REGISTRY, registry.is_none()),
+                    (CI_REGISTRY_USER, user.is_none()),
+                    (CI_REGISTRY_PASSWORD, password.is_none()),
+                ]
+                .into_iter()
+                .filter_map(|(key, missing)| missing.then_some(key))
+                .collect();
+                bail!(
+                    "registry credentials are only partly set: {} missing; set all of \
+                     {CI_REGISTRY}, {CI_REGISTRY_USER} and {CI_REGISTRY_PASSWORD} to log in, \
+                     or none of them to push with docker's stored login",
+                    missing.join(", ")
+                )
+            }
+        }
+    }
+}
+
+/// The password goes to docker on stdin, never in argv, so neither the echo nor
+/// a process listing shows it.
+fn login(cx: &Context, credentials: &Credentials) -> Result<()> {
+    let sh = &cx.sh;
+    let Credentials {
+        registry,
+        user,
+        password,
+    } = credentials;
+    run_on_stderr(
+        cx,
+        cmd!(
+            sh,
+            "docker login --username {user} --password-stdin {registry}"
+        ),
+        Some(password),
+    )
+    .with_context(|| format!("log in to {registry} as {user}"))
+}
+
+/// [`Context::run`], except that the command's stdout goes to our stderr:
+/// docker's progress is not a result, and stdout carries only the image
+/// reference. `stdin`, when given, is written to the command's standard input
+/// and shown nowhere.
+fn run_on_stderr(cx: &Context, cmd: Cmd<'_>, stdin: Option<&str>) -> Result<()> {
+    let line = cmd.to_string();
+    if cx.dry_run {
+        println!("{line}");
+        return Ok(());
+    }
+    eprintln!("$ {line}");
+    let mut command = Command::from(cmd);
+    command.stdout(Stdio::from(std::io::stderr()));
+    command.stdin(match stdin {
+        Some(_) => Stdio::piped(),
+        None => Stdio::null(),
+    });
+    let mut child = command.spawn().with_context(|| format!("start `{line}`"))?;
+    if let (Some(input), Some(mut pipe)) = (stdin, child.stdin.take()) {
+        // A command that exits before reading says why on stderr; its status tells.
+        let _ = pipe.write_all(input.as_bytes());
+    }
+    let status = child.wait().with_context(|| format!("wait for `{line}`"))?;
+    if !status.success() {
+        bail!("`{line}` failed ({status})");
+    }
+    Ok(())
+}
+
+/// Where the source lives, for the label: GitLab's project page, else the
+/// `origin` remote with any credentials removed, else none.
+fn source_url(cx: &Context) -> Option<String> {
+    if let Ok(url) = std::env::var("CI_PROJECT_URL")
+        && !url.is_empty()
+    {
+        return Some(without_userinfo(&url));
+    }
+    let sh = &cx.sh;
+    let _cd = sh.push_dir(&cx.root);
+    let probe = cmd!(sh, "git remote get-url origin").ignore_stderr();
+    cx.read(probe)
+        .ok()
+        .filter(|url| !url.is_empty())
+        .map(|url| without_userinfo(&url))
+}
+
+/// `https://user:token@host/path` -> `https://host/path`: a remote may carry a
+/// token, and labels are public.
+fn without_userinfo(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_owned();
+    };
+    let authority_end = rest.find('/').unwrap_or(rest.len());
+    match rest[..authority_end].rfind('@') {
+        Some(at) => format!("{scheme}://{}", &rest[at + 1..]),
+        None => url.to_owned(),
+    }
+}
+
+/// The build time for `org.opencontainers.image.created`, RFC 3339 in UTC;
+/// $SOURCE_DATE_EPOCH instead when set, for reproducible builds.
+fn created() -> Result<String> {
+    let seconds = match std::env::var("SOURCE_DATE_EPOCH") {
+        Ok(epoch) if !epoch.is_empty() => epoch.parse().with_context(|| {
+            format!("SOURCE_DATE_EPOCH={epoch:?} is not a number of seconds since 1970")
+        })?,
+        _ => SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .context("the clock is before 1970")?
+            .as_secs(),
+    };
+    Ok(rfc3339_utc(seconds))
+}
+
+/// Seconds since the Unix epoch as `YYYY-MM-DDTHH:MM:SSZ` (the civil-from-days
+/// algorithm of Howard Hinnant's date library, for years 1970 onwards).
+fn rfc3339_utc(seconds: u64) -> String {
+    let days = seconds / 86_400;
+    let rest = seconds % 86_400;
+    let (hour, minute, second) = (rest / 3600, rest % 3600 / 60, rest % 60);
+    let z = days + 719_468;
+    let era = z / 146_097;
+    let day_of_era = z % 146_097;
+    let year_of_era =
+        (day_of_era - day_of_era / 1460 + day_of_era / 36_524 - day_of_era / 146_096) / 365;
+    let day_of_year = day_of_era - (365 * year_of_era + year_of_era / 4 - year_of_era / 100);
+    let mp = (5 * day_of_year + 2) / 153;
+    let day = day_of_year - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = year_of_era + era * 400 + u64::from(month <= 2);
+    format!("{year:04}-{month:02}-{day:02}T{hour:02}:{minute:02}:{second:02}Z")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn created_time_is_rfc3339_utc() {
+        assert_eq!(rfc3339_utc(0), "1970-01-01T00:00:00Z");
+        assert_eq!(rfc3339_utc(951_782_400), "2000-02-29T00:00:00Z");
+        assert_eq!(rfc3339_utc(1_709_251_199), "2024-02-29T23:59:59Z");
+        assert_eq!(rfc3339_utc(1_735_689_600), "2025-01-01T00:00:00Z");
+        assert_eq!(rfc3339_utc(4_102_444_799), "2099-12-31T23:59:59Z");
+    }
+
+    #[test]
+    fn source_label_drops_credentials_from_the_remote() {
+        assert_eq!(
+            without_userinfo("https://gitlab-ci-token:s3cr3t@gitlab.example.com/team/api.git"),
+            "https://gitlab.example.com/team/api.git"
+        );
+        assert_eq!(
+            without_userinfo("https://gitlab.example.com/team/api"),
+            "https://gitlab.example.com/team/api"
+        );
+        assert_eq!(
+            without_userinfo("git@gitlab.example.com:team/api.git"),
+            "git@gitlab.example.com:team/api.git"
+        );
+        assert_eq!(
+            without_userinfo("https://host/path/with@sign"),
+            "https://host/path/with@sign"
+        );
     }
 }

@@ -37,7 +37,7 @@ pub struct Run {
 
 impl Run {
     pub fn run(self, cx: &Context) -> Result<ExitCode> {
-        let built = Build::default().run(cx)?;
+        let built = Build::default().compile(cx)?;
         let mut line = built.binary.to_string();
         for arg in &self.args {
             line.push(' ');

@@ -1,57 +1,259 @@
-//! The blue/green tasks: placeholders, filled by the rollout work.
+//! The blue/green tasks: `deploy`, `status`, `sanity`, `promote`, `abort`,
+//! `release`. They drive an Argo Rollout through the `kubectl-argo-rollouts`
+//! plugin, the way `../shared/DESIGN.md` ("The blue/green flow") describes
+//! Argo Rollouts really behaving; `rollout.yaml` at the root is the Rollout.
 
-use std::process::ExitCode;
+mod abort;
+mod deploy;
+mod interrupt;
+#[cfg(test)]
+mod manifest;
+mod plugin;
+mod promote;
+mod release;
+mod sanity;
+mod status;
+mod timing;
+
+use std::time::Duration;
 
 use anyhow::{Result, bail};
 use clap::Args;
 
-use crate::context::Context;
+pub use abort::Abort;
+pub use deploy::Deploy;
+pub use promote::Promote;
+pub use release::Release;
+pub use sanity::Sanity;
+pub use status::Status;
 
-macro_rules! placeholder {
-    ($name:ident, $task:literal, $about:literal) => {
-        #[doc = $about]
-        #[derive(Args, Debug)]
-        #[command(after_long_help = concat!("Examples:\n  cargo xtask ", $task))]
-        pub struct $name {}
+use crate::tools;
+use plugin::Plugin;
 
-        impl $name {
-            #[allow(dead_code)]
-            pub fn run(self, _cx: &Context) -> Result<()> {
-                bail!(concat!($task, " is not built yet"))
-            }
-        }
-    };
+/// The defaults, which are the names in `rollout.yaml` (a test holds the two together).
+pub const DEFAULT_ROLLOUT: &str = "api";
+pub const DEFAULT_CONTAINER: &str = "api";
+pub const DEFAULT_ACTIVE_SERVICE: &str = "api-active";
+pub const DEFAULT_PREVIEW_SERVICE: &str = "api-preview";
+/// The port both Services expose (their targetPort is the container's 8080).
+pub const SERVICE_PORT: u16 = 80;
+/// What the readiness and liveness probes ask, and what `sanity` checks first.
+pub const HEALTH_PATH: &str = "/health";
+
+/// Which Rollout, in which namespace and cluster: the flags every blue/green task takes.
+#[derive(Args, Debug, Clone)]
+pub struct Target {
+    /// The Argo Rollout to act on
+    #[arg(long, env = "API_ROLLOUT", default_value = DEFAULT_ROLLOUT, value_name = "NAME")]
+    pub rollout: String,
+
+    /// The container in the Rollout's pod template that runs the api
+    #[arg(long, env = "API_CONTAINER", default_value = DEFAULT_CONTAINER, value_name = "NAME")]
+    pub container: String,
+
+    /// Kubernetes namespace [default: $KUBE_NAMESPACE, then the kubeconfig context's]
+    #[arg(short = 'n', long, env = "API_NAMESPACE", value_name = "NAMESPACE")]
+    pub namespace: Option<String>,
+
+    /// kubeconfig context [default: the current context]
+    #[arg(long, env = "API_KUBE_CONTEXT", value_name = "CONTEXT")]
+    pub context: Option<String>,
 }
 
-placeholder!(
-    Deploy,
-    "deploy",
-    "Set the new image on the Rollout: it goes to the preview pods"
-);
-placeholder!(
-    Sanity,
-    "sanity",
-    "Check the preview: /health answers 200 with the expected version"
-);
-placeholder!(
-    Promote,
-    "promote",
-    "Switch traffic to the preview, atomically"
-);
-placeholder!(Abort, "abort", "Drop the preview; the active version stays");
-placeholder!(
-    Release,
-    "release",
-    "Deploy, wait, check, promote; abort on any failure"
-);
+impl Target {
+    /// Checks every name, then finds the plugin: nothing runs before both succeed.
+    fn plugin(&self) -> Result<Plugin> {
+        let checked = self.checked()?;
+        let path = tools::require(&[&tools::ARGO_ROLLOUTS])?.remove(0);
+        Ok(Plugin::new(path, checked))
+    }
 
-/// Show where the rollout stands
-#[derive(Args, Debug)]
-#[command(after_long_help = "Examples:\n  cargo xtask status")]
-pub struct Status {}
+    /// The names checked, and the namespace fallback ($KUBE_NAMESPACE, GitLab's) applied.
+    fn checked(&self) -> Result<Target> {
+        let namespace = self.namespace.clone().or_else(|| {
+            std::env::var("KUBE_NAMESPACE")
+                .ok()
+                .filter(|ns| !ns.is_empty())
+        });
+        check_object_name("rollout", &self.rollout)?;
+        check_label("container", &self.container)?;
+        if let Some(ns) = &namespace {
+            check_label("namespace", ns)?;
+        }
+        if let Some(context) = &self.context {
+            check_context(context)?;
+        }
+        Ok(Target {
+            namespace,
+            ..self.clone()
+        })
+    }
+}
 
-impl Status {
-    pub fn run(self, _cx: &Context) -> Result<ExitCode> {
-        bail!("status is not built yet")
+/// A DNS-1123 label: what Kubernetes allows for namespaces, Services and container names.
+pub fn check_label(what: &str, name: &str) -> Result<()> {
+    if !is_label(name) {
+        bail!(
+            "invalid {what} name {name:?}: a Kubernetes name (DNS-1123 label) is 1 to 63 lowercase letters, \
+             digits and '-', starting and ending with a letter or digit"
+        );
+    }
+    Ok(())
+}
+
+/// A DNS-1123 subdomain: what Kubernetes allows for most object names, a Rollout's among them.
+pub fn check_object_name(what: &str, name: &str) -> Result<()> {
+    if name.is_empty() || name.len() > 253 || !name.split('.').all(is_label) {
+        bail!(
+            "invalid {what} name {name:?}: a Kubernetes object name (DNS-1123 subdomain) is at most 253 \
+             characters of lowercase letters, digits, '-' and '.', each dot-separated part starting and \
+             ending with a letter or digit"
+        );
+    }
+    Ok(())
+}
+
+fn is_label(name: &str) -> bool {
+    let bytes = name.as_bytes();
+    !bytes.is_empty()
+        && bytes.len() <= 63
+        && bytes
+            .iter()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || *b == b'-')
+        && bytes[0] != b'-'
+        && bytes[bytes.len() - 1] != b'-'
+}
+
+/// kubeconfig context names are free-form (`gke_project_zone_name`,
+/// `arn:aws:eks:...`), but one must not be empty, look like a flag, or hold
+/// whitespace or control characters.
+fn check_context(context: &str) -> Result<()> {
+    if context.is_empty()
+        || context.starts_with('-')
+        || context.chars().any(|c| c.is_whitespace() || c.is_control())
+    {
+        bail!(
+            "invalid kubeconfig context {context:?}: give a context name from `kubectl config get-contexts -o name` \
+             (not empty, not starting with '-', no spaces)"
+        );
+    }
+    Ok(())
+}
+
+/// A duration as the plugin takes it (Go's `time.ParseDuration` units): `300s`, `5m`, `1m30s`, `500ms`, `1h`.
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    let invalid = || {
+        format!(
+            "invalid duration {text:?}: use a number with a unit, h, m, s or ms, such as 300s, 5m or 1m30s"
+        )
+    };
+    if text.is_empty() {
+        return Err(invalid());
+    }
+    let mut total = 0.0_f64;
+    let mut rest = text;
+    while !rest.is_empty() {
+        let number_len = rest
+            .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+            .ok_or_else(invalid)?;
+        let number: f64 = rest[..number_len].parse().map_err(|_| invalid())?;
+        rest = &rest[number_len..];
+        let unit_len = rest
+            .find(|c: char| c.is_ascii_digit() || c == '.')
+            .unwrap_or(rest.len());
+        let scale = match &rest[..unit_len] {
+            "h" => 3600.0,
+            "m" => 60.0,
+            "s" => 1.0,
+            "ms" => 0.001,
+            _ => return Err(invalid()),
+        };
+        total += number * scale;
+        rest = &rest[unit_len..];
+    }
+    if total < 0.001 {
+        // The plugin reads a zero --timeout as "wait forever".
+        return Err(format!(
+            "invalid duration {text:?}: it must be at least 1ms, such as 300s or 5m"
+        ));
+    }
+    Ok(Duration::from_secs_f64(total))
+}
+
+/// A duration written the way the plugin's `--timeout` parses it: `300s`, `1.5s`.
+pub fn go_duration(duration: Duration) -> String {
+    let millis = duration.as_millis();
+    if millis % 1000 == 0 {
+        format!("{}s", millis / 1000)
+    } else {
+        format!("{}ms", millis)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn labels_follow_dns_1123() {
+        for ok in ["api", "a", "api-preview", "a1-b2", &"x".repeat(63)] {
+            check_label("namespace", ok).unwrap_or_else(|e| panic!("{ok}: {e:#}"));
+        }
+        for bad in [
+            "",
+            "API",
+            "-api",
+            "api-",
+            "a_b",
+            "a.b",
+            "a b",
+            &"x".repeat(64),
+        ] {
+            let err = check_label("namespace", bad).expect_err(bad).to_string();
+            assert!(err.contains("DNS-1123 label"), "{bad}: {err}");
+            assert!(err.contains("namespace"), "{bad}: {err}");
+        }
+    }
+
+    #[test]
+    fn object_names_may_have_dots() {
+        check_object_name("rollout", "api.v2").unwrap();
+        for bad in ["", "api..v2", ".api", "Api", "api_v2"] {
+            let err = check_object_name("rollout", bad)
+                .expect_err(bad)
+                .to_string();
+            assert!(err.contains("DNS-1123 subdomain"), "{bad}: {err}");
+        }
+    }
+
+    #[test]
+    fn contexts_are_free_form_but_not_flags() {
+        check_context("arn:aws:eks:eu-west-1:123:cluster/prod").unwrap();
+        check_context("gke_project_zone_name").unwrap();
+        for bad in ["", "--kubeconfig=/etc/x", "a b"] {
+            assert!(check_context(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn durations_take_go_units() {
+        assert_eq!(parse_duration("300s"), Ok(Duration::from_secs(300)));
+        assert_eq!(parse_duration("5m"), Ok(Duration::from_secs(300)));
+        assert_eq!(parse_duration("1m30s"), Ok(Duration::from_secs(90)));
+        assert_eq!(parse_duration("1h"), Ok(Duration::from_secs(3600)));
+        assert_eq!(parse_duration("250ms"), Ok(Duration::from_millis(250)));
+        assert_eq!(parse_duration("1.5s"), Ok(Duration::from_millis(1500)));
+        for bad in ["", "300", "5x", "s", "m5", "-5s"] {
+            let err = parse_duration(bad).expect_err(bad);
+            assert!(err.contains("300s, 5m or 1m30s"), "{bad}: {err}");
+        }
+        let err = parse_duration("0s").unwrap_err();
+        assert!(err.contains("at least 1ms"), "{err}");
+    }
+
+    #[test]
+    fn durations_are_written_as_the_plugin_parses_them() {
+        assert_eq!(go_duration(Duration::from_secs(300)), "300s");
+        assert_eq!(go_duration(Duration::from_millis(1500)), "1500ms");
     }
 }

@@ -1,0 +1,385 @@
+//! `rollout.yaml` and the defaults of the blue/green tasks, held together:
+//! the names, the ports, the probe path. And the manifest as the API server
+//! would take it: known fields only, and the settings the design asks for.
+
+use serde_yaml_ng::{Mapping, Value};
+
+use super::{
+    DEFAULT_ACTIVE_SERVICE, DEFAULT_CONTAINER, DEFAULT_PREVIEW_SERVICE, DEFAULT_ROLLOUT,
+    HEALTH_PATH, SERVICE_PORT,
+};
+
+/// The port the api listens on by default (its PORT), which the pods must expose.
+const API_PORT: u64 = 8080;
+
+fn documents() -> Vec<Value> {
+    let path = crate::context::workspace_root().join("rollout.yaml");
+    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("read {path}: {e}"));
+    serde_yaml_ng::Deserializer::from_str(&text)
+        .map(|doc| serde::Deserialize::deserialize(doc).expect("rollout.yaml parses"))
+        .collect()
+}
+
+fn find<'a>(docs: &'a [Value], kind: &str, name: &str) -> &'a Value {
+    docs.iter()
+        .find(|d| d["kind"] == kind && d["metadata"]["name"] == name)
+        .unwrap_or_else(|| panic!("rollout.yaml has no {kind} named {name}"))
+}
+
+fn rollout(docs: &[Value]) -> &Value {
+    find(docs, "Rollout", DEFAULT_ROLLOUT)
+}
+
+fn container(docs: &[Value]) -> &Value {
+    rollout(docs)["spec"]["template"]["spec"]["containers"]
+        .as_sequence()
+        .unwrap()
+        .iter()
+        .find(|c| c["name"] == DEFAULT_CONTAINER)
+        .unwrap_or_else(|| panic!("the Rollout has no container {DEFAULT_CONTAINER}"))
+}
+
+/// The container port a Service's targetPort names (by name or number).
+fn target_port(docs: &[Value], target: &Value) -> u64 {
+    match target {
+        Value::Number(n) => n.as_u64().unwrap(),
+        Value::String(name) => container(docs)["ports"]
+            .as_sequence()
+            .unwrap()
+            .iter()
+            .find(|p| p["name"] == name.as_str())
+            .unwrap_or_else(|| panic!("no container port named {name}"))["containerPort"]
+            .as_u64()
+            .unwrap(),
+        other => panic!("targetPort {other:?}"),
+    }
+}
+
+#[test]
+fn the_rollout_and_container_are_the_task_defaults() {
+    let docs = documents();
+    let rollout = rollout(&docs);
+    assert_eq!(rollout["apiVersion"], "argoproj.io/v1alpha1");
+    assert_eq!(container(&docs)["name"], DEFAULT_CONTAINER);
+}
+
+#[test]
+fn the_services_are_the_task_defaults_and_forward_port_80_to_the_api() {
+    let docs = documents();
+    let blue_green = &rollout(&docs)["spec"]["strategy"]["blueGreen"];
+    assert_eq!(blue_green["activeService"], DEFAULT_ACTIVE_SERVICE);
+    assert_eq!(blue_green["previewService"], DEFAULT_PREVIEW_SERVICE);
+    for name in [DEFAULT_ACTIVE_SERVICE, DEFAULT_PREVIEW_SERVICE] {
+        let service = find(&docs, "Service", name);
+        let ports = service["spec"]["ports"].as_sequence().unwrap();
+        assert_eq!(ports.len(), 1, "{name}");
+        assert_eq!(
+            ports[0]["port"].as_u64(),
+            Some(u64::from(SERVICE_PORT)),
+            "{name}"
+        );
+        assert_eq!(
+            target_port(&docs, &ports[0]["targetPort"]),
+            API_PORT,
+            "{name}"
+        );
+    }
+}
+
+#[test]
+fn the_services_and_the_rollout_select_the_pods_of_the_template() {
+    let docs = documents();
+    let spec = &rollout(&docs)["spec"];
+    let labels = spec["template"]["metadata"]["labels"].as_mapping().unwrap();
+    let selects = |selector: &Mapping| selector.iter().all(|(k, v)| labels.get(k) == Some(v));
+    assert!(selects(
+        spec["selector"]["matchLabels"].as_mapping().unwrap()
+    ));
+    for name in [DEFAULT_ACTIVE_SERVICE, DEFAULT_PREVIEW_SERVICE] {
+        let selector = find(&docs, "Service", name)["spec"]["selector"]
+            .as_mapping()
+            .unwrap();
+        assert!(
+            !selector.is_empty() && selects(selector),
+            "{name} selects no pod of the Rollout"
+        );
+    }
+}
+
+#[test]
+fn probes_ask_the_health_path_on_the_api_port() {
+    let docs = documents();
+    let container = container(&docs);
+    assert_eq!(
+        container["ports"][0]["containerPort"].as_u64(),
+        Some(API_PORT)
+    );
+    for probe in ["readinessProbe", "livenessProbe"] {
+        let get = &container[probe]["httpGet"];
+        assert_eq!(get["path"], HEALTH_PATH, "{probe}");
+        assert_eq!(target_port(&docs, &get["port"]), API_PORT, "{probe}");
+    }
+}
+
+#[test]
+fn promotion_is_manual_and_scale_down_delays_are_set() {
+    let docs = documents();
+    let blue_green = &rollout(&docs)["spec"]["strategy"]["blueGreen"];
+    assert_eq!(blue_green["autoPromotionEnabled"], false);
+    assert!(blue_green["scaleDownDelaySeconds"].as_u64().unwrap() > 0);
+    assert!(blue_green["abortScaleDownDelaySeconds"].as_u64().unwrap() > 0);
+    // The rollout reports Degraded before `deploy --wait` (300s by default) gives up.
+    assert!(
+        rollout(&docs)["spec"]["progressDeadlineSeconds"]
+            .as_u64()
+            .unwrap()
+            < 300
+    );
+}
+
+#[test]
+fn the_container_is_locked_down_and_sized() {
+    let docs = documents();
+    let container = container(&docs);
+    let security = &container["securityContext"];
+    assert_eq!(security["runAsNonRoot"], true);
+    assert_eq!(security["readOnlyRootFilesystem"], true);
+    assert_eq!(security["allowPrivilegeEscalation"], false);
+    assert_eq!(security["capabilities"]["drop"][0], "ALL");
+    assert_eq!(security["seccompProfile"]["type"], "RuntimeDefault");
+    let pod_security = &rollout(&docs)["spec"]["template"]["spec"]["securityContext"];
+    assert_eq!(pod_security["runAsNonRoot"], true);
+    for kind in ["requests", "limits"] {
+        for resource in ["cpu", "memory"] {
+            assert!(
+                container["resources"][kind][resource].is_string(),
+                "resources.{kind}.{resource} is not set"
+            );
+        }
+    }
+}
+
+/// The fields of each object the manifest uses, from the Kubernetes API
+/// (core/v1) and the Rollout CRD (argoproj.io/v1alpha1). The API server
+/// rejects (or, for a CRD, prunes) anything else, so a typo here fails.
+fn known_fields(kind: &str) -> &'static [&'static str] {
+    match kind {
+        "Rollout" | "Service" => &["apiVersion", "kind", "metadata", "spec"],
+        "ObjectMeta" => &["name", "namespace", "labels", "annotations"],
+        "RolloutSpec" => &[
+            "replicas",
+            "selector",
+            "template",
+            "workloadRef",
+            "minReadySeconds",
+            "strategy",
+            "revisionHistoryLimit",
+            "paused",
+            "progressDeadlineSeconds",
+            "progressDeadlineAbort",
+            "restartAt",
+            "rollbackWindow",
+            "analysis",
+        ],
+        "LabelSelector" => &["matchLabels", "matchExpressions"],
+        "Strategy" => &["blueGreen", "canary"],
+        "BlueGreen" => &[
+            "activeService",
+            "previewService",
+            "previewReplicaCount",
+            "autoPromotionEnabled",
+            "autoPromotionSeconds",
+            "maxUnavailable",
+            "scaleDownDelaySeconds",
+            "scaleDownDelayRevisionLimit",
+            "abortScaleDownDelaySeconds",
+            "antiAffinity",
+            "prePromotionAnalysis",
+            "postPromotionAnalysis",
+            "previewMetadata",
+            "activeMetadata",
+        ],
+        "PodTemplate" => &["metadata", "spec"],
+        "TemplateMeta" => &["labels", "annotations"],
+        "PodSpec" => &[
+            "containers",
+            "initContainers",
+            "volumes",
+            "securityContext",
+            "serviceAccountName",
+            "automountServiceAccountToken",
+            "terminationGracePeriodSeconds",
+            "nodeSelector",
+            "affinity",
+            "tolerations",
+            "topologySpreadConstraints",
+            "priorityClassName",
+            "imagePullSecrets",
+            "enableServiceLinks",
+        ],
+        "PodSecurityContext" => &[
+            "runAsNonRoot",
+            "runAsUser",
+            "runAsGroup",
+            "fsGroup",
+            "seccompProfile",
+            "supplementalGroups",
+            "sysctls",
+        ],
+        "Container" => &[
+            "name",
+            "image",
+            "imagePullPolicy",
+            "command",
+            "args",
+            "workingDir",
+            "env",
+            "envFrom",
+            "ports",
+            "readinessProbe",
+            "livenessProbe",
+            "startupProbe",
+            "resources",
+            "securityContext",
+            "volumeMounts",
+            "lifecycle",
+        ],
+        "EnvVar" => &["name", "value", "valueFrom"],
+        "ContainerPort" => &["name", "containerPort", "protocol", "hostPort", "hostIP"],
+        "Probe" => &[
+            "httpGet",
+            "tcpSocket",
+            "exec",
+            "grpc",
+            "initialDelaySeconds",
+            "periodSeconds",
+            "timeoutSeconds",
+            "successThreshold",
+            "failureThreshold",
+            "terminationGracePeriodSeconds",
+        ],
+        "HTTPGetAction" => &["path", "port", "host", "scheme", "httpHeaders"],
+        "Resources" => &["requests", "limits"],
+        "Quantities" => &["cpu", "memory", "ephemeral-storage"],
+        "SecurityContext" => &[
+            "runAsNonRoot",
+            "runAsUser",
+            "runAsGroup",
+            "readOnlyRootFilesystem",
+            "allowPrivilegeEscalation",
+            "privileged",
+            "capabilities",
+            "seccompProfile",
+            "procMount",
+            "seLinuxOptions",
+            "appArmorProfile",
+        ],
+        "Capabilities" => &["add", "drop"],
+        "SeccompProfile" => &["type", "localhostProfile"],
+        "ServiceSpec" => &[
+            "type",
+            "selector",
+            "ports",
+            "clusterIP",
+            "sessionAffinity",
+            "externalTrafficPolicy",
+            "internalTrafficPolicy",
+            "ipFamilyPolicy",
+            "publishNotReadyAddresses",
+        ],
+        "ServicePort" => &[
+            "name",
+            "port",
+            "targetPort",
+            "protocol",
+            "appProtocol",
+            "nodePort",
+        ],
+        other => panic!("no field list for {other}"),
+    }
+}
+
+/// What kind of object each field of `kind` holds (objects only; scalars and
+/// free-form maps such as labels are not walked).
+fn child_kind(kind: &str, field: &str) -> Option<&'static str> {
+    Some(match (kind, field) {
+        ("Rollout", "metadata") | ("Service", "metadata") => "ObjectMeta",
+        ("Rollout", "spec") => "RolloutSpec",
+        ("Service", "spec") => "ServiceSpec",
+        ("RolloutSpec", "selector") => "LabelSelector",
+        ("RolloutSpec", "strategy") => "Strategy",
+        ("RolloutSpec", "template") => "PodTemplate",
+        ("Strategy", "blueGreen") => "BlueGreen",
+        ("PodTemplate", "metadata") => "TemplateMeta",
+        ("PodTemplate", "spec") => "PodSpec",
+        ("PodSpec", "securityContext") => "PodSecurityContext",
+        ("PodSpec", "containers") => "Container",
+        ("PodSecurityContext", "seccompProfile") | ("SecurityContext", "seccompProfile") => {
+            "SeccompProfile"
+        }
+        ("Container", "env") => "EnvVar",
+        ("Container", "ports") => "ContainerPort",
+        ("Container", "readinessProbe") | ("Container", "livenessProbe") => "Probe",
+        ("Container", "resources") => "Resources",
+        ("Container", "securityContext") => "SecurityContext",
+        ("Probe", "httpGet") => "HTTPGetAction",
+        ("Resources", _) => "Quantities",
+        ("SecurityContext", "capabilities") => "Capabilities",
+        ("ServiceSpec", "ports") => "ServicePort",
+        _ => return None,
+    })
+}
+
+fn check_fields(kind: &str, value: &Value, path: &str, unknown: &mut Vec<String>) {
+    match value {
+        Value::Sequence(items) => {
+            for (i, item) in items.iter().enumerate() {
+                check_fields(kind, item, &format!("{path}[{i}]"), unknown);
+            }
+        }
+        Value::Mapping(map) => {
+            for (key, child) in map {
+                let key = key.as_str().expect("string keys");
+                if !known_fields(kind).contains(&key) {
+                    unknown.push(format!("{path}.{key} (not a field of {kind})"));
+                }
+                if let Some(child_kind) = child_kind(kind, key) {
+                    check_fields(child_kind, child, &format!("{path}.{key}"), unknown);
+                }
+            }
+        }
+        _ => {}
+    }
+}
+
+#[test]
+fn every_field_is_one_the_api_server_knows() {
+    let docs = documents();
+    assert_eq!(docs.len(), 3, "a Rollout and two Services");
+    let mut unknown = Vec::new();
+    for doc in &docs {
+        let kind = doc["kind"].as_str().expect("every document has a kind");
+        check_fields(kind, doc, kind, &mut unknown);
+    }
+    assert!(
+        unknown.is_empty(),
+        "unknown fields in rollout.yaml:\n{}",
+        unknown.join("\n")
+    );
+}
+
+#[test]
+fn the_field_check_catches_a_typo() {
+    let mut docs = documents();
+    let container = &mut docs[0]["spec"]["template"]["spec"]["containers"][0];
+    container
+        .as_mapping_mut()
+        .unwrap()
+        .insert("readinesProbe".into(), Value::Null);
+    let mut unknown = Vec::new();
+    check_fields("Rollout", &docs[0], "Rollout", &mut unknown);
+    assert_eq!(
+        unknown,
+        ["Rollout.spec.template.spec.containers[0].readinesProbe (not a field of Container)"]
+    );
+}

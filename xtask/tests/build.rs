@@ -1,0 +1,275 @@
+//! `cargo xtask` end to end: the built xtask binary, the real cargo and git.
+
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap()
+        .to_owned()
+}
+
+fn xtask(args: &[&str]) -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_xtask"));
+    cmd.args(args).current_dir(root()).env_remove("API_VERSION");
+    cmd
+}
+
+fn run(cmd: &mut Command) -> Output {
+    cmd.stdin(Stdio::null()).output().expect("start xtask")
+}
+
+fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+fn git_describe() -> String {
+    let out = Command::new("git")
+        .args(["describe", "--tags", "--always", "--dirty"])
+        .current_dir(root())
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "git describe: {}", text(&out.stderr));
+    text(&out.stdout).trim().to_owned()
+}
+
+#[test]
+fn dry_run_build_prints_the_cargo_command_and_builds_nothing() {
+    let out = run(xtask(&["--dry-run", "build"]).env("API_VERSION", "v0.0.0-plan"));
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let stdout = text(&out.stdout);
+    let cargo = std::env::var("CARGO").unwrap();
+    let bin = root().join("bin/api");
+    let built = root().join("target/release/api");
+    assert_eq!(
+        stdout.lines().collect::<Vec<_>>(),
+        [
+            format!("API_VERSION=v0.0.0-plan {cargo} build --release --package api"),
+            format!("# copy {} to {}", built.display(), bin.display()),
+        ]
+    );
+    let stderr = text(&out.stderr);
+    assert!(
+        !stderr.contains("Compiling") && !stderr.contains("Finished"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn dry_run_static_build_names_the_target_and_crt_static() {
+    let out = run(xtask(&["build", "--static", "--dry-run"]).env("API_VERSION", "v1"));
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let first = text(&out.stdout)
+        .lines()
+        .next()
+        .unwrap_or_default()
+        .to_owned();
+    assert!(
+        first.starts_with("RUSTFLAGS='-C target-feature=+crt-static' API_VERSION=v1 ")
+            && first.ends_with(" build --release --package api --target x86_64-unknown-linux-gnu"),
+        "{first}"
+    );
+}
+
+#[test]
+fn dry_run_build_works_from_any_folder() {
+    let elsewhere = std::env::temp_dir();
+    let out = run(xtask(&["--dry-run", "build"]).current_dir(&elsewhere));
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let stdout = text(&out.stdout);
+    assert!(
+        stdout.contains(&format!("API_VERSION={} ", git_describe())),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains(&root().join("bin/api").display().to_string()),
+        "{stdout}"
+    );
+}
+
+#[test]
+fn dry_run_test_plans_fmt_clippy_then_tests() {
+    let out = run(&mut xtask(&[
+        "--dry-run",
+        "test",
+        "--no-nextest",
+        "--",
+        "some_filter",
+    ]));
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let cargo = std::env::var("CARGO").unwrap();
+    assert_eq!(
+        text(&out.stdout).lines().collect::<Vec<_>>(),
+        [
+            format!("{cargo} fmt --all -- --check"),
+            format!("{cargo} clippy --workspace --all-targets -- -D warnings"),
+            format!("{cargo} test --workspace some_filter"),
+        ]
+    );
+}
+
+#[test]
+fn an_unknown_task_is_refused() {
+    let out = run(&mut xtask(&["deploi"]));
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = text(&out.stderr);
+    assert!(
+        stderr.contains("unrecognized subcommand 'deploi'"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("a similar subcommand exists: 'deploy'"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn a_bad_flag_is_refused() {
+    let out = run(&mut xtask(&["build", "--statik"]));
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = text(&out.stderr);
+    assert!(
+        stderr.contains("unexpected argument '--statik'"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn a_missing_tool_is_named_with_how_to_install_it() {
+    let empty = std::env::temp_dir().join(format!("xtask-empty-path-{}", std::process::id()));
+    std::fs::create_dir_all(&empty).unwrap();
+    let out = run(xtask(&["build"]).env("PATH", &empty).env_remove("CARGO"));
+    std::fs::remove_dir_all(&empty).unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = text(&out.stderr);
+    assert!(
+        stderr.starts_with("error: missing tool on PATH:"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("cargo: install Rust with rustup"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn help_lists_the_tasks_in_workflow_order() {
+    for args in [&[][..], &["--help"], &["help"]] {
+        let out = run(&mut xtask(args));
+        assert!(out.status.success(), "{args:?}");
+        let stdout = text(&out.stdout);
+        assert!(stdout.contains("Usage: cargo xtask"), "{stdout}");
+        let positions: Vec<usize> = [
+            "build", "run", "test", "package", "deploy", "promote", "doctor",
+        ]
+        .iter()
+        .map(|task| {
+            stdout
+                .find(&format!("\n  {task} "))
+                .unwrap_or_else(|| panic!("{task} missing: {stdout}"))
+        })
+        .collect();
+        assert!(positions.is_sorted(), "{args:?}: {stdout}");
+    }
+}
+
+#[test]
+fn doctor_finds_cargo_and_git() {
+    let out = run(&mut xtask(&["doctor"]));
+    let stdout = text(&out.stdout);
+    assert!(out.status.success(), "{stdout}{}", text(&out.stderr));
+    assert!(
+        stdout.lines().any(|l| l.starts_with("ok       cargo ")),
+        "{stdout}"
+    );
+    assert!(
+        stdout.lines().any(|l| l.starts_with("ok       git ")),
+        "{stdout}"
+    );
+}
+
+/// The real thing: a release build whose binary reports what `git describe` says.
+#[test]
+fn build_compiles_in_the_git_describe_version() {
+    let out = run(&mut xtask(&["build"]));
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let expected = git_describe();
+    let bin = root().join("bin/api");
+    assert_eq!(
+        text(&out.stdout).trim(),
+        format!("{expected} {}", bin.display())
+    );
+
+    let version = run(Command::new(&bin).arg("--version"));
+    assert!(version.status.success());
+    assert_eq!(text(&version.stdout).trim(), expected);
+
+    let service = Service::start(&bin);
+    let health = service.get("/health");
+    assert!(health.starts_with("HTTP/1.1 200"), "{health}");
+    assert!(
+        health.ends_with(&format!(r#"{{"status":"ok","version":"{expected}"}}"#)),
+        "{health}"
+    );
+
+    // Nothing changed: the second build compiles nothing.
+    let again = run(&mut xtask(&["build"]));
+    assert!(again.status.success(), "{}", text(&again.stderr));
+    let stderr = text(&again.stderr);
+    assert!(!stderr.contains("Compiling"), "{stderr}");
+}
+
+/// A running `bin/api`, killed on drop.
+struct Service {
+    child: std::process::Child,
+    port: u16,
+}
+
+impl Service {
+    fn start(bin: &Path) -> Service {
+        let port = TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let child = Command::new(bin)
+            .env("PORT", port.to_string())
+            .env("HOST", "127.0.0.1")
+            .stdout(Stdio::null())
+            .spawn()
+            .unwrap();
+        let service = Service { child, port };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(Instant::now() < deadline, "api did not listen on {port}");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        service
+    }
+
+    fn get(&self, path: &str) -> String {
+        use std::io::{Read, Write};
+        let mut stream = std::net::TcpStream::connect(("127.0.0.1", self.port)).unwrap();
+        stream
+            .set_read_timeout(Some(Duration::from_secs(5)))
+            .unwrap();
+        write!(
+            stream,
+            "GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n"
+        )
+        .unwrap();
+        let mut response = String::new();
+        stream.read_to_string(&mut response).unwrap();
+        response
+    }
+}
+
+impl Drop for Service {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

@@ -1,0 +1,368 @@
+//! Dry-run plans of the blue/green tasks (the exact plugin command lines, with
+//! the kubeconfig flags after the subcommand), name checks, a missing plugin.
+//! The plugin double is first on PATH, so read-only probes really run.
+
+mod rollout_support;
+
+use rollout_support::{NAMESPACE, REPOSITORY, World, doubles, image};
+
+fn plugin() -> String {
+    doubles()
+        .join("kubectl-argo-rollouts")
+        .display()
+        .to_string()
+}
+
+fn kubectl() -> String {
+    doubles().join("kubectl").display().to_string()
+}
+
+/// A rollout whose preview (v2) is ready and paused; v1 is active.
+fn paused_world() -> World {
+    let world = World::new(Some("v1"));
+    world
+        .run(&[
+            "deploy", "-n", NAMESPACE, "--image", REPOSITORY, "--tag", "v2",
+        ])
+        .ok();
+    let mut state = world.state();
+    // Long ago, so the double's controller has reached the pause.
+    state["rollouts"]["shop/api"]["updated_at"] = 0.0.into();
+    world.write_state(&state);
+    world
+        .run(&["status", "-n", NAMESPACE])
+        .ok()
+        .stdout
+        .contains("Paused - BlueGreenPause")
+        .then_some(())
+        .expect("the preview is paused");
+    world
+}
+
+#[test]
+fn deploy_plan_is_set_image_with_kube_flags_after_the_subcommand() {
+    let world = World::new(Some("v1"));
+    let run = world.run(&[
+        "--dry-run",
+        "deploy",
+        "-n",
+        NAMESPACE,
+        "--context",
+        "prod-eu",
+        "--image",
+        REPOSITORY,
+        "--tag",
+        "v2",
+    ]);
+    run.ok();
+    let p = plugin();
+    assert_eq!(
+        run.stdout_lines(),
+        [
+            format!("{p} set image api api={REPOSITORY}:v2 -n shop --context prod-eu"),
+            image("v2"),
+        ]
+    );
+    assert!(
+        world.calls().is_empty(),
+        "a dry run called the plugin: {:?}",
+        world.calls()
+    );
+}
+
+#[test]
+fn deploy_wait_plan_adds_the_status_polls() {
+    let world = World::new(Some("v1"));
+    let run = world.run(&[
+        "deploy",
+        "--dry-run",
+        "--wait",
+        "--timeout",
+        "5m",
+        "--poll-interval",
+        "1s",
+        "-n",
+        NAMESPACE,
+        "--image",
+        REPOSITORY,
+        "--tag",
+        "v2",
+    ]);
+    run.ok();
+    let p = plugin();
+    assert_eq!(
+        run.stdout_lines(),
+        [
+            format!("{p} set image api api={REPOSITORY}:v2 -n shop"),
+            format!(
+                "# wait until `Paused - BlueGreenPause` (or Healthy), at most 300s, every 1s: {p} status api --watch=false -n shop"
+            ),
+            image("v2"),
+        ]
+    );
+    assert!(world.calls().is_empty());
+}
+
+#[test]
+fn deploy_takes_image_and_tag_from_gitlab_ci_variables() {
+    let world = World::new(Some("v1"));
+    let sha = "0123456789abcdef0123456789abcdef01234567";
+    let run = world
+        .xtask(&["--dry-run", "deploy"])
+        .env("CI_REGISTRY_IMAGE", "registry.gitlab.com/group/api")
+        .env("CI_COMMIT_SHA", sha)
+        .env("KUBE_NAMESPACE", "review-42")
+        .output()
+        .unwrap();
+    let run = rollout_support::Run::from(run);
+    run.ok();
+    assert_eq!(
+        run.stdout_lines()[0],
+        format!(
+            "{} set image api api=registry.gitlab.com/group/api:{sha} -n review-42",
+            plugin()
+        )
+    );
+}
+
+#[test]
+fn api_namespace_wins_over_gitlabs_kube_namespace() {
+    let world = World::new(Some("v1"));
+    let run = world
+        .xtask(&["--dry-run", "deploy", "--tag", "v2"])
+        .env("API_NAMESPACE", "shop")
+        .env("KUBE_NAMESPACE", "review-42")
+        .env("API_ROLLOUT", "api-canary")
+        .env("API_CONTAINER", "web")
+        .output()
+        .unwrap();
+    let run = rollout_support::Run::from(run);
+    run.ok();
+    assert_eq!(
+        run.stdout_lines()[0],
+        format!("{} set image api-canary web=api:v2 -n shop", plugin())
+    );
+}
+
+#[test]
+fn status_is_read_only_so_it_runs_under_dry_run() {
+    let world = World::new(Some("v1"));
+    let run = world.run(&["--dry-run", "status", "-n", NAMESPACE]);
+    run.ok();
+    assert!(
+        run.stdout
+            .starts_with("rollout api in namespace shop: Healthy"),
+        "{run}"
+    );
+    assert_eq!(
+        world.calls(),
+        [["status", "api", "--watch=false", "-n", "shop"]]
+    );
+}
+
+#[test]
+fn promote_plan_is_promote_then_the_watch_until_healthy() {
+    let world = paused_world();
+    let before = world.changes();
+    let run = world.run(&["--dry-run", "promote", "-n", NAMESPACE, "--timeout", "2m"]);
+    run.ok();
+    let p = plugin();
+    assert_eq!(
+        run.stdout_lines(),
+        [
+            format!("{p} promote api -n shop"),
+            format!("# wait until Healthy, at most 120s: {p} status api --timeout 120s -n shop"),
+        ]
+    );
+    assert_eq!(world.changes(), before, "a dry run changed the rollout");
+}
+
+#[test]
+fn abort_plan_is_the_abort() {
+    let world = paused_world();
+    let before = world.changes();
+    let run = world.run(&["--dry-run", "abort", "-n", NAMESPACE]);
+    run.ok();
+    assert_eq!(
+        run.stdout_lines(),
+        [format!("{} abort api -n shop", plugin())]
+    );
+    assert_eq!(world.changes(), before);
+}
+
+#[test]
+fn sanity_plan_is_the_port_forward_and_the_checks() {
+    let world = World::new(Some("v1"));
+    let run = world.run(&[
+        "--dry-run",
+        "sanity",
+        "-n",
+        NAMESPACE,
+        "--expect-version",
+        "v2",
+    ]);
+    run.ok();
+    assert_eq!(
+        run.stdout_lines(),
+        [
+            format!(
+                "# {} port-forward service/api-preview :80 --address 127.0.0.1 -n shop   (in the background, stopped afterwards)",
+                kubectl()
+            ),
+            "# check http://127.0.0.1:<forwarded port>: GET /health answers 200 with status \"ok\" and \
+             version \"v2\", GET / answers 200; retried for at most 60s"
+                .to_owned(),
+        ]
+    );
+}
+
+#[test]
+fn release_plan_is_every_step_and_the_abort_on_failure() {
+    let world = World::new(Some("v1"));
+    let run = world.run(&[
+        "--dry-run",
+        "release",
+        "-n",
+        NAMESPACE,
+        "--image",
+        REPOSITORY,
+        "--tag",
+        "v2",
+        "--expect-version",
+        "v2",
+        "--timeout",
+        "10m",
+        "--sanity-timeout",
+        "30s",
+    ]);
+    run.ok();
+    let (p, k) = (plugin(), kubectl());
+    assert_eq!(
+        run.stdout_lines(),
+        [
+            format!("{p} set image api api={REPOSITORY}:v2 -n shop"),
+            format!(
+                "# wait until `Paused - BlueGreenPause` (or Healthy), at most 600s, every 2s: {p} status api --watch=false -n shop"
+            ),
+            format!(
+                "# {k} port-forward service/api-preview :80 --address 127.0.0.1 -n shop   (in the background, stopped afterwards)"
+            ),
+            "# check http://127.0.0.1:<forwarded port>: GET /health answers 200 with status \"ok\" and \
+             version \"v2\", GET / answers 200; retried for at most 30s"
+                .to_owned(),
+            format!("{p} promote api -n shop"),
+            format!("# wait until Healthy, at most 600s: {p} status api --timeout 600s -n shop"),
+            format!("# on any failure after `set image`, at most 600s in all waits: {p} abort api -n shop"),
+            image("v2"),
+        ]
+    );
+    assert!(world.calls().is_empty(), "{:?}", world.calls());
+}
+
+#[test]
+fn bad_names_are_refused_before_any_call() {
+    let world = World::new(Some("v1"));
+    let cases: &[(&[&str], &str)] = &[
+        (&["--rollout", "Api_1"], "invalid rollout name \"Api_1\""),
+        (
+            &["--container", "api.v2"],
+            "invalid container name \"api.v2\"",
+        ),
+        (&["-n", "Shop"], "invalid namespace name \"Shop\""),
+        (&["--namespace=-shop"], "invalid namespace name \"-shop\""),
+        (
+            &["--context", "my context"],
+            "invalid kubeconfig context \"my context\"",
+        ),
+    ];
+    let tasks: &[&[&str]] = &[
+        &["--dry-run", "deploy", "--tag", "v2"],
+        &["--dry-run", "status"],
+        &["--dry-run", "sanity", "--expect-version", "v2"],
+        &["--dry-run", "promote"],
+        &["--dry-run", "abort"],
+        &[
+            "--dry-run",
+            "release",
+            "--tag",
+            "v2",
+            "--expect-version",
+            "v2",
+        ],
+    ];
+    for task in tasks {
+        for (flags, expected) in cases {
+            let mut args = task.to_vec();
+            args.extend(flags.iter());
+            let run = world.run(&args);
+            run.failed();
+            let error = run.error();
+            assert!(error.contains(expected), "{task:?} {flags:?}: {error}");
+            assert!(
+                error.contains("DNS-1123") || error.contains("kubectl config get-contexts"),
+                "{task:?} {flags:?}: the error does not say what is allowed: {error}"
+            );
+            assert!(
+                run.stdout.is_empty(),
+                "{task:?} {flags:?} printed a plan:\n{run}"
+            );
+        }
+    }
+    assert!(world.calls().is_empty(), "{:?}", world.calls());
+}
+
+#[test]
+fn a_missing_plugin_is_reported_with_how_to_install_it() {
+    let world = World::new(Some("v1"));
+    let empty = world.dir.join("empty-bin");
+    std::fs::create_dir_all(&empty).unwrap();
+    for args in [
+        &["deploy", "--tag", "v2"][..],
+        &["status"],
+        &["promote"],
+        &["abort"],
+        &[
+            "release",
+            "--tag",
+            "v2",
+            "--expect-version",
+            "v2",
+            "--url",
+            "http://127.0.0.1:9",
+        ],
+    ] {
+        let run = world.xtask(args).env("PATH", &empty).output().unwrap();
+        let run = rollout_support::Run::from(run);
+        run.failed();
+        let error = run.stderr.clone();
+        assert!(
+            error.contains("missing tool on PATH:")
+                && error.contains("kubectl-argo-rollouts: download"),
+            "{args:?}: {error}"
+        );
+        assert!(run.stdout.is_empty(), "{args:?}\n{run}");
+    }
+}
+
+#[test]
+fn a_bad_duration_says_what_a_duration_looks_like() {
+    let world = World::new(Some("v1"));
+    let run = world.run(&["deploy", "--wait", "--timeout", "300", "--tag", "v2"]);
+    run.failed();
+    assert!(run.stderr.contains("300s, 5m or 1m30s"), "{run}");
+    assert!(world.calls().is_empty());
+}
+
+#[test]
+fn a_missing_rollout_says_how_to_create_it() {
+    let world = World::new(Some("v1"));
+    let run = world.run(&["status", "-n", "elsewhere"]);
+    run.failed();
+    assert!(
+        run.error().contains(
+            "Error: rollouts.argoproj.io \"api\" not found (no Rollout api there: check --namespace and \
+             --context, or create it once with `kubectl create -n elsewhere -f rollout.yaml`"
+        ),
+        "{run}"
+    );
+}

@@ -1,0 +1,800 @@
+//! `release` (and the tasks it is made of) end to end: the built xtask, the
+//! plugin and kubectl doubles first on PATH, and real `api` binaries, built
+//! with the version they must report, as the active and preview pods. Broken
+//! previews (500, silent) are tiny std servers. Every test ends by checking
+//! that no process it started is left running.
+
+mod rollout_support;
+
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use rollout_support::{NAMESPACE, Pod, REPOSITORY, Run, World, image, require_tool};
+
+/// `release` of image v2 expecting version v2, with short waits; `extra` flags replace these.
+fn release_args<'a>(extra: &[&'a str]) -> Vec<&'a str> {
+    let defaults = [
+        ("-n", NAMESPACE),
+        ("--image", REPOSITORY),
+        ("--tag", "v2"),
+        ("--expect-version", "v2"),
+        ("--poll-interval", "100ms"),
+        ("--timeout", "20s"),
+        ("--sanity-timeout", "2s"),
+    ];
+    let mut args = vec!["release"];
+    for (flag, value) in defaults {
+        if !extra.contains(&flag) {
+            args.extend([flag, value]);
+        }
+    }
+    args.extend(extra);
+    args
+}
+
+/// v1 active and served by a real api v1; the preview image v2 gets ready after 0.3s.
+fn blue_world() -> Option<(World, Pod)> {
+    if !require_tool("kubectl") {
+        return None;
+    }
+    let world = World::new(Some("v1"));
+    let blue = Pod::api(&world, "v1");
+    world.pods("v1", &blue.addr);
+    world.behaviour("v2", Some(0.3), None);
+    Some((world, blue))
+}
+
+fn set_image_v2() -> String {
+    format!("set image api api={} -n shop", image("v2"))
+}
+
+/// The rollout was aborted, v1 still serves, and the run named its step.
+fn assert_aborted(world: &World, run: &Run, step: &str) {
+    run.failed();
+    let error = run.error();
+    assert!(
+        error.contains(&format!(
+            "release stopped at step `{step}`; rollout api aborted, the active version is unchanged"
+        )),
+        "{run}"
+    );
+    assert_eq!(
+        world.changes(),
+        [set_image_v2(), "abort api -n shop".to_owned()]
+    );
+    assert_eq!(world.active_image(), Some(image("v1")));
+    assert!(
+        run.stdout.is_empty(),
+        "a failed release printed a result:\n{run}"
+    );
+    assert!(
+        run.stderr
+            .contains("aborted rollout api: the active Service still selects the stable pods"),
+        "{run}"
+    );
+}
+
+#[test]
+fn release_promotes_a_good_preview() {
+    let Some((world, blue)) = blue_world() else {
+        return;
+    };
+    let green = Pod::api(&world, "v2");
+    world.pods("v2", &green.addr);
+
+    let run = world.run(&release_args(&[]));
+    run.ok();
+    assert_eq!(run.stdout, format!("{}\n", image("v2")));
+    assert!(run.stderr.contains("Paused - BlueGreenPause"), "{run}");
+    assert!(
+        run.stderr.contains("port-forward service/api-preview :80"),
+        "{run}"
+    );
+    assert!(run.stderr.contains("sanity passed"), "{run}");
+    assert_eq!(
+        world.changes(),
+        [set_image_v2(), "promote api -n shop".to_owned()]
+    );
+    assert_eq!(world.active_image(), Some(image("v2")));
+
+    drop((green, blue));
+    world.assert_no_process_left();
+}
+
+#[test]
+fn release_aborts_a_preview_with_the_wrong_version() {
+    let Some((world, blue)) = blue_world() else {
+        return;
+    };
+    // The preview answers, healthy, but with the old version: a stale image.
+    let wrong = Pod::api(&world, "v1");
+    world.pods("v2", &wrong.addr);
+
+    let run = world.run(&release_args(&[]));
+    assert_aborted(&world, &run, "sanity");
+    let error = run.error();
+    assert!(
+        error
+            .contains(r#"/health: expected 200 with {"status":"ok","version":"v2"}, got 200 with"#)
+            && error.contains(r#""version":"v1""#),
+        "{error}"
+    );
+
+    drop((wrong, blue));
+    world.assert_no_process_left();
+}
+
+#[test]
+fn release_aborts_a_preview_that_answers_500() {
+    let Some((world, blue)) = blue_world() else {
+        return;
+    };
+    let broken = Pod::answering(500, r#"{"error":"database unreachable"}"#);
+    world.pods("v2", &broken.addr);
+
+    let run = world.run(&release_args(&[]));
+    assert_aborted(&world, &run, "sanity");
+    assert!(
+        run.error()
+            .contains(r#"got 500: {"error":"database unreachable"}"#),
+        "{}",
+        run.error()
+    );
+
+    drop(blue);
+    world.assert_no_process_left();
+}
+
+#[test]
+fn release_aborts_a_preview_that_never_answers() {
+    let Some((world, blue)) = blue_world() else {
+        return;
+    };
+    let silent = Pod::silent();
+    world.pods("v2", &silent.addr);
+
+    let run = world.run(&release_args(&[]));
+    assert_aborted(&world, &run, "sanity");
+    // Each GET was bounded: the failure is the silence, within --sanity-timeout.
+    assert!(run.error().contains("got no answer"), "{}", run.error());
+    assert!(
+        run.error().contains("sanity failed after"),
+        "{}",
+        run.error()
+    );
+
+    drop(blue);
+    world.assert_no_process_left();
+}
+
+#[test]
+fn release_aborts_when_the_rollout_turns_degraded() {
+    let Some((world, blue)) = blue_world() else {
+        return;
+    };
+    world.behaviour("v2", None, Some(0.3));
+
+    let run = world.run(&release_args(&[]));
+    assert_aborted(&world, &run, "wait for the preview");
+    assert!(
+        run.error()
+            .contains("is Degraded - ProgressDeadlineExceeded: ReplicaSet"),
+        "{}",
+        run.error()
+    );
+
+    drop(blue);
+    world.assert_no_process_left();
+}
+
+#[test]
+fn release_aborts_when_the_wait_times_out() {
+    let Some((world, blue)) = blue_world() else {
+        return;
+    };
+    world.behaviour("v2", None, None);
+
+    let run = world.run(&release_args(&["--timeout", "1s"]));
+    assert_aborted(&world, &run, "wait for the preview");
+    assert!(
+        run.error()
+            .contains("was not ready within 1s; its last status: Progressing"),
+        "{}",
+        run.error()
+    );
+
+    drop(blue);
+    world.assert_no_process_left();
+}
+
+#[test]
+fn release_aborts_when_promotion_does_not_end_healthy_in_time() {
+    let Some((world, blue)) = blue_world() else {
+        return;
+    };
+    let green = Pod::api(&world, "v2");
+    world.pods("v2", &green.addr);
+    world.switch_after("v2", 60.0);
+
+    // --timeout bounds both the wait for the pause (ready after 0.3s) and the
+    // wait for Healthy after promote (never within it).
+    let run = world.run(&release_args(&["--timeout", "5s"]));
+    run.failed();
+    assert!(
+        run.error()
+            .contains("release stopped at step `promote`; rollout api aborted")
+            && run
+                .error()
+                .contains("Error: Rollout status watch exceeded timeout"),
+        "{run}"
+    );
+    assert_eq!(
+        world.changes(),
+        [
+            set_image_v2(),
+            "promote api -n shop".to_owned(),
+            "abort api -n shop".to_owned()
+        ]
+    );
+    assert_eq!(world.active_image(), Some(image("v1")));
+
+    drop((green, blue));
+    world.assert_no_process_left();
+}
+
+#[test]
+fn ctrl_c_during_the_wait_aborts() {
+    let Some((world, blue)) = blue_world() else {
+        return;
+    };
+    world.behaviour("v2", None, None);
+
+    let child = rollout_support::Spawned::new(
+        world
+            .xtask(&release_args(&["--timeout", "60s"]))
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped()),
+    );
+    // Wait until it is polling, then press Ctrl-C (SIGINT, as a terminal sends it).
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while world.calls().iter().filter(|c| c[0] == "status").count() < 2 {
+        assert!(Instant::now() < deadline, "release never started polling");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let kill = Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(kill.success());
+    let run = Run::from(child.wait_with_output());
+
+    assert_aborted(&world, &run, "wait for the preview");
+    assert!(
+        run.stderr
+            .contains("release interrupted at step `wait for the preview`"),
+        "{run}"
+    );
+    assert!(
+        run.error().contains("interrupted (Ctrl-C or SIGTERM)"),
+        "{run}"
+    );
+
+    drop(blue);
+    world.assert_no_process_left();
+}
+
+#[test]
+fn ctrl_c_during_sanity_stops_the_port_forward_and_aborts() {
+    let Some((world, blue)) = blue_world() else {
+        return;
+    };
+    let silent = Pod::silent();
+    world.pods("v2", &silent.addr);
+
+    let child = rollout_support::Spawned::new(
+        world
+            .xtask(&release_args(&["--sanity-timeout", "60s"]))
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped()),
+    );
+    // The port-forward runs once the double's kubectl is forwarding to the silent pod.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !rollout_support::processes_with_marker(&world.marker)
+        .iter()
+        .any(|p| p.contains("port-forward"))
+    {
+        assert!(
+            Instant::now() < deadline,
+            "sanity never started its port-forward"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .unwrap();
+    let run = Run::from(child.wait_with_output());
+
+    assert_aborted(&world, &run, "sanity");
+    assert!(run.error().contains("interrupted"), "{run}");
+    drop(blue);
+    world.assert_no_process_left();
+}
+
+#[test]
+fn the_first_release_of_a_new_rollout_checks_the_active_service() {
+    if !require_tool("kubectl") {
+        return;
+    }
+    let world = World::new(None);
+    let green = Pod::api(&world, "v2");
+    world.pods("v2", &green.addr);
+    world.behaviour("v2", Some(0.3), None);
+
+    let run = world.run(&release_args(&[]));
+    run.ok();
+    assert!(
+        run.stderr
+            .contains("went straight to Healthy without a pause"),
+        "{run}"
+    );
+    assert!(
+        run.stderr.contains("port-forward service/api-active :80"),
+        "{run}"
+    );
+    assert!(run.stderr.contains("sanity passed"), "{run}");
+    assert_eq!(world.changes(), [set_image_v2()], "no promote, no abort");
+    assert_eq!(world.active_image(), Some(image("v2")));
+
+    drop(green);
+    world.assert_no_process_left();
+}
+
+#[test]
+fn a_failing_first_release_is_reported_but_not_aborted() {
+    if !require_tool("kubectl") {
+        return;
+    }
+    let world = World::new(None);
+    let wrong = Pod::api(&world, "v1");
+    world.pods("v2", &wrong.addr);
+    world.behaviour("v2", Some(0.1), None);
+
+    let run = world.run(&release_args(&[]));
+    run.failed();
+    assert!(
+        run.error().contains(
+            "release stopped at step `sanity`; not aborted: this was the rollout's first version"
+        ),
+        "{run}"
+    );
+    assert_eq!(world.changes(), [set_image_v2()]);
+
+    drop(wrong);
+    world.assert_no_process_left();
+}
+
+#[test]
+fn deploy_wait_sanity_promote_step_by_step() {
+    let Some((world, blue)) = blue_world() else {
+        return;
+    };
+    let green = Pod::api(&world, "v2");
+    world.pods("v2", &green.addr);
+    let scope = ["-n", NAMESPACE];
+
+    let deploy = world.run(&[
+        "deploy",
+        "-n",
+        NAMESPACE,
+        "--image",
+        REPOSITORY,
+        "--tag",
+        "v2",
+        "--wait",
+        "--poll-interval",
+        "100ms",
+    ]);
+    assert_eq!(deploy.ok().stdout, format!("{}\n", image("v2")));
+    assert!(deploy.stderr.contains("the preview is ready"), "{deploy}");
+
+    let status = world.run(&[&["status"][..], &scope].concat());
+    assert!(
+        status
+            .ok()
+            .stdout
+            .starts_with("rollout api in namespace shop: Paused - BlueGreenPause")
+    );
+    let json = world.run(&[&["status", "--json"][..], &scope].concat());
+    let json: serde_json::Value = serde_json::from_str(&json.ok().stdout).unwrap();
+    assert_eq!(json["phase"], "Paused");
+    assert_eq!(json["message"], "BlueGreenPause");
+    assert_eq!(json["namespace"], "shop");
+
+    let sanity = world.run(
+        &[
+            &["sanity", "--expect-version", "v2", "--timeout", "5s"][..],
+            &scope,
+        ]
+        .concat(),
+    );
+    sanity.ok();
+    assert!(sanity.stderr.contains("sanity passed"), "{sanity}");
+    assert_eq!(
+        world.active_image(),
+        Some(image("v1")),
+        "sanity changed traffic"
+    );
+
+    let promote = world.run(&[&["promote"][..], &scope].concat());
+    promote.ok();
+    assert!(
+        promote.stderr.contains("promoted: rollout api is Healthy"),
+        "{promote}"
+    );
+    assert_eq!(world.active_image(), Some(image("v2")));
+
+    let abort = world.run(&[&["abort"][..], &scope].concat());
+    abort.ok();
+    assert!(
+        abort
+            .stderr
+            .contains("nothing to abort: rollout api is Healthy"),
+        "{abort}"
+    );
+    assert_eq!(
+        world.changes(),
+        [set_image_v2(), "promote api -n shop".to_owned()]
+    );
+
+    drop((green, blue));
+    world.assert_no_process_left();
+}
+
+#[test]
+fn promote_refuses_before_the_pause() {
+    let Some((world, blue)) = blue_world() else {
+        return;
+    };
+    world.behaviour("v2", None, None);
+    world
+        .run(&[
+            "deploy", "-n", NAMESPACE, "--image", REPOSITORY, "--tag", "v2",
+        ])
+        .ok();
+
+    let promote = world.run(&["promote", "-n", NAMESPACE]);
+    promote.failed();
+    assert!(
+        promote.error().contains(
+            "refusing to promote rollout api: it is `Progressing - updated replicas are still becoming available`, \
+             not `Paused - BlueGreenPause`"
+        ),
+        "{promote}"
+    );
+    assert_eq!(world.changes(), [set_image_v2()]);
+
+    drop(blue);
+    world.assert_no_process_left();
+}
+
+#[test]
+fn abort_keeps_the_active_version_and_says_how_to_recover() {
+    let Some((world, blue)) = blue_world() else {
+        return;
+    };
+    world.behaviour("v2", Some(0.0), None);
+    world
+        .run(&[
+            "deploy",
+            "-n",
+            NAMESPACE,
+            "--image",
+            REPOSITORY,
+            "--tag",
+            "v2",
+            "--wait",
+            "--poll-interval",
+            "100ms",
+        ])
+        .ok();
+
+    let abort = world.run(&["abort", "-n", NAMESPACE]);
+    abort.ok();
+    assert!(
+        abort.stderr.contains("the active version is unchanged"),
+        "{abort}"
+    );
+    assert!(
+        abort
+            .stderr
+            .contains("kubectl-argo-rollouts undo api -n shop"),
+        "{abort}"
+    );
+    assert_eq!(world.active_image(), Some(image("v1")));
+
+    let status = world.run(&["status", "-n", NAMESPACE]);
+    status.failed();
+    assert!(
+        status
+            .stdout
+            .starts_with("rollout api in namespace shop: Degraded - RolloutAborted: Rollout aborted update to revision 2"),
+        "{status}"
+    );
+
+    drop(blue);
+    world.assert_no_process_left();
+}
+
+#[test]
+fn sanity_checks_a_given_url_without_kubectl() {
+    let Some((world, blue)) = blue_world() else {
+        return;
+    };
+    let url = format!("http://{}", blue.addr);
+    let good = world.run(&[
+        "sanity",
+        "--url",
+        &url,
+        "--expect-version",
+        "v1",
+        "--timeout",
+        "2s",
+    ]);
+    good.ok();
+    let wrong = world.run(&[
+        "sanity",
+        "--url",
+        &url,
+        "--expect-version",
+        "v9",
+        "--timeout",
+        "1s",
+    ]);
+    wrong.failed();
+    assert!(
+        wrong
+            .error()
+            .contains(r#"expected 200 with {"status":"ok","version":"v9"}, got 200 with"#),
+        "{wrong}"
+    );
+    assert!(world.calls().is_empty());
+
+    drop(blue);
+    world.assert_no_process_left();
+}
+
+/// Not a test: prints how long `release` takes in the happy path beyond the
+/// waits it is told to do. The preview is ready at once, so no poll interval
+/// is slept; release reports its time split three ways (in the tools, in
+/// waits, its own) and the wall time seen from outside adds its start-up and
+/// checks before the first command.
+/// Run: cargo test -p xtask --test rollout_release -- --ignored --nocapture release_overhead
+#[test]
+#[ignore = "a benchmark: prints figures, asserts nothing about time"]
+fn release_overhead_figures() {
+    let Some((world, blue)) = blue_world() else {
+        return;
+    };
+    let green = Pod::api(&world, "v2");
+    world.pods("v2", &green.addr);
+    world.behaviour("v1", Some(0.0), None);
+    world.behaviour("v2", Some(0.0), None);
+    let runs = 15;
+    let (mut wall, mut outside, mut tools, mut waits, mut own) =
+        (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    for i in 0..runs {
+        let tag = if i % 2 == 0 { "v2" } else { "v1" };
+        let started = Instant::now();
+        let run = world.run(&release_args(&[
+            "--tag",
+            tag,
+            "--expect-version",
+            tag,
+            "--poll-interval",
+            "2s",
+        ]));
+        wall.push(started.elapsed().as_secs_f64() * 1e3);
+        run.ok();
+        // "released IMAGE (version V) in 0.9s: 851.2ms in ..., 0.0ms in waits, 1.2ms own"
+        let line = run
+            .stderr
+            .lines()
+            .find(|l| l.starts_with("released "))
+            .expect("a summary line");
+        let millis: Vec<f64> = line
+            .split(' ')
+            .filter_map(|word| word.strip_suffix("ms")?.parse().ok())
+            .collect();
+        let [in_tools, in_waits, own_time] = millis[..] else {
+            panic!("{line}")
+        };
+        tools.push(in_tools);
+        waits.push(in_waits);
+        own.push(own_time);
+        outside.push(wall.last().unwrap() - (in_tools + in_waits + own_time));
+    }
+    let median = |mut v: Vec<f64>| {
+        v.sort_by(f64::total_cmp);
+        v[v.len() / 2]
+    };
+    let (wall, tools, waits, own) = (median(wall), median(tools), median(waits), median(own));
+    let outside = median(outside);
+    println!("release, happy path, preview ready at once: median of {runs} runs");
+    println!("  wall time seen from outside:               {wall:7.1} ms");
+    println!("  in the tools (plugin, port-forward, GETs):  {tools:7.1} ms");
+    println!("  in waits it was told to do:                {waits:7.1} ms");
+    println!("  its own, between those:                    {own:7.1} ms");
+    println!("  outside its timer (start-up, checks):      {outside:7.1} ms");
+    drop((green, blue));
+    world.assert_no_process_left();
+}
+
+/// Runs xtask on a pseudo-terminal (Python's pty module, arguments passed one
+/// by one), typing `answer`; returns what the terminal showed and the exit code.
+fn at_a_terminal(world: &World, args: &[&str], answer: &str) -> (String, Option<i32>) {
+    const SPAWN: &str =
+        "import os, pty, sys; sys.exit(os.waitstatus_to_exitcode(pty.spawn(sys.argv[1:])))";
+    let cmd = world.xtask(&[]);
+    let xtask = cmd.get_program().to_owned();
+    let mut terminal = Command::new("python3");
+    terminal.args(["-c", SPAWN]).arg(xtask).args(args);
+    for (key, value) in cmd.get_envs() {
+        match value {
+            Some(value) => terminal.env(key, value),
+            None => terminal.env_remove(key),
+        };
+    }
+    let mut child = rollout_support::Spawned::new(
+        terminal
+            .current_dir(rollout_support::root())
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped()),
+    );
+    // Typed ahead: the terminal keeps it until the question reads it.
+    use std::io::Write;
+    child
+        .child()
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(answer.as_bytes())
+        .unwrap();
+    let output = child.wait_with_output();
+    (
+        String::from_utf8_lossy(&output.stdout).into_owned(),
+        output.status.code(),
+    )
+}
+
+fn paused_world() -> World {
+    let world = World::new(Some("v1"));
+    world.behaviour("v2", Some(0.0), None);
+    world
+        .run(&[
+            "deploy",
+            "-n",
+            NAMESPACE,
+            "--image",
+            REPOSITORY,
+            "--tag",
+            "v2",
+            "--wait",
+            "--poll-interval",
+            "100ms",
+        ])
+        .ok();
+    world
+}
+
+#[test]
+fn promote_asks_at_a_terminal_and_takes_no_for_an_answer() {
+    if !require_tool("python3") {
+        return;
+    }
+    let world = paused_world();
+    let (screen, code) = at_a_terminal(&world, &["promote", "-n", NAMESPACE], "n\n");
+    assert!(
+        screen.contains("switch all traffic of rollout api to the preview? [y/N]"),
+        "{screen}"
+    );
+    assert!(
+        screen.contains("error: not promoted: not confirmed"),
+        "{screen}"
+    );
+    assert_ne!(code, Some(0));
+    assert_eq!(world.changes(), [set_image_v2()]);
+
+    let (screen, code) = at_a_terminal(&world, &["promote", "-n", NAMESPACE], "y\n");
+    assert_eq!(code, Some(0), "{screen}");
+    assert_eq!(world.active_image(), Some(image("v2")));
+    world.assert_no_process_left();
+}
+
+#[test]
+fn promote_with_stdin_not_a_terminal_never_asks() {
+    let world = paused_world();
+    // stdin is an open pipe nobody writes to: a prompt would hang here.
+    let child = rollout_support::Spawned::new(
+        world
+            .xtask(&["promote", "-n", NAMESPACE])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped()),
+    );
+    let run = Run::from(child.wait_with_output());
+    run.ok();
+    assert!(!run.stderr.contains("[y/N]"), "{run}");
+    assert_eq!(world.active_image(), Some(image("v2")));
+    world.assert_no_process_left();
+}
+
+#[test]
+fn sanity_waits_for_a_pod_behind_the_preview_service() {
+    let Some((world, blue)) = blue_world() else {
+        return;
+    };
+    world.behaviour("v2", Some(0.0), None);
+    world
+        .run(&[
+            "deploy", "-n", NAMESPACE, "--image", REPOSITORY, "--tag", "v2",
+        ])
+        .ok();
+    // No pod of v2 runs yet: kubectl port-forward refuses until one does.
+    let mut sanity = rollout_support::Spawned::new(
+        world
+            .xtask(&[
+                "sanity",
+                "-n",
+                NAMESPACE,
+                "--expect-version",
+                "v2",
+                "--timeout",
+                "20s",
+            ])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped()),
+    );
+    let stderr = rollout_support::Collected::new(sanity.child().stderr.take().unwrap());
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !stderr.contains("not yet: ") {
+        assert!(
+            Instant::now() < deadline,
+            "sanity never tried to port-forward"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let green = Pod::api(&world, "v2");
+    world.pods("v2", &green.addr);
+    let output = sanity.wait_with_output();
+    let stderr = stderr.finish();
+    assert_eq!(output.status.code(), Some(0), "{stderr}");
+    assert!(stderr.contains("pod is not running"), "{stderr}");
+    assert!(stderr.contains("sanity passed"), "{stderr}");
+
+    drop((green, blue));
+    world.assert_no_process_left();
+}
+
+#[test]
+fn release_aborts_when_the_preview_service_does_not_exist() {
+    let Some((world, blue)) = blue_world() else {
+        return;
+    };
+    let run = world.run(&release_args(&["--preview-service", "api-previw"]));
+    assert_aborted(&world, &run, "sanity");
+    assert!(
+        run.error()
+            .contains("no port-forward to api-previw within 2s"),
+        "{run}"
+    );
+    assert!(
+        run.stderr
+            .contains("Error from server (NotFound): services \"api-previw\" not found"),
+        "{run}"
+    );
+
+    drop(blue);
+    world.assert_no_process_left();
+}

@@ -1,0 +1,631 @@
+//! What the rollout tests share: a "world" (the state of the plugin double, the
+//! doubles first on PATH, a marker to find every process a test started), the
+//! `api` pods (real binaries, or tiny std servers for broken ones), and the
+//! built xtask binary to run.
+#![allow(dead_code)] // each test file uses a different part
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+
+/// The namespace the tests deploy to (not `default`, so `-n` is exercised).
+pub const NAMESPACE: &str = "shop";
+pub const REPOSITORY: &str = "registry.example.com/shop/api";
+
+pub fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap()
+        .to_owned()
+}
+
+pub fn doubles() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/doubles")
+}
+
+pub fn image(tag: &str) -> String {
+    format!("{REPOSITORY}:{tag}")
+}
+
+/// Where a tool that CI must have is missing: a failure under CI, a skip (with why) elsewhere.
+pub fn require_tool(name: &str) -> bool {
+    let found = std::env::var_os("PATH")
+        .map(|path| std::env::split_paths(&path).any(|dir| dir.join(name).is_file()))
+        .unwrap_or(false);
+    if !found {
+        if std::env::var_os("CI").is_some() {
+            panic!("{name} is not on PATH, and CI is set: .ci/run must install it");
+        }
+        eprintln!("skipped: {name} is not on PATH (CI unset, so this is a skip, not a failure)");
+    }
+    found
+}
+
+/// One test's world: the plugin double's state file, and the marker every
+/// process it starts carries in its environment.
+pub struct World {
+    pub dir: PathBuf,
+    pub state_path: PathBuf,
+    pub marker: String,
+}
+
+static NEXT: AtomicUsize = AtomicUsize::new(0);
+
+impl World {
+    /// A Rollout `api` in namespace `shop` whose active Service serves `active`
+    /// (None: a new Rollout that never had an active ReplicaSet), and the
+    /// Services of rollout.yaml.
+    pub fn new(active: Option<&str>) -> World {
+        let marker = format!(
+            "{}-{}-{}",
+            std::process::id(),
+            NEXT.fetch_add(1, Ordering::SeqCst),
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap()
+                .as_nanos()
+        );
+        let dir = std::env::temp_dir().join(format!("xtask-rollout-{marker}"));
+        std::fs::create_dir_all(&dir).unwrap();
+        let manifest = Manifest::read();
+        let initial = active.map_or_else(|| manifest.image.clone(), image);
+        let containers = json!({ manifest.container.clone(): initial });
+        let active_containers = match active {
+            Some(_) => containers.clone(),
+            None => Value::Null,
+        };
+        let state = json!({
+            "rollouts": {
+                format!("{NAMESPACE}/{}", manifest.rollout): {
+                    "name": manifest.rollout,
+                    "containers": containers,
+                    "active": active_containers,
+                    "revision": 1,
+                    "history": [{"revision": 1, "containers": containers}],
+                    "updated_at": 0.0,
+                }
+            },
+            "services": {
+                format!("{NAMESPACE}/{}", manifest.active_service): {
+                    "port": manifest.service_port, "targetPort": manifest.container_port,
+                    "rollout": manifest.rollout, "role": "active",
+                },
+                format!("{NAMESPACE}/{}", manifest.preview_service): {
+                    "port": manifest.service_port, "targetPort": manifest.container_port,
+                    "rollout": manifest.rollout, "role": "preview",
+                },
+            },
+            "pods": {},
+            // The placeholder image of rollout.yaml never pulls: its pods never become
+            // ready, and the Rollout turns Degraded after progressDeadlineSeconds.
+            "behaviour": {
+                manifest.image.clone(): {"ready_after": null, "degrade_after": manifest.progress_deadline},
+            },
+            "calls": [],
+        });
+        let world = World {
+            state_path: dir.join("state.json"),
+            dir,
+            marker,
+        };
+        world.write_state(&state);
+        world
+    }
+
+    pub fn state(&self) -> Value {
+        serde_json::from_str(&std::fs::read_to_string(&self.state_path).unwrap()).unwrap()
+    }
+
+    pub fn write_state(&self, state: &Value) {
+        std::fs::write(
+            &self.state_path,
+            serde_json::to_string_pretty(state).unwrap(),
+        )
+        .unwrap();
+    }
+
+    fn edit(&self, f: impl FnOnce(&mut Value)) {
+        let mut state = self.state();
+        f(&mut state);
+        self.write_state(&state);
+    }
+
+    /// How long after `promote` the active Service switches to `tag` (default 0.1s).
+    pub fn switch_after(&self, tag: &str, seconds: f64) {
+        self.edit(|s| s["behaviour"][image(tag)]["switch_after"] = json!(seconds));
+    }
+
+    /// The pods of `tag` answer at `addr` (what port-forward reaches).
+    pub fn pods(&self, tag: &str, addr: &str) {
+        self.edit(|s| s["pods"][image(tag)] = json!(addr));
+    }
+
+    /// How the pods of `tag` behave: seconds until ready (None: never), until Degraded.
+    pub fn behaviour(&self, tag: &str, ready_after: Option<f64>, degrade_after: Option<f64>) {
+        self.edit(|s| {
+            s["behaviour"][image(tag)] =
+                json!({"ready_after": ready_after, "degrade_after": degrade_after})
+        });
+    }
+
+    pub fn rollout(&self) -> Value {
+        self.state()["rollouts"][format!("{NAMESPACE}/api")].clone()
+    }
+
+    /// The image the active Service serves, if any.
+    pub fn active_image(&self) -> Option<String> {
+        self.rollout()["active"]["api"].as_str().map(str::to_owned)
+    }
+
+    /// Every plugin invocation, as argv.
+    pub fn calls(&self) -> Vec<Vec<String>> {
+        serde_json::from_value(self.state()["calls"].clone()).unwrap()
+    }
+
+    /// The plugin subcommands that changed something, in order.
+    pub fn changes(&self) -> Vec<String> {
+        self.calls()
+            .into_iter()
+            .filter(|argv| argv[0] != "status")
+            .map(|argv| argv.join(" "))
+            .collect()
+    }
+
+    /// The doubles first on PATH, then the machine's PATH.
+    pub fn path(&self) -> std::ffi::OsString {
+        let mut dirs = vec![doubles()];
+        dirs.extend(std::env::split_paths(
+            &std::env::var_os("PATH").unwrap_or_default(),
+        ));
+        std::env::join_paths(dirs).unwrap()
+    }
+
+    /// The built xtask, in this world: doubles on PATH, no stray configuration.
+    pub fn xtask(&self, args: &[&str]) -> Command {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_xtask"));
+        cmd.args(args)
+            .current_dir(root())
+            .env("PATH", self.path())
+            .env("ARGO_ROLLOUTS_DOUBLE_STATE", &self.state_path)
+            .env(MARKER, &self.marker)
+            .stdin(Stdio::null());
+        for key in [
+            "API_IMAGE",
+            "API_IMAGE_TAG",
+            "CI_REGISTRY_IMAGE",
+            "CI_COMMIT_SHA",
+            "API_VERSION",
+            "API_ROLLOUT",
+            "API_CONTAINER",
+            "API_NAMESPACE",
+            "KUBE_NAMESPACE",
+            "API_KUBE_CONTEXT",
+            "API_PREVIEW_SERVICE",
+            "API_ACTIVE_SERVICE",
+        ] {
+            cmd.env_remove(key);
+        }
+        cmd
+    }
+
+    pub fn run(&self, args: &[&str]) -> Run {
+        Run::from(self.xtask(args).output().unwrap())
+    }
+
+    /// Fails if any process this world started (xtask, the doubles, a
+    /// port-forward, an api) is still there. Waits a moment for ones being killed.
+    pub fn assert_no_process_left(&self) {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            let left = processes_with_marker(&self.marker);
+            if left.is_empty() {
+                return;
+            }
+            if Instant::now() >= deadline {
+                panic!("processes left running after the test: {left:#?}");
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+impl Drop for World {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// The environment variable that marks a test's processes.
+pub const MARKER: &str = "XTASK_ROLLOUT_TEST_MARKER";
+
+/// Live processes (pid and command line) whose environment holds MARKER=marker.
+pub fn processes_with_marker(marker: &str) -> Vec<String> {
+    let needle = format!("{MARKER}={marker}");
+    let mut found = Vec::new();
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return found;
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let Some(pid) = name
+            .to_str()
+            .filter(|n| n.bytes().all(|b| b.is_ascii_digit()))
+        else {
+            continue;
+        };
+        let Ok(environ) = std::fs::read(entry.path().join("environ")) else {
+            continue;
+        };
+        if !environ
+            .split(|b| *b == 0)
+            .any(|var| var == needle.as_bytes())
+        {
+            continue;
+        }
+        let stat = std::fs::read_to_string(entry.path().join("stat")).unwrap_or_default();
+        // Field 3 of stat is the state; a zombie (Z) has exited and is only waiting to be reaped.
+        let state = stat
+            .rsplit(')')
+            .next()
+            .unwrap_or("")
+            .split_whitespace()
+            .next()
+            .unwrap_or("");
+        if state == "Z" || state == "X" {
+            continue;
+        }
+        let cmdline = std::fs::read(entry.path().join("cmdline")).unwrap_or_default();
+        let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
+        found.push(format!("{pid} [{state}] {cmdline}"));
+    }
+    found
+}
+
+/// A finished xtask run.
+pub struct Run {
+    pub code: Option<i32>,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl From<Output> for Run {
+    fn from(output: Output) -> Run {
+        Run {
+            code: output.status.code(),
+            stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
+        }
+    }
+}
+
+impl Run {
+    pub fn ok(&self) -> &Run {
+        assert_eq!(self.code, Some(0), "expected success\n{self}");
+        self
+    }
+
+    pub fn failed(&self) -> &Run {
+        assert!(
+            self.code.is_some_and(|c| c != 0),
+            "expected a non-zero exit\n{self}"
+        );
+        self
+    }
+
+    pub fn stdout_lines(&self) -> Vec<&str> {
+        self.stdout.lines().collect()
+    }
+
+    /// The `error: ...` line main prints.
+    pub fn error(&self) -> &str {
+        self.stderr
+            .lines()
+            .find(|l| l.starts_with("error: "))
+            .unwrap_or_else(|| panic!("no error line\n{self}"))
+    }
+}
+
+impl std::fmt::Display for Run {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "exit: {:?}\n--- stdout ---\n{}--- stderr ---\n{}",
+            self.code, self.stdout, self.stderr
+        )
+    }
+}
+
+/// The manifest's names and numbers, read from rollout.yaml.
+#[derive(Debug, Clone)]
+pub struct Manifest {
+    pub rollout: String,
+    pub container: String,
+    pub image: String,
+    pub active_service: String,
+    pub preview_service: String,
+    pub service_port: u64,
+    pub container_port: u64,
+    pub progress_deadline: u64,
+}
+
+impl Manifest {
+    pub fn documents() -> Vec<serde_yaml_ng::Value> {
+        let text = std::fs::read_to_string(root().join("rollout.yaml")).unwrap();
+        serde_yaml_ng::Deserializer::from_str(&text)
+            .map(|doc| serde::Deserialize::deserialize(doc).unwrap())
+            .collect()
+    }
+
+    pub fn read() -> Manifest {
+        let docs = Manifest::documents();
+        let rollout = docs.iter().find(|d| d["kind"] == "Rollout").unwrap();
+        let container = &rollout["spec"]["template"]["spec"]["containers"][0];
+        let blue_green = &rollout["spec"]["strategy"]["blueGreen"];
+        let service = docs
+            .iter()
+            .find(|d| d["kind"] == "Service")
+            .expect("a Service");
+        let str_of = |v: &serde_yaml_ng::Value| v.as_str().unwrap().to_owned();
+        Manifest {
+            rollout: str_of(&rollout["metadata"]["name"]),
+            container: str_of(&container["name"]),
+            image: str_of(&container["image"]),
+            active_service: str_of(&blue_green["activeService"]),
+            preview_service: str_of(&blue_green["previewService"]),
+            service_port: service["spec"]["ports"][0]["port"].as_u64().unwrap(),
+            container_port: container["ports"][0]["containerPort"].as_u64().unwrap(),
+            progress_deadline: rollout["spec"]["progressDeadlineSeconds"].as_u64().unwrap(),
+        }
+    }
+}
+
+/// A free port on 127.0.0.1 (free when asked; the caller retries on a race).
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// A real `api` binary built with `version` compiled in: `API_VERSION=V cargo build -p api`.
+/// Each version gets a target folder of its own, so parallel tests (nextest
+/// runs each in its own process) never see a binary swapped under them; the
+/// dependencies are compiled once, in a shared build folder (cargo's
+/// `build.build-dir`, which also serializes the builds; a cargo older than
+/// 1.91 ignores it and compiles them per version).
+pub fn api_binary(version: &str) -> PathBuf {
+    static BUILDS: OnceLock<Mutex<()>> = OnceLock::new();
+    let _one_at_a_time = BUILDS.get_or_init(Default::default).lock().unwrap();
+    let base = root().join("target/rollout-e2e");
+    let target_dir = base.join(version);
+    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    let status = Command::new(cargo)
+        .args(["build", "--quiet", "--package", "api", "--bin", "api"])
+        .env("API_VERSION", version)
+        .env("CARGO_TARGET_DIR", &target_dir)
+        .env("CARGO_BUILD_BUILD_DIR", base.join("build"))
+        .current_dir(root())
+        .status()
+        .unwrap();
+    assert!(status.success(), "building api {version} failed");
+    target_dir.join("debug/api")
+}
+
+/// Pods played by processes: killed (and reaped) when dropped.
+pub struct Pod {
+    pub addr: String,
+    child: Option<Child>,
+    server: Option<Arc<AtomicBool>>,
+}
+
+impl Pod {
+    /// The real `api` binary, compiled with `version`, on a free port.
+    pub fn api(world: &World, version: &str) -> Pod {
+        let binary = api_binary(version);
+        for _ in 0..5 {
+            let port = free_port();
+            let mut child = Command::new(&binary)
+                .env("PORT", port.to_string())
+                .env("HOST", "127.0.0.1")
+                .env("LOG_LEVEL", "warn")
+                .env(MARKER, &world.marker)
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(Stdio::inherit())
+                .spawn()
+                .unwrap();
+            let addr = format!("127.0.0.1:{port}");
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while Instant::now() < deadline {
+                if let Ok(Some(_)) = child.try_wait() {
+                    break; // the port was taken after all: try another
+                }
+                if http_get(&addr, "/health").is_some_and(|(status, _)| status == 200) {
+                    return Pod {
+                        addr,
+                        child: Some(child),
+                        server: None,
+                    };
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        panic!("api {version} did not start");
+    }
+
+    /// A std server that answers every request with `status` and `body`.
+    pub fn answering(status: u16, body: &'static str) -> Pod {
+        Pod::serve(move |mut stream| {
+            let _ = read_request(&mut stream);
+            let _ = write!(
+                stream,
+                "HTTP/1.1 {status} X\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                body.len()
+            );
+        })
+    }
+
+    /// A std server that accepts connections and never answers.
+    pub fn silent() -> Pod {
+        Pod::serve(|stream| {
+            std::thread::spawn(move || {
+                std::thread::sleep(Duration::from_secs(30));
+                drop(stream);
+            });
+        })
+    }
+
+    fn serve(handle: impl Fn(TcpStream) + Send + 'static) -> Pod {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        listener.set_nonblocking(true).unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        let stop = Arc::new(AtomicBool::new(false));
+        let stopped = Arc::clone(&stop);
+        std::thread::spawn(move || {
+            while !stopped.load(Ordering::SeqCst) {
+                match listener.accept() {
+                    Ok((stream, _)) => {
+                        stream.set_nonblocking(false).unwrap();
+                        handle(stream);
+                    }
+                    Err(_) => std::thread::sleep(Duration::from_millis(10)),
+                }
+            }
+        });
+        Pod {
+            addr,
+            child: None,
+            server: Some(stop),
+        }
+    }
+}
+
+impl Drop for Pod {
+    fn drop(&mut self) {
+        if let Some(child) = &mut self.child {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        if let Some(stop) = &self.server {
+            stop.store(true, Ordering::SeqCst);
+        }
+    }
+}
+
+fn read_request(stream: &mut TcpStream) -> std::io::Result<()> {
+    stream.set_read_timeout(Some(Duration::from_secs(5)))?;
+    let mut reader = BufReader::new(stream);
+    let mut line = String::new();
+    loop {
+        line.clear();
+        if reader.read_line(&mut line)? == 0 || line == "\r\n" {
+            return Ok(());
+        }
+    }
+}
+
+/// A tiny GET for the tests themselves: (status, body), or None if nothing answered.
+pub fn http_get(addr: &str, path: &str) -> Option<(u16, String)> {
+    let mut stream =
+        TcpStream::connect_timeout(&addr.parse().ok()?, Duration::from_secs(2)).ok()?;
+    stream.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
+    write!(
+        stream,
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    )
+    .ok()?;
+    let mut raw = String::new();
+    stream.read_to_string(&mut raw).ok()?;
+    let status = raw.split(' ').nth(1)?.parse().ok()?;
+    let body = raw.split_once("\r\n\r\n").map(|(_, b)| b.to_owned())?;
+    Some((status, body))
+}
+
+/// A child process a test started: killed and reaped when dropped, so a
+/// failing assertion never leaves it running.
+pub struct Spawned(Option<Child>);
+
+impl Spawned {
+    pub fn new(command: &mut Command) -> Spawned {
+        Spawned(Some(command.spawn().unwrap()))
+    }
+
+    pub fn id(&self) -> u32 {
+        self.0.as_ref().unwrap().id()
+    }
+
+    pub fn child(&mut self) -> &mut Child {
+        self.0.as_mut().unwrap()
+    }
+
+    pub fn wait_with_output(mut self) -> Output {
+        self.0.take().unwrap().wait_with_output().unwrap()
+    }
+}
+
+impl Drop for Spawned {
+    fn drop(&mut self) {
+        if let Some(child) = &mut self.0 {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// Reads kubectl's `Forwarding from 127.0.0.1:PORT -> TARGET` line: the
+/// local address, and the container port it forwards to.
+pub fn forwarded_address(child: &mut Child) -> (String, String) {
+    let mut line = String::new();
+    BufReader::new(child.stdout.as_mut().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let (port, target) = line
+        .trim_end()
+        .strip_prefix("Forwarding from 127.0.0.1:")
+        .and_then(|rest| rest.split_once(" -> "))
+        .unwrap_or_else(|| panic!("not kubectl's forwarding line: {line:?}"));
+    (format!("127.0.0.1:{port}"), target.to_owned())
+}
+
+/// A pipe read into a string by a thread, as it comes.
+pub struct Collected {
+    pub text: Arc<Mutex<String>>,
+    thread: std::thread::JoinHandle<()>,
+}
+
+impl Collected {
+    pub fn new(mut pipe: impl Read + Send + 'static) -> Collected {
+        let text = Arc::new(Mutex::new(String::new()));
+        let sink = Arc::clone(&text);
+        let thread = std::thread::spawn(move || {
+            let mut buf = [0u8; 4096];
+            while let Ok(n) = pipe.read(&mut buf) {
+                if n == 0 {
+                    break;
+                }
+                let chunk = String::from_utf8_lossy(&buf[..n]).into_owned();
+                sink.lock().unwrap().push_str(&chunk);
+            }
+        });
+        Collected { text, thread }
+    }
+
+    pub fn contains(&self, needle: &str) -> bool {
+        self.text.lock().unwrap().contains(needle)
+    }
+
+    /// Everything, once the writer closed the pipe.
+    pub fn finish(self) -> String {
+        self.thread.join().unwrap();
+        Arc::try_unwrap(self.text).unwrap().into_inner().unwrap()
+    }
+}
