@@ -52,22 +52,24 @@ means the machine was busy). This is a measurement, not a test: it does not fail
 a goal is missed, but says so.
 
 Runs:
-  API_VERSION=<version> RUSTFLAGS='-C target-feature=+crt-static' \\
-    cargo build --release --package api --target x86_64-unknown-linux-gnu   (as `build --static`;
-    `--dynamic`: as `build`)
-  go build -trimpath '-ldflags=-s -w -X main.version=<version>' -o target/bench/api-go xtask/bench/main.go
-  PORT=<port> HOST=127.0.0.1 bin/api                       (20 times, each until its first 200)
+  API_VERSION=<v> RUSTFLAGS='-C target-feature=+crt-static' cargo build --release
+    --package api --target x86_64-unknown-linux-gnu       (as `build --static`; --dynamic: `build`)
+  go build -trimpath '-ldflags=-s -w -X main.version=<v>'
+    -o target/bench/api-go xtask/bench/main.go
+  PORT=<port> HOST=127.0.0.1 bin/api                        (20 times, each until its first 200)
   PORT=<port> HOST=127.0.0.1 taskset -c <cpu0> bin/api
-  taskset -c <cpu1> wrk -t1 -c<connections> -d1s http://127.0.0.1:<port>/health   (warm-up)
-  taskset -c <cpu1> wrk -t1 -c<connections> -d<secs>s --latency -s xtask/bench/report.lua http://127.0.0.1:<port>/health
+  taskset -c <cpu1> wrk -t1 -c<n> -d1s http://127.0.0.1:<port>/health                  (warm-up)
+  taskset -c <cpu1> wrk -t1 -c<n> -d<secs>s --latency -s xtask/bench/report.lua
+    http://127.0.0.1:<port>/health
 and reads VmRSS and VmHWM from /proc/<pid>/status, utime and stime from /proc/<pid>/stat.
 
 CPU time per request is the fairest speed figure when wrk, which has one CPU too, \
 cannot saturate the server: `server CPU busy` well under 100% says so.",
     after_long_help = "Environment:
-  API_VERSION   the version to compile in, instead of git describe's
-  LOG_LEVEL, WORKERS, ...   passed through to the servers, so `LOG_LEVEL=debug cargo xtask bench`
-                shows what per-request logging costs
+  API_VERSION  the version to compile in, instead of git describe's
+  LOG_LEVEL, WORKERS, HEADER_READ_TIMEOUT_SECS, ...
+               passed through to the servers (Go's reads only PORT and HOST), so
+               `LOG_LEVEL=debug cargo xtask bench` shows what per-request logging costs
 
 Examples:
   cargo xtask bench
@@ -84,7 +86,7 @@ pub struct Bench {
     #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u32).range(1..=600))]
     pub duration: u32,
 
-    /// Rounds of load; the servers take turns in each, and the median is reported
+    /// Rounds of load; the servers take turns in each; medians and the best round are reported
     #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..=50))]
     pub rounds: u32,
 
