@@ -13,8 +13,8 @@ pub const ENV_HELP: &str = "\
   HOST                      IP address to bind (default 0.0.0.0, every IPv4 interface)
   LOG_LEVEL                 error, warn, info or debug (default info; debug logs every request)
   SHUTDOWN_TIMEOUT_SECS     on SIGTERM/SIGINT, how long in-flight requests may take to finish (default 10)
-  HEADER_READ_TIMEOUT_SECS  how long a client may take to send a request's headers,
-                            also the idle time after which a keep-alive connection closes (default 10)
+  HEADER_READ_TIMEOUT_SECS  a connection that completes no request head for this long is closed:
+                            a silent client after 1x, an idle keep-alive one after 1-2x (default 10)
   WORKERS                   threads that serve requests (default: the CPUs this process may use)";
 
 #[derive(Clone, Debug, PartialEq, Eq)]

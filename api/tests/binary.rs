@@ -448,6 +448,60 @@ fn a_client_that_sends_nothing_is_disconnected_after_the_header_read_timeout() {
 }
 
 #[test]
+fn a_client_that_trickles_its_headers_is_disconnected_all_the_same() {
+    let api = Api::start(&[("HEADER_READ_TIMEOUT_SECS", "1")]);
+    let mut slow = api.connect();
+    let started = Instant::now();
+    let head =
+        b"GET /health HTTP/1.1\r\nHost: test\r\nX-Padding: aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa";
+    let mut closed_after = None;
+    for byte in head {
+        // A byte every 100 ms: never idle, never done.
+        if slow.write_all(&[*byte]).is_err() {
+            closed_after = Some(started.elapsed());
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+        slow.set_nonblocking(true).unwrap();
+        let mut buf = [0u8; 64];
+        let read = slow.read(&mut buf);
+        slow.set_nonblocking(false).unwrap();
+        match read {
+            Err(e) if e.kind() == ErrorKind::WouldBlock => {}
+            Ok(0) | Err(_) => {
+                closed_after = Some(started.elapsed());
+                break;
+            }
+            Ok(n) => panic!("answered a request never sent: {:?}", &buf[..n]),
+        }
+    }
+    let closed_after = closed_after.expect("closed before the head was complete");
+    assert!(
+        closed_after >= Duration::from_millis(900) && closed_after < Duration::from_secs(4),
+        "closed after {closed_after:?}"
+    );
+}
+
+#[test]
+fn an_idle_keep_alive_connection_is_closed_within_two_header_timeouts() {
+    let api = Api::start(&[("HEADER_READ_TIMEOUT_SECS", "1")]);
+    let mut stream = api.connect();
+    assert_eq!(get(&mut stream, "GET", "/health").status, 200);
+    let answered = Instant::now();
+    let mut rest = Vec::new();
+    let read = stream.read_to_end(&mut rest);
+    let idle = answered.elapsed();
+    assert!(
+        matches!(read, Ok(0)) || matches!(&read, Err(e) if e.kind() == ErrorKind::ConnectionReset),
+        "closed, nothing more sent: {read:?} {rest:?}"
+    );
+    assert!(
+        idle >= Duration::from_millis(900) && idle < Duration::from_secs(4),
+        "closed after {idle:?} idle"
+    );
+}
+
+#[test]
 fn sigint_stops_the_service_like_sigterm() {
     let mut api = Api::start(&[]);
     api.signal("INT");

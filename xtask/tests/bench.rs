@@ -121,7 +121,7 @@ fn dry_run_prints_every_command_and_runs_none() {
 # 20 times each, unpinned: start, GET /health until 200, stop
 PORT='<port>' HOST=127.0.0.1 {root}/bin/api
 PORT='<port>' HOST=127.0.0.1 {root}/target/bench/api-go
-# 3 rounds, the servers in turn: start pinned, read /proc/<pid>/status VmRSS, warm up, measure, read VmRSS and VmHWM, stop
+# 3 rounds, the servers in turn: start pinned, read /proc/<pid>/status VmRSS, warm up, measure (with /proc/<pid>/stat CPU time), read VmRSS and VmHWM, stop
 PORT='<port>' HOST=127.0.0.1 taskset -c {server} {root}/bin/api
 taskset -c {load} wrk -t1 -c32 -d1s http://127.0.0.1:<port>/health
 taskset -c {load} wrk -t1 -c32 -d7s --latency -s xtask/bench/report.lua http://127.0.0.1:<port>/health
