@@ -245,19 +245,25 @@ mod tests {
             .find_map(|t| job_key(pipeline, &pipeline[t], key))
     }
 
-    /// Every script line of every job and template, folded lines joined.
+    /// Every script line of every job and template, folded lines joined and
+    /// nested lists (YAML anchors of other scripts) flattened, as GitLab does.
     fn script_lines(pipeline: &serde_yaml_ng::Value) -> Vec<String> {
+        fn flatten(value: &serde_yaml_ng::Value, lines: &mut Vec<String>) {
+            match value {
+                serde_yaml_ng::Value::Sequence(items) => {
+                    items.iter().for_each(|v| flatten(v, lines))
+                }
+                serde_yaml_ng::Value::String(line) => {
+                    lines.push(line.split_whitespace().collect::<Vec<_>>().join(" "))
+                }
+                other => panic!("a script line that is not a string: {other:?}"),
+            }
+        }
         let mut lines = Vec::new();
         for (_, job) in pipeline.as_mapping().unwrap() {
             for key in ["before_script", "script", "after_script"] {
-                for line in job[key].as_sequence().into_iter().flatten() {
-                    lines.push(
-                        line.as_str()
-                            .unwrap()
-                            .split_whitespace()
-                            .collect::<Vec<_>>()
-                            .join(" "),
-                    );
+                if let Some(script) = job.get(key) {
+                    flatten(script, &mut lines);
                 }
             }
         }
