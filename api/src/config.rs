@@ -8,8 +8,7 @@ use std::time::Duration;
 use crate::log::Level;
 
 /// The variables, their defaults and meanings: `api --help` prints this.
-pub const ENV_HELP: &str = "\
-  PORT                      port to listen on (default 8080; 0 picks a free one)
+pub const ENV_HELP: &str = "  PORT                      port to listen on (default 8080; 0 picks a free one)
   HOST                      IP address to bind (default 0.0.0.0, every IPv4 interface)
   LOG_LEVEL                 error, warn, info or debug (default info; debug logs every request)
   SHUTDOWN_TIMEOUT_SECS     on SIGTERM/SIGINT, how long in-flight requests may take to finish (default 10)
