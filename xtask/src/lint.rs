@@ -91,6 +91,7 @@ impl Lint {
             // Linters change nothing, so they run under --dry-run too.
             eprintln!("$ {check}");
             if let Err(err) = check
+                .quiet()
                 .run()
                 .with_context(|| format!("{} found problems", linter.name))
             {
