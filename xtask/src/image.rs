@@ -20,22 +20,114 @@ pub struct ImageArgs {
     #[arg(long, env = "API_IMAGE_TAG")]
     pub tag: Option<String>,
 
+    /// The image's digest (sha256:...), as `package --push` reports it: the image is then set
+    /// as IMAGE:TAG@DIGEST, so the cluster runs exactly what was built, whatever the tag points to later
+    #[arg(long, env = "API_IMAGE_DIGEST", value_name = "DIGEST")]
+    pub digest: Option<String>,
+
     /// Accept a work tree with uncommitted changes; the tag then ends in `-dirty`
     #[arg(long)]
     pub allow_dirty: bool,
 }
 
-/// A checked image reference, `repository:tag`.
+/// A checked image reference, `repository:tag`, pinned to a digest when one is known.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ImageRef {
     pub repository: String,
     pub tag: String,
+    pub digest: Option<String>,
 }
 
 impl std::fmt::Display for ImageRef {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{}:{}", self.repository, self.tag)
+        write!(f, "{}:{}", self.repository, self.tag)?;
+        if let Some(digest) = &self.digest {
+            write!(f, "@{digest}")?;
+        }
+        Ok(())
     }
+}
+
+impl ImageRef {
+    /// Parses `REPOSITORY:TAG[@DIGEST]`, checked as `package` and `deploy` check theirs.
+    pub fn parse(text: &str) -> Result<ImageRef> {
+        let seen = Seen::parse(text);
+        let Some(tag) = seen.tag else {
+            bail!(
+                "invalid image reference {text:?}: give REPOSITORY:TAG or REPOSITORY:TAG@sha256:DIGEST, \
+                 such as registry.example.com/team/api:3f2c1d0"
+            );
+        };
+        check_repository(seen.repository)?;
+        check_tag(tag)?;
+        if let Some(digest) = seen.digest {
+            check_digest(digest)?;
+        }
+        Ok(ImageRef {
+            repository: seen.repository.to_owned(),
+            tag: tag.to_owned(),
+            digest: seen.digest.map(str::to_owned),
+        })
+    }
+
+    /// Whether `image`, as a pod template names it, is this image: the same
+    /// repository, and the same digest when this one has a digest, else the
+    /// same tag (a tag says less than a digest, so it is all that can be compared).
+    pub fn is(&self, image: &str) -> bool {
+        let seen = Seen::parse(image);
+        if seen.repository != self.repository {
+            return false;
+        }
+        match &self.digest {
+            Some(digest) => {
+                seen.digest == Some(digest.as_str()) && seen.tag.is_none_or(|t| t == self.tag)
+            }
+            None => seen.tag == Some(self.tag.as_str()),
+        }
+    }
+}
+
+/// An image reference as found in a pod template, taken apart but not checked.
+struct Seen<'a> {
+    repository: &'a str,
+    tag: Option<&'a str>,
+    digest: Option<&'a str>,
+}
+
+impl Seen<'_> {
+    fn parse(text: &str) -> Seen<'_> {
+        let (name, digest) = match text.split_once('@') {
+            Some((name, digest)) => (name, Some(digest)),
+            None => (text, None),
+        };
+        // A ':' after the last '/' starts the tag; one before it is a registry port.
+        let last_slash = name.rfind('/').map_or(0, |i| i + 1);
+        let (repository, tag) = match name[last_slash..].rfind(':') {
+            Some(i) => (&name[..last_slash + i], Some(&name[last_slash + i + 1..])),
+            None => (name, None),
+        };
+        Seen {
+            repository,
+            tag,
+            digest,
+        }
+    }
+}
+
+/// `sha256:` and 64 lowercase hex digits: what a registry reports for a pushed manifest.
+pub fn check_digest(digest: &str) -> Result<()> {
+    let hex = digest.strip_prefix("sha256:").unwrap_or_default();
+    if hex.len() != 64
+        || !hex
+            .bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+    {
+        bail!(
+            "invalid image digest {digest:?}: a digest is sha256: and 64 lowercase hex digits, \
+             as `cargo xtask package --push` prints it after the @"
+        );
+    }
+    Ok(())
 }
 
 impl ImageArgs {
@@ -64,7 +156,15 @@ impl ImageArgs {
             }
         };
         check_tag(&tag)?;
-        Ok(ImageRef { repository, tag })
+        let digest = first_set([self.digest.clone()]);
+        if let Some(digest) = &digest {
+            check_digest(digest)?;
+        }
+        Ok(ImageRef {
+            repository,
+            tag,
+            digest,
+        })
     }
 }
 
@@ -208,6 +308,44 @@ mod tests {
             let err = check_repository(bad).expect_err(bad).to_string();
             assert!(err.contains("lowercase letters and digits"), "{bad}: {err}");
         }
+    }
+
+    const DIGEST: &str = "sha256:0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
+
+    #[test]
+    fn references_parse_with_and_without_a_digest() {
+        let plain = ImageRef::parse("localhost:5000/shop/api:v2").unwrap();
+        assert_eq!(
+            (plain.repository.as_str(), plain.tag.as_str(), plain.digest),
+            ("localhost:5000/shop/api", "v2", None)
+        );
+        let pinned = ImageRef::parse(&format!("localhost:5000/shop/api:v2@{DIGEST}")).unwrap();
+        assert_eq!(pinned.digest.as_deref(), Some(DIGEST));
+        assert_eq!(
+            pinned.to_string(),
+            format!("localhost:5000/shop/api:v2@{DIGEST}")
+        );
+        for bad in ["localhost:5000/api", "api:v2@sha256:abc", "API:v2"] {
+            assert!(ImageRef::parse(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn a_digest_decides_when_there_is_one_else_the_tag() {
+        let by_tag = ImageRef::parse("reg.example/api:v2").unwrap();
+        assert!(by_tag.is("reg.example/api:v2"));
+        assert!(by_tag.is(&format!("reg.example/api:v2@{DIGEST}")));
+        assert!(!by_tag.is("reg.example/api:v3"));
+        assert!(!by_tag.is("other.example/api:v2"));
+        let by_digest = ImageRef::parse(&format!("reg.example/api:v2@{DIGEST}")).unwrap();
+        assert!(by_digest.is(&format!("reg.example/api:v2@{DIGEST}")));
+        assert!(by_digest.is(&format!("reg.example/api@{DIGEST}")));
+        assert!(
+            !by_digest.is("reg.example/api:v2"),
+            "a tag alone may point elsewhere now"
+        );
+        let other = DIGEST.replace("0123", "3210");
+        assert!(!by_digest.is(&format!("reg.example/api:v2@{other}")));
     }
 
     #[test]

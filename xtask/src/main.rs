@@ -9,6 +9,7 @@ mod http;
 mod image;
 mod lint;
 mod package;
+mod process;
 mod rollout;
 mod run;
 mod test;

@@ -34,13 +34,13 @@ pub const DOCKER: Tool = Tool {
 pub const KUBECTL: Tool = Tool {
     name: "kubectl",
     install: "apt-get install kubectl, or see https://kubernetes.io/docs/tasks/tools/",
-    used_by: "sanity, release (port-forward)",
+    used_by: "deploy, status, sanity, promote, abort, release",
     version_args: &["version", "--client"],
 };
 pub const ARGO_ROLLOUTS: Tool = Tool {
     name: "kubectl-argo-rollouts",
     install: "download the kubectl-argo-rollouts binary from https://github.com/argoproj/argo-rollouts/releases onto PATH",
-    used_by: "deploy, status, promote, abort, release",
+    used_by: "deploy, promote, abort, release",
     version_args: &["version", "--short"],
 };
 pub const WRK: Tool = Tool {

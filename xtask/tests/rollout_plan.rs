@@ -1,6 +1,7 @@
 //! Dry-run plans of the blue/green tasks (the exact plugin command lines, with
-//! the kubeconfig flags after the subcommand), name checks, a missing plugin.
-//! The plugin double is first on PATH, so read-only probes really run.
+//! the kubeconfig flags after the subcommand, and the reads each wait polls),
+//! name checks, a missing plugin. The doubles are first on PATH, so read-only
+//! probes (`kubectl get`) really run.
 
 mod rollout_support;
 
@@ -15,6 +16,14 @@ fn plugin() -> String {
 
 fn kubectl() -> String {
     doubles().join("kubectl").display().to_string()
+}
+
+/// The read every wait polls, in namespace shop.
+fn get_rollout() -> String {
+    format!(
+        "{} get rollouts.argoproj.io api -o json -n shop --request-timeout=10s",
+        kubectl()
+    )
 }
 
 /// A rollout whose preview (v2) is ready and paused; v1 is active.
@@ -59,7 +68,9 @@ fn deploy_plan_is_set_image_with_kube_flags_after_the_subcommand() {
     assert_eq!(
         run.stdout_lines(),
         [
-            format!("{p} set image api api={REPOSITORY}:v2 -n shop --context prod-eu"),
+            format!(
+                "{p} set image api api={REPOSITORY}:v2 -n shop --context prod-eu --request-timeout=10s"
+            ),
             image("v2"),
         ]
     );
@@ -93,9 +104,10 @@ fn deploy_wait_plan_adds_the_status_polls() {
     assert_eq!(
         run.stdout_lines(),
         [
-            format!("{p} set image api api={REPOSITORY}:v2 -n shop"),
+            format!("{p} set image api api={REPOSITORY}:v2 -n shop --request-timeout=10s"),
             format!(
-                "# wait until `Paused - BlueGreenPause` (or Healthy), at most 300s, every 1s: {p} status api --watch=false -n shop"
+                "# wait until the preview is ready (`Paused - BlueGreenPause`, or Healthy), at most 300s, every 1s: {}",
+                get_rollout()
             ),
             image("v2"),
         ]
@@ -119,7 +131,7 @@ fn deploy_takes_image_and_tag_from_gitlab_ci_variables() {
     assert_eq!(
         run.stdout_lines()[0],
         format!(
-            "{} set image api api=registry.gitlab.com/group/api:{sha} -n review-42",
+            "{} set image api api=registry.gitlab.com/group/api:{sha} -n review-42 --request-timeout=10s",
             plugin()
         )
     );
@@ -140,7 +152,10 @@ fn api_namespace_wins_over_gitlabs_kube_namespace() {
     run.ok();
     assert_eq!(
         run.stdout_lines()[0],
-        format!("{} set image api-canary web=api:v2 -n shop", plugin())
+        format!(
+            "{} set image api-canary web=api:v2 -n shop --request-timeout=10s",
+            plugin()
+        )
     );
 }
 
@@ -154,9 +169,19 @@ fn status_is_read_only_so_it_runs_under_dry_run() {
             .starts_with("rollout api in namespace shop: Healthy"),
         "{run}"
     );
+    assert!(world.calls().is_empty(), "{:?}", world.calls());
     assert_eq!(
-        world.calls(),
-        [["status", "api", "--watch=false", "-n", "shop"]]
+        world.kubectl_calls(),
+        [[
+            "get",
+            "rollouts.argoproj.io",
+            "api",
+            "-o",
+            "json",
+            "-n",
+            "shop",
+            "--request-timeout=10s"
+        ]]
     );
 }
 
@@ -164,14 +189,27 @@ fn status_is_read_only_so_it_runs_under_dry_run() {
 fn promote_plan_is_promote_then_the_watch_until_healthy() {
     let world = paused_world();
     let before = world.changes();
-    let run = world.run(&["--dry-run", "promote", "-n", NAMESPACE, "--timeout", "2m"]);
+    let expect = image("v2");
+    let run = world.run(&[
+        "--dry-run",
+        "promote",
+        "-n",
+        NAMESPACE,
+        "--timeout",
+        "2m",
+        "--expect-image",
+        &expect,
+    ]);
     run.ok();
     let p = plugin();
     assert_eq!(
         run.stdout_lines(),
         [
-            format!("{p} promote api -n shop"),
-            format!("# wait until Healthy, at most 120s: {p} status api --timeout 120s -n shop"),
+            format!("{p} promote api -n shop --request-timeout=10s"),
+            format!(
+                "# wait until Healthy, the active Service on the promoted ReplicaSet, at most 120s, every 2s: {}",
+                get_rollout()
+            ),
         ]
     );
     assert_eq!(world.changes(), before, "a dry run changed the rollout");
@@ -185,7 +223,14 @@ fn abort_plan_is_the_abort() {
     run.ok();
     assert_eq!(
         run.stdout_lines(),
-        [format!("{} abort api -n shop", plugin())]
+        [
+            format!("{} abort api -n shop --request-timeout=10s", plugin()),
+            format!(
+                "# wait until the abort holds (Degraded - RolloutAborted, the latest template seen), or Healthy, \
+                 at most 60s, every 500ms: {}",
+                get_rollout()
+            ),
+        ]
     );
     assert_eq!(world.changes(), before);
 }
@@ -206,7 +251,8 @@ fn sanity_plan_is_the_port_forward_and_the_checks() {
         run.stdout_lines(),
         [
             format!(
-                "# {} port-forward service/api-preview :80 --address 127.0.0.1 -n shop   (in the background, stopped afterwards)",
+                "# {} port-forward service/api-preview :80 --address 127.0.0.1 --pod-running-timeout=30s -n shop   \
+                 (in the background, stopped afterwards)",
                 kubectl()
             ),
             "# check http://127.0.0.1:<forwarded port>: GET /health answers 200 with status \"ok\" and \
@@ -236,23 +282,28 @@ fn release_plan_is_every_step_and_the_abort_on_failure() {
         "30s",
     ]);
     run.ok();
-    let (p, k) = (plugin(), kubectl());
+    let (p, k, get) = (plugin(), kubectl(), get_rollout());
     assert_eq!(
         run.stdout_lines(),
         [
-            format!("{p} set image api api={REPOSITORY}:v2 -n shop"),
+            format!("{p} set image api api={REPOSITORY}:v2 -n shop --request-timeout=10s"),
             format!(
-                "# wait until `Paused - BlueGreenPause` (or Healthy), at most 600s, every 2s: {p} status api --watch=false -n shop"
+                "# wait until the preview is ready (`Paused - BlueGreenPause`, or Healthy), at most 600s, every 2s: {get}"
             ),
             format!(
-                "# {k} port-forward service/api-preview :80 --address 127.0.0.1 -n shop   (in the background, stopped afterwards)"
+                "# {k} port-forward service/api-preview :80 --address 127.0.0.1 --pod-running-timeout=30s -n shop   \
+                 (in the background, stopped afterwards)"
             ),
             "# check http://127.0.0.1:<forwarded port>: GET /health answers 200 with status \"ok\" and \
              version \"v2\", GET / answers 200; retried for at most 30s"
                 .to_owned(),
-            format!("{p} promote api -n shop"),
-            format!("# wait until Healthy, at most 600s: {p} status api --timeout 600s -n shop"),
-            format!("# on any failure after `set image`, at most 600s in all waits: {p} abort api -n shop"),
+            format!("{p} promote api -n shop --request-timeout=10s"),
+            format!(
+                "# wait until Healthy, the active Service on the promoted ReplicaSet, at most 600s, every 2s: {get}"
+            ),
+            format!(
+                "# on any failure after `set image`, at most 600s in all waits: {p} abort api -n shop --request-timeout=10s"
+            ),
             image("v2"),
         ]
     );
@@ -336,10 +387,19 @@ fn a_missing_plugin_is_reported_with_how_to_install_it() {
         run.failed();
         let error = run.stderr.clone();
         assert!(
-            error.contains("missing tool on PATH:")
-                && error.contains("kubectl-argo-rollouts: download"),
+            error.contains("kubectl: apt-get install kubectl"),
             "{args:?}: {error}"
         );
+        if args[0] == "status" {
+            // status only reads: kubectl is all it needs.
+            assert!(error.contains("missing tool on PATH:"), "{error}");
+        } else {
+            assert!(
+                error.contains("missing tools on PATH:")
+                    && error.contains("kubectl-argo-rollouts: download"),
+                "{args:?}: {error}"
+            );
+        }
         assert!(run.stdout.is_empty(), "{args:?}\n{run}");
     }
 }
@@ -360,7 +420,7 @@ fn a_missing_rollout_says_how_to_create_it() {
     run.failed();
     assert!(
         run.error().contains(
-            "Error: rollouts.argoproj.io \"api\" not found (no Rollout api there: check --namespace and \
+            "rollouts.argoproj.io \"api\" not found (no Rollout api there: check --namespace and \
              --context, or create it once with `kubectl create -n elsewhere -f rollout.yaml`"
         ),
         "{run}"

@@ -45,8 +45,14 @@ fn blue_world() -> Option<(World, Pod)> {
 }
 
 fn set_image_v2() -> String {
-    format!("set image api api={} -n shop", image("v2"))
+    format!(
+        "set image api api={} -n shop --request-timeout=10s",
+        image("v2")
+    )
 }
+
+const PROMOTE: &str = "promote api -n shop --request-timeout=10s";
+const ABORT: &str = "abort api -n shop --request-timeout=10s";
 
 /// The rollout was aborted, v1 still serves, and the run named its step.
 fn assert_aborted(world: &World, run: &Run, step: &str) {
@@ -54,22 +60,18 @@ fn assert_aborted(world: &World, run: &Run, step: &str) {
     let error = run.error();
     assert!(
         error.contains(&format!(
-            "release stopped at step `{step}`; rollout api aborted, the active version is unchanged"
+            "release stopped at step `{step}`; aborted rollout api, read back: Degraded - RolloutAborted"
         )),
         "{run}"
     );
-    assert_eq!(
-        world.changes(),
-        [set_image_v2(), "abort api -n shop".to_owned()]
-    );
+    assert_eq!(world.changes(), [set_image_v2(), ABORT.to_owned()]);
     assert_eq!(world.active_image(), Some(image("v1")));
     assert!(
         run.stdout.is_empty(),
         "a failed release printed a result:\n{run}"
     );
     assert!(
-        run.stderr
-            .contains("aborted rollout api: the active Service still selects the stable pods"),
+        run.stderr.contains("so the active version is unchanged"),
         "{run}"
     );
 }
@@ -91,10 +93,7 @@ fn release_promotes_a_good_preview() {
         "{run}"
     );
     assert!(run.stderr.contains("sanity passed"), "{run}");
-    assert_eq!(
-        world.changes(),
-        [set_image_v2(), "promote api -n shop".to_owned()]
-    );
+    assert_eq!(world.changes(), [set_image_v2(), PROMOTE.to_owned()]);
     assert_eq!(world.active_image(), Some(image("v2")));
 
     drop((green, blue));
@@ -198,7 +197,7 @@ fn release_aborts_when_the_wait_times_out() {
     assert_aborted(&world, &run, "wait for the preview");
     assert!(
         run.error()
-            .contains("was not ready within 1s; its last status: Progressing"),
+            .contains("did not reach a ready preview within 1s; last read: Progressing"),
         "{}",
         run.error()
     );
@@ -221,20 +220,16 @@ fn release_aborts_when_promotion_does_not_end_healthy_in_time() {
     let run = world.run(&release_args(&["--timeout", "5s"]));
     run.failed();
     assert!(
-        run.error()
-            .contains("release stopped at step `promote`; rollout api aborted")
-            && run
-                .error()
-                .contains("Error: Rollout status watch exceeded timeout"),
+        run.error().contains(
+            "release stopped at step `promote`; aborted rollout api, read back: Degraded"
+        ) && run
+            .error()
+            .contains("did not reach Healthy on the promoted ReplicaSet within 5s"),
         "{run}"
     );
     assert_eq!(
         world.changes(),
-        [
-            set_image_v2(),
-            "promote api -n shop".to_owned(),
-            "abort api -n shop".to_owned()
-        ]
+        [set_image_v2(), PROMOTE.to_owned(), ABORT.to_owned()]
     );
     assert_eq!(world.active_image(), Some(image("v1")));
 
@@ -257,7 +252,13 @@ fn ctrl_c_during_the_wait_aborts() {
     );
     // Wait until it is polling, then press Ctrl-C (SIGINT, as a terminal sends it).
     let deadline = Instant::now() + Duration::from_secs(20);
-    while world.calls().iter().filter(|c| c[0] == "status").count() < 2 {
+    while world
+        .kubectl_calls()
+        .iter()
+        .filter(|c| c[0] == "get")
+        .count()
+        < 3
+    {
         assert!(Instant::now() < deadline, "release never started polling");
         std::thread::sleep(Duration::from_millis(20));
     }
@@ -427,7 +428,13 @@ fn deploy_wait_sanity_promote_step_by_step() {
         "sanity changed traffic"
     );
 
-    let promote = world.run(&[&["promote"][..], &scope].concat());
+    let promote = world.run(
+        &[
+            &["promote", "--image", REPOSITORY, "--tag", "v2"][..],
+            &scope,
+        ]
+        .concat(),
+    );
     promote.ok();
     assert!(
         promote.stderr.contains("promoted: rollout api is Healthy"),
@@ -443,10 +450,7 @@ fn deploy_wait_sanity_promote_step_by_step() {
             .contains("nothing to abort: rollout api is Healthy"),
         "{abort}"
     );
-    assert_eq!(
-        world.changes(),
-        [set_image_v2(), "promote api -n shop".to_owned()]
-    );
+    assert_eq!(world.changes(), [set_image_v2(), PROMOTE.to_owned()]);
 
     drop((green, blue));
     world.assert_no_process_left();
@@ -464,12 +468,12 @@ fn promote_refuses_before_the_pause() {
         ])
         .ok();
 
-    let promote = world.run(&["promote", "-n", NAMESPACE]);
+    let promote = world.run(&["promote", "-n", NAMESPACE, "--expect-image", &image("v2")]);
     promote.failed();
     assert!(
         promote.error().contains(
             "refusing to promote rollout api: it is `Progressing - updated replicas are still becoming available`, \
-             not `Paused - BlueGreenPause`"
+             not a preview waiting at `Paused - BlueGreenPause`"
         ),
         "{promote}"
     );
@@ -688,15 +692,25 @@ fn paused_world() -> World {
     world
 }
 
+/// `promote` of the preview v2, as the pipeline that deployed it would.
+fn promote_v2() -> Vec<&'static str> {
+    vec![
+        "promote", "-n", NAMESPACE, "--image", REPOSITORY, "--tag", "v2",
+    ]
+}
+
 #[test]
 fn promote_asks_at_a_terminal_and_takes_no_for_an_answer() {
     if !require_tool("python3") {
         return;
     }
     let world = paused_world();
-    let (screen, code) = at_a_terminal(&world, &["promote", "-n", NAMESPACE], "n\n");
+    let (screen, code) = at_a_terminal(&world, &promote_v2(), "n\n");
     assert!(
-        screen.contains("switch all traffic of rollout api to the preview? [y/N]"),
+        screen.contains(&format!(
+            "switch all traffic of rollout api to the preview {}? [y/N]",
+            image("v2")
+        )),
         "{screen}"
     );
     assert!(
@@ -706,7 +720,7 @@ fn promote_asks_at_a_terminal_and_takes_no_for_an_answer() {
     assert_ne!(code, Some(0));
     assert_eq!(world.changes(), [set_image_v2()]);
 
-    let (screen, code) = at_a_terminal(&world, &["promote", "-n", NAMESPACE], "y\n");
+    let (screen, code) = at_a_terminal(&world, &promote_v2(), "y\n");
     assert_eq!(code, Some(0), "{screen}");
     assert_eq!(world.active_image(), Some(image("v2")));
     world.assert_no_process_left();
@@ -718,7 +732,7 @@ fn promote_with_stdin_not_a_terminal_never_asks() {
     // stdin is an open pipe nobody writes to: a prompt would hang here.
     let child = rollout_support::Spawned::new(
         world
-            .xtask(&["promote", "-n", NAMESPACE])
+            .xtask(&promote_v2())
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped()),

@@ -1,39 +1,58 @@
 //! `cargo xtask abort`: drop the preview; the active version stays.
 
+use std::time::Duration;
+
 use anyhow::{Result, bail};
 use clap::Args;
 
-use super::Target;
-use super::interrupt;
-use super::plugin::{Phase, Plugin};
-use super::promote::confirm;
+use super::promote::{Expected, confirm};
+use super::state::{Phase, RolloutState};
+use super::wait::{self, Look};
+use super::{Cluster, Target, go_duration, interrupt};
 use crate::context::Context;
+
+/// How many times an abort is sent when the controller erases it.
+const ABORT_ATTEMPTS: u32 = 3;
 
 /// Drop the preview; the active version stays
 #[derive(Args, Debug)]
 #[command(
     long_about = "Abort the update in flight: the active Service stays on the pods it serves, so the \
-active version is unchanged; the preview pods go after abortScaleDownDelaySeconds. The rollout then \
-reports `Degraded - RolloutAborted: ...` until it gets a template again: `kubectl argo rollouts \
-undo ROLLOUT` (back to the stable template) or a deploy of the stable image.
+active version is unchanged; the preview pods go after abortScaleDownDelaySeconds. Then reads the \
+Rollout until the abort holds: `Degraded - RolloutAborted: ...` with the controller having seen the \
+latest template. An abort sent before the controller saw a new template is erased when it does \
+(it resets the status for the new template and goes on to the pause), so abort sends it again, up \
+to 3 times, and reports what it read. The rollout stays Degraded until it gets a template again: \
+`kubectl argo rollouts undo ROLLOUT` (back to the stable template) or a deploy of the stable image.
 
-Does nothing, and says so, when the rollout is Healthy: there is no update to abort, and aborting \
-would only mark a healthy rollout Degraded. Asks for confirmation when stdin is a terminal (not with \
---yes); never prompts otherwise.
+Does nothing, and says so, when no update is in flight (Healthy, stable = current): there is \
+nothing to abort, and an Argo Rollouts controller of v1.7 or later removes an abort from a fully \
+promoted rollout anyway (older ones mark it Degraded). With --only-expected it aborts only a preview \
+of the expected image (--expect-image, else this commit's), so an old pipeline's abort never drops a \
+newer one's preview. Asks for confirmation when stdin is a terminal (not with --yes).
 
 Runs:
-  kubectl-argo-rollouts status ROLLOUT --watch=false [-n NAMESPACE] [--context CONTEXT]
-  kubectl-argo-rollouts abort ROLLOUT ...    (unless the first said Healthy)",
+  kubectl get rollouts.argoproj.io ROLLOUT -o json [-n NAMESPACE] [--context CONTEXT] --request-timeout=10s
+  kubectl-argo-rollouts abort ROLLOUT ...    (if an update is in flight)
+  kubectl get rollouts.argoproj.io ROLLOUT -o json ...    (until the abort holds, at most 6 times --request-timeout)",
     after_long_help = "Environment:
+  API_EXPECT_IMAGE and the image variables of deploy: the expected image, with --only-expected
   API_ROLLOUT, API_NAMESPACE (then KUBE_NAMESPACE), API_KUBE_CONTEXT: as the flags
 
 Examples:
   cargo xtask abort -n staging
-  cargo xtask abort --yes"
+  cargo xtask abort --yes --only-expected"
 )]
 pub struct Abort {
     #[command(flatten)]
     pub target: Target,
+
+    /// Abort only if the update in flight is the expected image
+    #[arg(long)]
+    pub only_expected: bool,
+
+    #[command(flatten)]
+    pub expected: Expected,
 
     /// Do not ask for confirmation at a terminal
     #[arg(long, short = 'y')]
@@ -42,44 +61,132 @@ pub struct Abort {
 
 impl Abort {
     pub fn run(self, cx: &Context) -> Result<()> {
-        let plugin = self.target.plugin()?;
+        let cluster = self.target.cluster()?;
+        let expected = match self.only_expected {
+            true => Some(self.expected.resolve(cx)?),
+            false => None,
+        };
         interrupt::install();
-        let status = plugin.status(cx)?;
-        if status.phase == Phase::Healthy {
+        let state = cluster.read(cx)?;
+        let line = state.phase()?;
+        if nothing_in_flight(&state, &line) {
             cx.say(format!(
-                "nothing to abort: rollout {} is Healthy, with no update in flight",
-                plugin.rollout()
+                "nothing to abort: rollout {} is {line}, with no update in flight",
+                cluster.rollout()
             ));
             return Ok(());
+        }
+        let preview = state.image(&cluster.target().container).unwrap_or_default();
+        if let Some(expected) = &expected
+            && !expected.is(preview)
+        {
+            bail!(
+                "not aborting rollout {}: the update in flight is {preview}, not the expected {expected}; \
+                 it is someone else's (see `cargo xtask status`), and --only-expected leaves it alone",
+                cluster.rollout()
+            );
         }
         if !self.yes
             && !cx.dry_run
             && !confirm(&format!(
-                "abort the update of rollout {} (now `{status}`)?",
-                plugin.rollout()
+                "abort the update of rollout {} to {preview} (now `{line}`)?",
+                cluster.rollout()
             ))?
         {
             bail!("not aborted: not confirmed");
         }
-        abort(cx, &plugin)
+        let settled = abort(cx, &cluster)?;
+        cx.say(settled);
+        Ok(())
     }
 }
 
-/// `abort`, then what it means and how to get back to Healthy.
-pub fn abort(cx: &Context, plugin: &Plugin) -> Result<()> {
-    plugin.abort(cx)?;
-    if !cx.dry_run {
-        cx.say(how_to_recover(cx, plugin));
-    }
-    Ok(())
+fn nothing_in_flight(state: &RolloutState, line: &super::state::PhaseLine) -> bool {
+    state.observed() && state.fully_promoted() && line.phase == Phase::Healthy
 }
 
-pub fn how_to_recover(cx: &Context, plugin: &Plugin) -> String {
-    let undo = plugin.line(cx, &["undo", plugin.rollout()]);
-    format!(
-        "aborted rollout {}: the active Service still selects the stable pods, so the active version is \
-         unchanged. The rollout reports Degraded (RolloutAborted) until it gets a template again: \
-         `{undo}` returns to the stable one, or deploy the stable image (`cargo xtask deploy --tag <stable tag>`).",
-        plugin.rollout()
+/// `abort`, then read the Rollout until the abort holds (sending it again
+/// when the controller erased it), within 6 request timeouts. Returns what
+/// was read, for the person. Under --dry-run, the plan.
+pub fn abort(cx: &Context, cluster: &Cluster) -> Result<String> {
+    let limit = cluster.target().request_timeout.saturating_mul(6);
+    let interval = Duration::from_millis(500);
+    let what = "the abort holds (Degraded - RolloutAborted, the latest template seen), or Healthy";
+    if cx.dry_run {
+        cluster.plugin.abort(cx)?;
+        wait::plan(cluster, what, limit, interval);
+        return Ok(String::new());
+    }
+    let rollout = cluster.rollout().to_owned();
+    let undo = cluster.plugin.line(&["undo", &rollout]);
+    let mut last_error = None;
+    for attempt in 1..=ABORT_ATTEMPTS {
+        if let Err(error) = cluster.plugin.abort(cx) {
+            // The patch may have landed before the failure: what is read decides.
+            cx.say(format!(
+                "the abort call failed ({error:#}); reading the rollout back"
+            ));
+            last_error = Some(error);
+        }
+        let outcome = wait::until(
+            cx,
+            cluster,
+            "the abort holds",
+            limit,
+            interval,
+            |state, line| {
+                if !state.observed() {
+                    return Ok(Look::Wait);
+                }
+                if state.abort && line.phase == Phase::Degraded {
+                    return Ok(Look::Done(Some(format!(
+                        "aborted rollout {rollout}, read back: {line}; the active Service still selects \
+                     ReplicaSet {}, so the active version is unchanged. The rollout stays Degraded until it \
+                     gets a template again: `{undo}` returns to the stable one, or deploy the stable image \
+                     (`cargo xtask deploy --tag <stable tag>`)",
+                        display_hash(&state.active_selector)
+                    ))));
+                }
+                if nothing_in_flight(state, line) {
+                    return Ok(Look::Done(Some(format!(
+                        "rollout {rollout} is {line} with no update in flight (read back): nothing is left to abort"
+                    ))));
+                }
+                if !state.abort {
+                    // Erased: the controller saw a new template after our abort.
+                    return Ok(Look::Done(None));
+                }
+                Ok(Look::Wait)
+            },
+        );
+        match outcome {
+            Ok(Some(settled)) => return Ok(settled),
+            Ok(None) => cx.say(format!(
+                "the controller erased the abort (it saw a new template after it); aborting again \
+                 ({attempt} of {ABORT_ATTEMPTS} sent)"
+            )),
+            Err(error) if interrupt::is_interrupted(&error) => {
+                // A signal now must not leave the abort unsent or unchecked: say what is known.
+                return Err(error.context(format!(
+                    "interrupted while checking the abort of rollout {rollout}; check it with `cargo xtask status`"
+                )));
+            }
+            Err(error) => {
+                return Err(match last_error {
+                    Some(call) => error.context(format!("the abort call failed too: {call:#}")),
+                    None => error,
+                });
+            }
+        }
+    }
+    bail!(
+        "rollout {rollout}: the controller erased the abort {ABORT_ATTEMPTS} times within {}; \
+         abort it by hand and check: {}",
+        go_duration(limit),
+        cluster.plugin.line(&["abort", &rollout])
     )
+}
+
+fn display_hash(hash: &str) -> &str {
+    if hash.is_empty() { "(none)" } else { hash }
 }

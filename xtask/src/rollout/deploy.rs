@@ -1,14 +1,15 @@
 //! `cargo xtask deploy`: the new image onto the Rollout, where it becomes the preview.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use anyhow::{Result, bail};
+use anyhow::{Context as _, Result, bail};
 use clap::Args;
 
-use super::plugin::{Phase, Plugin, RolloutStatus};
-use super::{Target, go_duration, interrupt, parse_duration, timing};
+use super::state::{Phase, RolloutState};
+use super::wait::{self, Look};
+use super::{Cluster, Target, interrupt, parse_duration};
 use crate::context::Context;
-use crate::image::ImageArgs;
+use crate::image::{ImageArgs, ImageRef};
 
 /// Set the new image on the Rollout: it goes to the preview pods
 #[derive(Args, Debug)]
@@ -16,25 +17,32 @@ use crate::image::ImageArgs;
     long_about = "Set the new image on the Rollout: Argo Rollouts starts preview pods with it and points \
 the preview Service at them; the active Service, and so all traffic, stays on the current pods.
 
-The image is IMAGE:TAG, resolved as `package` resolves it: --image, else $API_IMAGE, else \
+The image is IMAGE:TAG[@DIGEST], resolved as `package` resolves it: --image, else $API_IMAGE, else \
 $CI_REGISTRY_IMAGE, else `api`; --tag, else $API_IMAGE_TAG, else $CI_COMMIT_SHA, else the full SHA \
-of HEAD (a dirty work tree is refused unless --allow-dirty).
+of HEAD (a dirty work tree is refused unless --allow-dirty); --digest, else $API_IMAGE_DIGEST (what \
+`package --push` reports): with a digest the cluster runs exactly the image that was built, whatever \
+the tag points to later.
 
-With --wait it then polls the status until the preview is ready (`Paused - BlueGreenPause`), \
-printing each change on stderr, for at most --timeout; Degraded ends it with an error. A new \
-Rollout, whose active Service never had pods, does not pause: its first image goes straight to \
-active, and the wait ends at Healthy.
+Refuses when another image's update is in flight (a preview someone may be checking, paused or \
+still starting), naming it, unless --replace. With --wait it then reads the Rollout until its \
+preview is ready (`Paused - BlueGreenPause` on this image's ReplicaSet), printing each change on \
+stderr, for at most --timeout; Degraded ends it with an error. A new Rollout, whose active Service \
+never had pods, does not pause: its first image goes straight to active, and the wait ends at \
+Healthy. If the plugin fails, the Rollout is read back to say whether the image was set.
 
 Runs:
-  kubectl-argo-rollouts set image ROLLOUT CONTAINER=IMAGE:TAG [-n NAMESPACE] [--context CONTEXT]
-  kubectl-argo-rollouts status ROLLOUT --watch=false ...    (with --wait, every --poll-interval)
+  kubectl get rollouts.argoproj.io ROLLOUT -o json [-n NAMESPACE] [--context CONTEXT] --request-timeout=10s
+  kubectl-argo-rollouts set image ROLLOUT CONTAINER=IMAGE:TAG[@DIGEST] ...
+  kubectl get rollouts.argoproj.io ROLLOUT -o json ...    (with --wait, every --poll-interval)
 Prints the image reference on stdout.",
     after_long_help = "Environment:
   API_IMAGE, CI_REGISTRY_IMAGE        the image repository (in that order)
   API_IMAGE_TAG, CI_COMMIT_SHA        the tag (in that order)
+  API_IMAGE_DIGEST                    the digest (sha256:...)
   API_ROLLOUT, API_CONTAINER          the Rollout and its container [default: api, api]
   API_NAMESPACE, KUBE_NAMESPACE       the namespace (in that order)
   API_KUBE_CONTEXT                    the kubeconfig context
+  API_KUBE_REQUEST_TIMEOUT            --request-timeout
 
 Examples:
   cargo xtask deploy --wait -n staging
@@ -52,18 +60,22 @@ pub struct Deploy {
     #[arg(long)]
     pub wait: bool,
 
+    /// Replace another image's update in flight (its preview is dropped)
+    #[arg(long)]
+    pub replace: bool,
+
     #[command(flatten)]
     pub waiting: Waiting,
 }
 
-/// How long and how often to wait for the preview.
+/// How long and how often to wait on the Rollout.
 #[derive(Args, Debug, Clone)]
 pub struct Waiting {
     /// The longest wait for the preview (in release, also for Healthy after promote), such as 5m
     #[arg(long, default_value = "300s", value_parser = parse_duration, value_name = "DURATION")]
     pub timeout: Duration,
 
-    /// How often to ask for the status while waiting
+    /// How often to read the Rollout while waiting
     #[arg(long, default_value = "2s", value_parser = parse_duration, value_name = "DURATION")]
     pub poll_interval: Duration,
 }
@@ -80,12 +92,14 @@ pub enum Arrival {
 
 impl Deploy {
     pub fn run(self, cx: &Context) -> Result<()> {
-        let plugin = self.target.plugin()?;
+        let cluster = self.target.cluster()?;
         let image = self.image.resolve(cx)?;
         interrupt::install();
-        plugin.set_image(cx, &image)?;
+        let before = cluster.read(cx)?;
+        refuse_foreign_update(&cluster, &before, &image, self.replace)?;
+        set_image(cx, &cluster, &image)?;
         if self.wait {
-            match wait_for_preview(cx, &plugin, &self.waiting)? {
+            match wait_for_preview(cx, &cluster, &image, &self.waiting)? {
                 Some(Arrival::PreviewReady) => cx.say(format!(
                     "the preview is ready on {image}; check it with `cargo xtask sanity`, then `cargo xtask promote`"
                 )),
@@ -102,65 +116,128 @@ pub const WENT_ACTIVE: &str = "the rollout went straight to Healthy without a pa
      image of a new Rollout (its active Service had no pods to switch from), or the image was active \
      already; it serves on the active Service";
 
-/// Polls `status --watch=false` until the preview is ready, Healthy, Degraded
+/// Refuses to drop someone else's update in flight (a preview being checked,
+/// or one still starting) unless `replace`. An aborted or failed update is
+/// nobody's work in progress, and our own image is no one else's.
+pub fn refuse_foreign_update(
+    cluster: &Cluster,
+    state: &RolloutState,
+    image: &ImageRef,
+    replace: bool,
+) -> Result<()> {
+    let container = &cluster.target().container;
+    let Some(current) = state.image(container) else {
+        bail!(
+            "rollout {} has no container {container:?} in its pod template; give the right one with --container",
+            cluster.rollout()
+        );
+    };
+    let line = state.phase()?;
+    // A new Rollout's active Service never selected pods: nobody's release to keep.
+    let in_flight = !state.fully_promoted()
+        && !state.active_selector.is_empty()
+        && !state.abort
+        && matches!(line.phase, Phase::Paused | Phase::Progressing);
+    if in_flight && !image.is(current) && !replace {
+        bail!(
+            "refusing to deploy {image}: rollout {} has an update of another image in flight, {current} \
+             ({line}), which someone may be checking; promote or abort it first (`cargo xtask status` \
+             shows it), or pass --replace to drop that preview and deploy this image in its place",
+            cluster.rollout()
+        );
+    }
+    Ok(())
+}
+
+/// `set image`; if the plugin fails, the Rollout is read back to say whether the image was set.
+pub fn set_image(cx: &Context, cluster: &Cluster, image: &ImageRef) -> Result<()> {
+    let mut result = cluster.plugin.set_image(cx, image);
+    // The plugin reads, then updates with that resourceVersion (set/set_image.go SetImage):
+    // a write in between makes the update a conflict, which a second try resolves.
+    if result
+        .as_ref()
+        .is_err_and(|e| format!("{e:#}").contains("the object has been modified"))
+    {
+        cx.say(
+            "the rollout changed between the plugin's read and its write; setting the image again",
+        );
+        result = cluster.plugin.set_image(cx, image);
+    }
+    let Err(error) = result else {
+        return Ok(());
+    };
+    if interrupt::is_interrupted(&error) {
+        // Killed halfway: whether the write landed is unknown until read.
+        cx.say("interrupted while setting the image; reading the rollout back");
+    }
+    let container = &cluster.target().container;
+    match cluster.read(cx) {
+        Ok(state) if state.image(container).is_some_and(|i| image.is(i)) => {
+            cx.say(format!(
+                "the plugin failed ({error:#}), but the rollout's template is {image} now (read back): going on"
+            ));
+            interrupt::check()?;
+            Ok(())
+        }
+        Ok(state) => Err(error.context(format!(
+            "the rollout was not changed: read back, its template is still {}",
+            state.image(container).unwrap_or("(no such container)")
+        ))),
+        Err(read) => Err(error.context(format!(
+            "and reading the rollout back failed too ({read:#}), so whether the image was set is unknown: \
+             see `cargo xtask status`"
+        ))),
+    }
+}
+
+/// Reads the Rollout until the preview of `image` is ready, Healthy, Degraded
 /// or the timeout. `None` under --dry-run, where nothing was deployed to wait for.
 pub fn wait_for_preview(
     cx: &Context,
-    plugin: &Plugin,
+    cluster: &Cluster,
+    image: &ImageRef,
     waiting: &Waiting,
 ) -> Result<Option<Arrival>> {
-    let status_line = plugin.line(cx, &plugin.status_args());
+    let what = "the preview is ready (`Paused - BlueGreenPause`, or Healthy)";
     if cx.dry_run {
-        println!(
-            "# wait until `Paused - BlueGreenPause` (or Healthy), at most {}, every {}: {status_line}",
-            go_duration(waiting.timeout),
-            go_duration(waiting.poll_interval)
-        );
+        wait::plan(cluster, what, waiting.timeout, waiting.poll_interval);
         return Ok(None);
     }
-    cx.say(format!(
-        "waiting for the preview of rollout {} (at most {}): {status_line}",
-        plugin.rollout(),
-        go_duration(waiting.timeout)
-    ));
-    let start = Instant::now();
-    let deadline = start + waiting.timeout;
-    let mut last: Option<RolloutStatus> = None;
-    loop {
-        interrupt::check()?;
-        let status = plugin.status(cx)?;
-        if last.as_ref() != Some(&status) {
-            cx.say(format!(
-                "  {:>5.1}s  {status}",
-                start.elapsed().as_secs_f64()
-            ));
-        }
-        match status.phase {
-            Phase::Paused if status.is_blue_green_pause() => {
-                return Ok(Some(Arrival::PreviewReady));
+    let container = cluster.target().container.clone();
+    let rollout = cluster.rollout().to_owned();
+    let arrival = wait::until(
+        cx,
+        cluster,
+        "a ready preview",
+        waiting.timeout,
+        waiting.poll_interval,
+        |state, line| {
+            let current = state.image(&container).unwrap_or_default();
+            if !image.is(current) {
+                bail!(
+                    "rollout {rollout} was given another image while we waited: its template is now {current}, \
+                     not {image}; see `cargo xtask status`"
+                );
             }
-            Phase::Healthy => return Ok(Some(Arrival::WentActive)),
-            Phase::Degraded => bail!(
-                "rollout {} is {status}: the new pods did not become a usable preview",
-                plugin.rollout()
-            ),
-            Phase::Paused => bail!(
-                "rollout {} is {status}, not at the blue/green pause: someone paused it by hand; \
-                 `kubectl argo rollouts promote {}` resumes it",
-                plugin.rollout(),
-                plugin.rollout()
-            ),
-            Phase::Progressing => {}
-        }
-        let now = Instant::now();
-        if now >= deadline {
-            bail!(
-                "the preview of rollout {} was not ready within {}; its last status: {status}",
-                plugin.rollout(),
-                go_duration(waiting.timeout)
-            );
-        }
-        last = Some(status);
-        timing::waiting(|| interrupt::sleep(waiting.poll_interval.min(deadline - now)))?;
-    }
+            if !state.observed() {
+                return Ok(Look::Wait);
+            }
+            if state.at_blue_green_pause() {
+                return Ok(Look::Done(Arrival::PreviewReady));
+            }
+            match line.phase {
+                Phase::Healthy if state.fully_promoted() => Ok(Look::Done(Arrival::WentActive)),
+                Phase::Degraded => bail!(
+                    "rollout {rollout} is {line}: the new pods did not become a usable preview"
+                ),
+                Phase::Paused if !state.pause_reasons.iter().any(|r| r == super::state::BLUE_GREEN_PAUSE) => bail!(
+                    "rollout {rollout} is {line}, not at the blue/green pause: someone paused it by hand; \
+                     `kubectl argo rollouts promote {rollout}` resumes it"
+                ),
+                _ => Ok(Look::Wait),
+            }
+        },
+    )
+    .with_context(|| format!("wait for the preview of {image}"))?;
+    Ok(Some(arrival))
 }

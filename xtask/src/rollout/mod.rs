@@ -1,19 +1,23 @@
 //! The blue/green tasks: `deploy`, `status`, `sanity`, `promote`, `abort`,
-//! `release`. They drive an Argo Rollout through the `kubectl-argo-rollouts`
-//! plugin, the way `../shared/DESIGN.md` ("The blue/green flow") describes
-//! Argo Rollouts really behaving; `rollout.yaml` at the root is the Rollout.
+//! `release`. They change an Argo Rollout through the `kubectl-argo-rollouts`
+//! plugin and read it back with `kubectl get`, every call bounded in time;
+//! `rollout.yaml` at the root is the Rollout. README.md ("Blue/green with
+//! Argo Rollouts") says how the controller behaves and what each task relies on.
 
 mod abort;
 mod deploy;
-mod interrupt;
+pub mod interrupt;
+mod kube;
 #[cfg(test)]
 mod manifest;
 mod plugin;
 mod promote;
 mod release;
 mod sanity;
+mod state;
 mod status;
 mod timing;
+mod wait;
 
 use std::time::Duration;
 
@@ -27,8 +31,11 @@ pub use release::Release;
 pub use sanity::Sanity;
 pub use status::Status;
 
+use crate::context::Context;
 use crate::tools;
+use kube::Kubectl;
 use plugin::Plugin;
+use state::RolloutState;
 
 /// The defaults, which are the names in `rollout.yaml` (a test holds the two together).
 pub const DEFAULT_ROLLOUT: &str = "api";
@@ -58,14 +65,59 @@ pub struct Target {
     /// kubeconfig context [default: the current context]
     #[arg(long, env = "API_KUBE_CONTEXT", value_name = "CONTEXT")]
     pub context: Option<String>,
+
+    /// The longest wait for one answer of the API server (kubectl's and the plugin's
+    /// --request-timeout); a call is stopped after three times this
+    #[arg(long, env = "API_KUBE_REQUEST_TIMEOUT", default_value = "10s", value_parser = parse_duration, value_name = "DURATION")]
+    pub request_timeout: Duration,
+}
+
+/// The tools that change the Rollout (the plugin) and read it (kubectl).
+pub struct Cluster {
+    pub plugin: Plugin,
+    pub kubectl: Kubectl,
+}
+
+impl Cluster {
+    pub fn target(&self) -> &Target {
+        &self.kubectl.target
+    }
+
+    pub fn rollout(&self) -> &str {
+        &self.kubectl.target.rollout
+    }
+
+    /// The Rollout as the API has it now.
+    pub fn read(&self, cx: &Context) -> Result<RolloutState> {
+        self.kubectl.read(cx)
+    }
 }
 
 impl Target {
-    /// Checks every name, then finds the plugin: nothing runs before both succeed.
-    fn plugin(&self) -> Result<Plugin> {
+    /// Checks every name, then finds the plugin and kubectl: nothing runs
+    /// before all of that succeeds, and every missing tool is named at once.
+    fn cluster(&self) -> Result<Cluster> {
         let checked = self.checked()?;
-        let path = tools::require(&[&tools::ARGO_ROLLOUTS])?.remove(0);
-        Ok(Plugin::new(path, checked))
+        let mut found = tools::require(&[&tools::ARGO_ROLLOUTS, &tools::KUBECTL])?;
+        let kubectl = found.remove(1);
+        let plugin = found.remove(0);
+        Ok(Cluster {
+            plugin: Plugin::new(plugin, checked.clone()),
+            kubectl: Kubectl {
+                path: kubectl,
+                target: checked,
+            },
+        })
+    }
+
+    /// Only kubectl, for the tasks that only read.
+    fn kubectl(&self) -> Result<Kubectl> {
+        let checked = self.checked()?;
+        let path = tools::require(&[&tools::KUBECTL])?.remove(0);
+        Ok(Kubectl {
+            path,
+            target: checked,
+        })
     }
 
     /// The names checked, and the namespace fallback ($KUBE_NAMESPACE, GitLab's) applied.

@@ -1,92 +1,200 @@
-//! `cargo xtask promote`: switch traffic to the preview.
+//! `cargo xtask promote`: switch traffic to the preview, if it is the image we expect.
 
 use std::io::{BufRead, IsTerminal, Write};
 use std::time::Duration;
 
-use anyhow::{Result, bail};
+use anyhow::{Context as _, Result, bail};
 use clap::Args;
 
-use super::plugin::Plugin;
-use super::{Target, go_duration, interrupt, parse_duration};
+use super::state::{Phase, RolloutState};
+use super::wait::{self, Look};
+use super::{Cluster, Target, interrupt, parse_duration};
 use crate::context::Context;
+use crate::image::{ImageArgs, ImageRef};
 
-/// Switch traffic to the preview, atomically, and wait until Healthy
+/// Switch traffic to the preview, atomically, if it is the expected image; wait until Healthy
 #[derive(Args, Debug)]
 #[command(
     long_about = "Switch traffic to the preview: Argo Rollouts points the active Service at the preview \
-pods in one step, then keeps the old pods for scaleDownDelaySeconds. Waits until the rollout is Healthy.
+pods in one step, then keeps the old pods for scaleDownDelaySeconds. Waits until the rollout is \
+Healthy on that ReplicaSet, and says what the active Service serves then, as read back.
 
-Refuses unless the rollout is `Paused - BlueGreenPause` (the preview is ready and waiting): the \
-plugin's promote would otherwise change nothing and say it promoted. Asks for confirmation when \
-stdin is a terminal (not with --yes); never prompts otherwise, so CI never hangs.
+Refuses unless the preview is ready (`Paused - BlueGreenPause`: the plugin's promote would otherwise \
+change nothing and say it promoted) AND runs the expected image: --expect-image, else the image this \
+commit builds, resolved as `deploy` resolves it (with $API_IMAGE_DIGEST, the digest must match too). \
+So an older pipeline's promote never ships a newer preview, nor one that failed its checks. Asks for \
+confirmation when stdin is a terminal (not with --yes); never prompts otherwise, so CI never hangs.
 
 Runs:
-  kubectl-argo-rollouts status ROLLOUT --watch=false [-n NAMESPACE] [--context CONTEXT]
-  kubectl-argo-rollouts promote ROLLOUT ...    (if the first said `Paused - BlueGreenPause`)
-  kubectl-argo-rollouts status ROLLOUT --timeout TIMEOUT ...    (until Healthy)",
+  kubectl get rollouts.argoproj.io ROLLOUT -o json [-n NAMESPACE] [--context CONTEXT] --request-timeout=10s
+  kubectl-argo-rollouts promote ROLLOUT ...    (if the preview is ready and expected)
+  kubectl get rollouts.argoproj.io ROLLOUT -o json ...    (every --poll-interval, until Healthy)",
     after_long_help = "Environment:
-  API_ROLLOUT, API_NAMESPACE (then KUBE_NAMESPACE), API_KUBE_CONTEXT: as the flags
+  API_EXPECT_IMAGE                    --expect-image
+  API_IMAGE, CI_REGISTRY_IMAGE, API_IMAGE_TAG, CI_COMMIT_SHA, API_IMAGE_DIGEST
+                                      the image this commit builds, as for deploy
+  API_ROLLOUT, API_CONTAINER, API_NAMESPACE (then KUBE_NAMESPACE), API_KUBE_CONTEXT: as the flags
 
 Examples:
   cargo xtask promote -n staging
-  cargo xtask promote --yes --timeout 10m"
+  cargo xtask promote --yes --timeout 10m
+  cargo xtask promote --expect-image registry.example.com/team/api:3f2c1d0..."
 )]
 pub struct Promote {
     #[command(flatten)]
     pub target: Target,
 
+    #[command(flatten)]
+    pub expected: Expected,
+
     /// The longest wait for Healthy after promoting, such as 300s or 5m
     #[arg(long, default_value = "300s", value_parser = parse_duration, value_name = "DURATION")]
     pub timeout: Duration,
+
+    /// How often to read the Rollout while waiting
+    #[arg(long, default_value = "2s", value_parser = parse_duration, value_name = "DURATION")]
+    pub poll_interval: Duration,
 
     /// Do not ask for confirmation at a terminal
     #[arg(long, short = 'y')]
     pub yes: bool,
 }
 
+/// Which image the preview must be.
+#[derive(Args, Debug, Clone)]
+pub struct Expected {
+    /// The image the preview must run, IMAGE:TAG[@DIGEST] [default: the image this commit builds]
+    #[arg(long, env = "API_EXPECT_IMAGE", value_name = "REFERENCE")]
+    pub expect_image: Option<String>,
+
+    #[command(flatten)]
+    pub image: ImageArgs,
+}
+
+impl Expected {
+    pub fn resolve(&self, cx: &Context) -> Result<ImageRef> {
+        match self.expect_image.as_deref().filter(|s| !s.is_empty()) {
+            Some(text) => ImageRef::parse(text).context("--expect-image"),
+            None => self.image.resolve(cx),
+        }
+    }
+}
+
 impl Promote {
     pub fn run(self, cx: &Context) -> Result<()> {
-        let plugin = self.target.plugin()?;
+        let cluster = self.target.cluster()?;
+        let expected = self.expected.resolve(cx)?;
         interrupt::install();
-        let status = plugin.status(cx)?;
-        if !status.is_blue_green_pause() {
-            bail!(
-                "refusing to promote rollout {}: it is `{status}`, not `Paused - BlueGreenPause`, and the \
-                 plugin's promote would change nothing there; deploy first and wait for the preview \
-                 (`cargo xtask deploy --wait`), or see `cargo xtask status`",
-                plugin.rollout()
-            );
-        }
+        let state = cluster.read(cx)?;
+        check_promotable(&cluster, &state, &expected)?;
         if !self.yes
             && !cx.dry_run
             && !confirm(&format!(
-                "switch all traffic of rollout {} to the preview?",
-                plugin.rollout()
+                "switch all traffic of rollout {} to the preview {expected}?",
+                cluster.rollout()
             ))?
         {
             bail!("not promoted: not confirmed");
         }
-        promote_and_wait(cx, &plugin, self.timeout)
+        promote_and_wait(
+            cx,
+            &cluster,
+            &state.current_pod_hash,
+            &expected,
+            self.timeout,
+            self.poll_interval,
+        )
     }
 }
 
-/// `promote`, then `status --timeout` until Healthy (only planned under --dry-run).
-pub fn promote_and_wait(cx: &Context, plugin: &Plugin, timeout: Duration) -> Result<()> {
-    plugin.promote(cx)?;
-    if cx.dry_run {
-        let args = plugin.watch_args(timeout);
-        let args: Vec<&str> = args.iter().map(String::as_str).collect();
-        println!(
-            "# wait until Healthy, at most {}: {}",
-            go_duration(timeout),
-            plugin.line(cx, &args)
+/// The preview is ready and is `expected`; else an error that says what is there and what to do.
+pub fn check_promotable(
+    cluster: &Cluster,
+    state: &RolloutState,
+    expected: &ImageRef,
+) -> Result<()> {
+    let container = &cluster.target().container;
+    let preview = state.image(container).unwrap_or("(no such container)");
+    if !state.at_blue_green_pause() {
+        bail!(
+            "refusing to promote rollout {}: it is `{}`, not a preview waiting at `Paused - BlueGreenPause`, \
+             and the plugin's promote would change nothing there; deploy first and wait for the preview \
+             (`cargo xtask deploy --wait`), or see `cargo xtask status`",
+            cluster.rollout(),
+            state.phase()?
         );
+    }
+    if !expected.is(preview) {
+        bail!(
+            "refusing to promote rollout {}: its preview runs {preview}, not the expected {expected}{}. \
+             Another deploy replaced the preview since (see `cargo xtask status`): promote from the \
+             pipeline that deployed it, or give --expect-image {preview} if that is the one to ship",
+            cluster.rollout(),
+            if expected.digest.is_some() && !preview.contains('@') {
+                " (a digest is expected, and the preview is set by tag only)"
+            } else {
+                ""
+            }
+        );
+    }
+    Ok(())
+}
+
+/// `promote`, then read the Rollout until it is Healthy with the active
+/// Service on the ReplicaSet that was checked (`hash`, running `image`). If
+/// the plugin fails, the Rollout is read back first: the promotion may have landed.
+pub fn promote_and_wait(
+    cx: &Context,
+    cluster: &Cluster,
+    hash: &str,
+    image: &ImageRef,
+    timeout: Duration,
+    poll_interval: Duration,
+) -> Result<()> {
+    let plan = "Healthy, the active Service on the promoted ReplicaSet";
+    let what = "Healthy on the promoted ReplicaSet";
+    if let Err(error) = cluster.plugin.promote(cx) {
+        let state = cluster.read(cx).with_context(|| {
+            format!("{error:#}; and reading the rollout back failed, so whether it was promoted is unknown")
+        })?;
+        if state.at_blue_green_pause() {
+            return Err(
+                error.context("not promoted: read back, the preview still waits at the pause")
+            );
+        }
+        cx.say(format!(
+            "the plugin failed ({error:#}), but the rollout moved on (read back: {}): waiting for it",
+            state.phase()?
+        ));
+    }
+    if cx.dry_run {
+        wait::plan(cluster, plan, timeout, poll_interval);
         return Ok(());
     }
-    plugin.wait_healthy(cx, timeout)?;
+    let rollout = cluster.rollout().to_owned();
+    wait::until(cx, cluster, what, timeout, poll_interval, |state, line| {
+        if state.current_pod_hash != hash && state.observed() {
+            bail!(
+                "rollout {rollout} was given another template while it was promoted (its ReplicaSet is now \
+                 {}, not {hash}); see `cargo xtask status`",
+                state.current_pod_hash
+            );
+        }
+        if line.phase == Phase::Degraded {
+            bail!("rollout {rollout} is {line} after promote");
+        }
+        if state.observed()
+            && line.phase == Phase::Healthy
+            && state.fully_promoted()
+            && state.active_selector == hash
+        {
+            return Ok(Look::Done(()));
+        }
+        Ok(Look::Wait)
+    })?;
     cx.say(format!(
-        "promoted: rollout {} is Healthy; the active Service serves the new version",
-        plugin.rollout()
+        "promoted: rollout {} is Healthy and its active Service selects ReplicaSet {hash} ({image}), read back",
+        cluster.rollout(),
     ));
     Ok(())
 }

@@ -1,46 +1,54 @@
 //! `cargo xtask release`: deploy, wait for the preview, check it, promote;
 //! abort on any failure after the image was set.
 
+use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::time::{Duration, Instant};
 
-use anyhow::{Context as _, Result};
+use anyhow::{Context as _, Result, anyhow};
+use camino::Utf8PathBuf;
 use clap::Args;
 
 use super::abort::abort;
-use super::deploy::{Arrival, WENT_ACTIVE, Waiting, wait_for_preview};
-use super::plugin::Plugin;
-use super::promote::promote_and_wait;
+use super::deploy::{self, Arrival, WENT_ACTIVE, Waiting, wait_for_preview};
+use super::promote::{check_promotable, promote_and_wait};
 use super::sanity::{CheckArgs, Place, check};
 use super::{
-    DEFAULT_ACTIVE_SERVICE, Target, check_label, go_duration, interrupt, parse_duration, timing,
+    Cluster, DEFAULT_ACTIVE_SERVICE, Target, check_label, go_duration, interrupt, parse_duration,
+    timing,
 };
 use crate::context::Context;
-use crate::image::ImageArgs;
+use crate::image::{ImageArgs, ImageRef};
 
 /// Deploy, wait for the preview, check it, promote; abort on any failure
 #[derive(Args, Debug)]
 #[command(
     long_about = "Release the image this commit builds: `deploy --wait`, `sanity` on the preview, then \
-`promote`. On any failure after the image was set (the wait times out, the rollout turns Degraded, \
-the preview fails its checks, promotion does not end Healthy, or Ctrl-C/SIGTERM) it aborts the \
-rollout, so the active version stays, and exits non-zero naming the step that failed.
+`promote` (with --no-promote it stops there, the checked preview waiting for `promote`). On any \
+failure after the image was set (the wait times out, the rollout turns Degraded, the preview fails \
+its checks, promotion does not end Healthy, Ctrl-C/SIGTERM, a panic) it aborts the rollout and reads \
+it back until the abort holds, so the active version stays, and exits non-zero naming the step that \
+failed and what it read. From the image set on, further signals do not cut that short. If the \
+promotion had already switched traffic when something failed, it says so and does not abort.
 
-A new Rollout does not pause on its first image (its active Service has no pods to switch from): \
-the wait ends at Healthy, release says so, and checks the active Service instead of the preview; \
-with nothing to return to, a failure there is reported but not aborted. Never prompts.
+Refuses to replace another image's update in flight unless --replace (as deploy). A new Rollout \
+does not pause on its first image (its active Service has no pods to switch from): the wait ends \
+at Healthy, release says so, and checks the active Service instead of the preview; with nothing to \
+return to, a failure there is reported but not aborted. Never prompts.
 
 Runs:
-  kubectl-argo-rollouts set image ROLLOUT CONTAINER=IMAGE:TAG [-n NAMESPACE] [--context CONTEXT]
-  kubectl-argo-rollouts status ROLLOUT --watch=false ...    (every --poll-interval, to the pause)
+  kubectl get rollouts.argoproj.io ROLLOUT -o json [-n NAMESPACE] [--context CONTEXT] --request-timeout=10s
+  kubectl-argo-rollouts set image ROLLOUT CONTAINER=IMAGE:TAG[@DIGEST] ...
+  kubectl get rollouts.argoproj.io ROLLOUT -o json ...    (every --poll-interval, to the pause)
   kubectl port-forward service/api-preview :80 --address 127.0.0.1 ...    (unless --url)
   GET /health, GET /
-  kubectl-argo-rollouts promote ROLLOUT ...
-  kubectl-argo-rollouts status ROLLOUT --timeout TIMEOUT ...    (until Healthy)
+  kubectl-argo-rollouts promote ROLLOUT ...    (unless --no-promote)
+  kubectl get rollouts.argoproj.io ROLLOUT -o json ...    (every --poll-interval, until Healthy)
   kubectl-argo-rollouts abort ROLLOUT ...    (only on failure)
 Prints the released image reference on stdout.",
     after_long_help = "Environment:
   API_IMAGE, CI_REGISTRY_IMAGE        the image repository (in that order)
   API_IMAGE_TAG, CI_COMMIT_SHA        the tag (in that order)
+  API_IMAGE_DIGEST                    the digest (sha256:...)
   API_VERSION                         the version the preview must report, instead of git describe's
   API_ROLLOUT, API_CONTAINER          the Rollout and its container [default: api, api]
   API_PREVIEW_SERVICE, API_ACTIVE_SERVICE   the Services [default: api-preview, api-active]
@@ -50,6 +58,7 @@ Prints the released image reference on stdout.",
 Examples:
   cargo xtask release -n production
   cargo xtask release --timeout 10m --sanity-timeout 2m
+  cargo xtask release --no-promote --replace      # what the pipeline's deploy job runs
   cargo xtask --dry-run release -n staging"
 )]
 pub struct Release {
@@ -72,35 +81,75 @@ pub struct Release {
     /// The longest time to retry the preview's checks, such as 60s
     #[arg(long, default_value = "60s", value_parser = parse_duration, value_name = "DURATION")]
     pub sanity_timeout: Duration,
+
+    /// Stop after the checks: leave the checked preview waiting for `promote`
+    #[arg(long)]
+    pub no_promote: bool,
+
+    /// Replace another image's update in flight (its preview is dropped)
+    #[arg(long)]
+    pub replace: bool,
 }
 
-/// A step that failed after `set image`, and whether aborting helps.
+/// A step that failed after `set image`.
 struct Failed {
     step: &'static str,
     error: anyhow::Error,
-    abort: bool,
+    /// The ReplicaSet that was promoted, when the failure came at or after `promote`.
+    promoted: Option<String>,
+}
+
+impl Failed {
+    fn at(step: &'static str) -> impl FnOnce(anyhow::Error) -> Failed {
+        move |error| Failed {
+            step,
+            error,
+            promoted: None,
+        }
+    }
 }
 
 impl Release {
     pub fn run(self, cx: &Context) -> Result<()> {
         // Everything is checked and found before the first change.
-        let plugin = self.target.plugin()?;
+        let cluster = self.target.cluster()?;
         check_label("Service", &self.active_service)?;
         let kubectl = self.check.prepare()?;
         let image = self.image.resolve(cx)?;
         let expected = self.check.expected_version(cx)?;
         interrupt::install();
+        let before = cluster.read(cx)?;
+        deploy::refuse_foreign_update(&cluster, &before, &image, self.replace)?;
+        // A new Rollout's active Service never selected pods: nothing to return to.
+        let first_version = before.active_selector.is_empty();
         let started = Instant::now();
 
-        plugin
-            .set_image(cx, &image)
-            .context("release stopped at step `deploy`; the rollout was not changed")?;
-        match self.after_set_image(cx, &plugin, kubectl, &expected) {
+        let _protected = interrupt::protect();
+        deploy::set_image(cx, &cluster, &image).context("release stopped at step `deploy`")?;
+        let outcome = catch_unwind(AssertUnwindSafe(|| {
+            self.after_set_image(cx, &cluster, kubectl, &expected, &image, first_version)
+        }))
+        .unwrap_or_else(|panic| {
+            let what = panic
+                .downcast_ref::<&str>()
+                .map(|s| s.to_string())
+                .or_else(|| panic.downcast_ref::<String>().cloned())
+                .unwrap_or_default();
+            Err(Failed::at("unknown (xtask panicked)")(anyhow!(
+                "panic: {what}"
+            )))
+        });
+        match outcome {
             Ok(()) => {
                 if !cx.dry_run {
                     let total = started.elapsed();
                     cx.say(format!(
-                        "released {image} (version {expected}) in {:.1}s: {}",
+                        "{} {image} (version {expected}) in {:.1}s: {}",
+                        if self.no_promote {
+                            "checked the preview of"
+                        } else {
+                            "released"
+                        },
                         total.as_secs_f64(),
                         timing::summary(total)
                     ));
@@ -108,63 +157,77 @@ impl Release {
                 cx.result(&image);
                 Ok(())
             }
-            Err(failed) if !failed.abort => Err(failed.error.context(format!(
+            Err(failed) if first_version => Err(failed.error.context(format!(
                 "release stopped at step `{}`; not aborted: this was the rollout's first version, \
                  so there is no earlier one to keep",
                 failed.step
             ))),
-            Err(failed) => {
-                let why = if interrupt::is_interrupted(&failed.error) {
-                    "interrupted"
-                } else {
-                    "failed"
-                };
-                cx.say(format!(
-                    "release {why} at step `{}`: aborting rollout {}",
-                    failed.step,
-                    plugin.rollout()
-                ));
-                match abort(cx, &plugin) {
-                    Ok(()) => Err(failed.error.context(format!(
-                        "release stopped at step `{}`; rollout {} aborted, the active version is unchanged",
-                        failed.step,
-                        plugin.rollout()
-                    ))),
-                    Err(abort_error) => Err(failed.error.context(format!(
-                        "release stopped at step `{}`, and the abort failed too ({abort_error:#}); \
-                         abort by hand: {}",
-                        failed.step,
-                        plugin.line(cx, &["abort", plugin.rollout()])
-                    ))),
+            Err(failed) => Err(self.recover(cx, &cluster, failed)),
+        }
+    }
+
+    /// After a failure: aborts, unless traffic had switched already; says what was read.
+    fn recover(&self, cx: &Context, cluster: &Cluster, failed: Failed) -> anyhow::Error {
+        let _ignoring = interrupt::ignore();
+        let why = if interrupt::is_interrupted(&failed.error) {
+            "interrupted"
+        } else {
+            "failed"
+        };
+        if let Some(hash) = &failed.promoted {
+            match cluster.read(cx) {
+                Ok(state) if &state.active_selector == hash => {
+                    return failed.error.context(format!(
+                        "release {why} at step `{}` after the promotion switched traffic: read back, the active \
+                         Service selects the new ReplicaSet {hash}, so the new version serves; not aborted \
+                         (see `cargo xtask status`)",
+                        failed.step
+                    ));
                 }
+                Ok(_) => {}
+                Err(read) => cx.say(format!(
+                    "cannot read whether the promotion switched traffic ({read:#}); aborting all the same"
+                )),
             }
+        }
+        cx.say(format!(
+            "release {why} at step `{}`: aborting rollout {}",
+            failed.step,
+            cluster.rollout()
+        ));
+        match abort(cx, cluster) {
+            Ok(settled) => failed.error.context(format!(
+                "release stopped at step `{}`; {settled}",
+                failed.step
+            )),
+            Err(abort_error) => failed.error.context(format!(
+                "release stopped at step `{}`, and the abort did not hold ({abort_error:#}); abort by hand, \
+                 then check with `cargo xtask status`: {}",
+                failed.step,
+                cluster.plugin.line(&["abort", cluster.rollout()])
+            )),
         }
     }
 
     fn after_set_image(
         &self,
         cx: &Context,
-        plugin: &Plugin,
-        kubectl: Option<camino::Utf8PathBuf>,
+        cluster: &Cluster,
+        kubectl: Option<Utf8PathBuf>,
         expected: &str,
+        image: &ImageRef,
+        first_version: bool,
     ) -> Result<(), Failed> {
-        let failed = |step: &'static str| {
-            move |error| Failed {
-                step,
-                error,
-                abort: true,
-            }
-        };
-        let arrival =
-            wait_for_preview(cx, plugin, &self.waiting).map_err(failed("wait for the preview"))?;
-        let first_version = arrival == Some(Arrival::WentActive);
-        if first_version {
+        let arrival = wait_for_preview(cx, cluster, image, &self.waiting)
+            .map_err(Failed::at("wait for the preview"))?;
+        let went_active = arrival == Some(Arrival::WentActive);
+        if went_active {
             cx.say(format!(
                 "{WENT_ACTIVE}; checking {} instead of the preview",
                 self.active_service
             ));
         }
-        let service = match first_version {
+        let service = match went_active || (first_version && cx.dry_run) {
             true => &self.active_service,
             false => &self.check.preview_service,
         };
@@ -176,22 +239,51 @@ impl Release {
             },
             (None, None) => unreachable!("CheckArgs::prepare finds kubectl when there is no --url"),
         };
-        check(cx, &plugin.target, &place, expected, self.sanity_timeout).map_err(|error| {
-            Failed {
-                step: "sanity",
-                error,
-                abort: !first_version,
-            }
-        })?;
-        if first_version {
+        check(cx, cluster.target(), &place, expected, self.sanity_timeout)
+            .map_err(Failed::at("sanity"))?;
+        if went_active {
             return Ok(());
         }
-        promote_and_wait(cx, plugin, self.waiting.timeout).map_err(failed("promote"))?;
+        if self.no_promote {
+            if !cx.dry_run {
+                cx.say(format!(
+                    "the preview {image} passed its checks and waits for promotion: `cargo xtask promote`"
+                ));
+            }
+            return self.plan_abort(cx, cluster);
+        }
+        // The preview is read (and checked) again right before promote: it must be what was checked.
+        let hash = match cx.dry_run {
+            true => String::new(),
+            false => {
+                let state = cluster.read(cx).map_err(Failed::at("promote"))?;
+                check_promotable(cluster, &state, image).map_err(Failed::at("promote"))?;
+                state.current_pod_hash
+            }
+        };
+        promote_and_wait(
+            cx,
+            cluster,
+            &hash,
+            image,
+            self.waiting.timeout,
+            self.waiting.poll_interval,
+        )
+        .map_err(|error| Failed {
+            step: "promote",
+            error,
+            promoted: Some(hash.clone()),
+        })?;
+        self.plan_abort(cx, cluster)
+    }
+
+    /// Under --dry-run, the last plan line: what happens on failure.
+    fn plan_abort(&self, cx: &Context, cluster: &Cluster) -> Result<(), Failed> {
         if cx.dry_run {
             println!(
                 "# on any failure after `set image`, at most {} in all waits: {}",
                 go_duration(self.waiting.timeout),
-                plugin.line(cx, &["abort", plugin.rollout()])
+                cluster.plugin.line(&["abort", cluster.rollout()])
             );
         }
         Ok(())

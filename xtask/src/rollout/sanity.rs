@@ -9,6 +9,7 @@ use anyhow::{Context as _, Result, bail};
 use camino::Utf8PathBuf;
 use clap::Args;
 
+use super::kube::command_line;
 use super::{
     DEFAULT_PREVIEW_SERVICE, HEALTH_PATH, SERVICE_PORT, Target, check_label, go_duration,
     interrupt, parse_duration, timing,
@@ -28,9 +29,13 @@ background and always stopped afterwards (also on failure and on Ctrl-C), or at 
 are retried until they pass or --timeout runs out, since a Service's endpoints follow it with a \
 delay; every failure says what was expected and what came back. Changes nothing.
 
+kubectl port-forward picks one pod from the Service's selector (not from its Endpoints) and waits \
+--pod-running-timeout for one to exist; a pod that is not Running is refused at once. Either way \
+its own reason is shown, and it is started again until --timeout.
+
 Runs:
   kubectl port-forward service/PREVIEW_SERVICE :80 --address 127.0.0.1 \\
-      [-n NAMESPACE] [--context CONTEXT]
+      --pod-running-timeout=DURATION [-n NAMESPACE] [--context CONTEXT]
   GET http://127.0.0.1:<forwarded port>/health, then GET /",
     after_long_help = "Environment:
   API_VERSION                          the expected version, instead of git describe's
@@ -145,8 +150,8 @@ pub fn check(
             (None, url.trim_end_matches('/').to_owned())
         }
         Place::Service { kubectl, name } => {
-            let args = port_forward_args(target, name);
-            forward_line = format!("{kubectl} {}", args.join(" "));
+            let args = port_forward_args(target, name, pod_running_timeout(timeout));
+            forward_line = command_line(kubectl, &args);
             if cx.dry_run {
                 println!("# {forward_line}   (in the background, stopped afterwards)");
                 println!(
@@ -155,8 +160,8 @@ pub fn check(
                 );
                 return Ok(());
             }
-            let forward = forward_within(cx, kubectl, &args, &forward_line, deadline)
-                .with_context(|| {
+            let forward =
+                forward_within(cx, kubectl, target, name, deadline).with_context(|| {
                     format!(
                         "sanity failed: no port-forward to {name} within {}",
                         go_duration(timeout)
@@ -203,16 +208,21 @@ pub fn check(
 }
 
 /// Starts the port-forward, retrying until `deadline`: right after a deploy
-/// the Service may have no running pod yet, and kubectl then refuses.
+/// the Service may have no running pod yet, and kubectl then refuses. Each
+/// try waits at most what is left for a pod (`--pod-running-timeout`).
 fn forward_within(
     cx: &Context,
     kubectl: &Utf8PathBuf,
-    args: &[String],
-    line: &str,
+    target: &Target,
+    service: &str,
     deadline: Instant,
 ) -> Result<PortForward> {
     loop {
-        match timing::in_tools(|| PortForward::start(kubectl, args, line)) {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let pod_wait = pod_running_timeout(left);
+        let args = port_forward_args(target, service, pod_wait);
+        let line = command_line(kubectl, &args);
+        match timing::in_tools(|| PortForward::start(kubectl, &args, &line, pod_wait)) {
             Ok(forward) => return Ok(forward),
             Err(err) if interrupt::is_interrupted(&err) || Instant::now() >= deadline => {
                 return Err(err);
@@ -224,13 +234,22 @@ fn forward_within(
     }
 }
 
-fn port_forward_args(target: &Target, service: &str) -> Vec<String> {
+/// How long one port-forward waits for a pod behind the Service: what is
+/// left, whole seconds, between 1s and 30s; kubectl's own default (60s) would
+/// outlast our bound and hide its reason.
+fn pod_running_timeout(left: Duration) -> Duration {
+    Duration::from_secs(left.as_secs().clamp(1, 30))
+}
+
+/// Not `--request-timeout`: it would cut the forwarding stream itself.
+fn port_forward_args(target: &Target, service: &str, pod_wait: Duration) -> Vec<String> {
     let mut args = vec![
         "port-forward".to_owned(),
         format!("service/{service}"),
         format!(":{SERVICE_PORT}"),
         "--address".to_owned(),
         "127.0.0.1".to_owned(),
+        format!("--pod-running-timeout={}", go_duration(pod_wait)),
     ];
     if let Some(ns) = &target.namespace {
         args.extend(["-n".to_owned(), ns.clone()]);
@@ -312,11 +331,18 @@ struct PortForward {
 }
 
 impl PortForward {
-    fn start(kubectl: &Utf8PathBuf, args: &[String], line: &str) -> Result<PortForward> {
+    /// Its stderr joins its stdout, so kubectl's reason for ending is ours to show.
+    fn start(
+        kubectl: &Utf8PathBuf,
+        args: &[String],
+        line: &str,
+        pod_wait: Duration,
+    ) -> Result<PortForward> {
         eprintln!("$ {line} &");
         let handle = Arc::new(
             duct::cmd(kubectl.as_std_path(), args)
                 .stdin_null()
+                .stderr_to_stdout()
                 .unchecked()
                 .reader()
                 .with_context(|| format!("start {line}"))?,
@@ -338,13 +364,17 @@ impl PortForward {
             lines,
             port: 0,
         };
-        forward.port = forward.wait_for_port(line)?;
+        // kubectl gives up on its own after pod_wait; this bound is for one that hangs.
+        let bound = pod_wait + Duration::from_secs(10);
+        forward.port = forward.wait_for_port(line, bound)?;
         Ok(forward)
     }
 
-    /// kubectl prints `Forwarding from 127.0.0.1:PORT -> TARGET` once it listens.
-    fn wait_for_port(&self, line: &str) -> Result<u16> {
-        let deadline = Instant::now() + Duration::from_secs(30);
+    /// kubectl prints `Forwarding from 127.0.0.1:PORT -> TARGET` once it
+    /// listens; anything before that is its reason for not forwarding.
+    fn wait_for_port(&self, line: &str, bound: Duration) -> Result<u16> {
+        let deadline = Instant::now() + bound;
+        let mut said: Vec<String> = Vec::new();
         loop {
             interrupt::check()?;
             let remaining = deadline.saturating_duration_since(Instant::now());
@@ -357,12 +387,20 @@ impl PortForward {
                         eprintln!("{text}");
                         return Ok(port);
                     }
+                    said.push(text);
                 }
                 Ok(None) | Err(RecvTimeoutError::Disconnected) => {
-                    bail!("{line} ended before it forwarded a port (its error is above)")
+                    let reason = match said.iter().rev().find(|l| !l.trim().is_empty()) {
+                        Some(last) => format!("kubectl said: {}", last.trim()),
+                        None => "kubectl said nothing".to_owned(),
+                    };
+                    bail!("{line} ended before it forwarded a port; {reason}")
                 }
                 Err(RecvTimeoutError::Timeout) if Instant::now() >= deadline => {
-                    bail!("{line} did not start forwarding within 30s")
+                    bail!(
+                        "{line} did not start forwarding within {} and was stopped",
+                        go_duration(bound)
+                    )
                 }
                 Err(RecvTimeoutError::Timeout) => {}
             }

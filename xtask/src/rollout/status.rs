@@ -1,4 +1,4 @@
-//! `cargo xtask status`: where the rollout stands.
+//! `cargo xtask status`: what runs where, read from the Rollout.
 
 use std::process::ExitCode;
 
@@ -6,48 +6,102 @@ use anyhow::Result;
 use clap::Args;
 
 use super::Target;
-use super::plugin::{Phase, RolloutStatus};
+use super::kube::Kubectl;
+use super::state::{Phase, PhaseLine, RolloutState};
 use crate::context::Context;
 
-/// Show where the rollout stands, in one line (or JSON)
+/// Show what runs where: the active and the preview image, the phase (or JSON)
 #[derive(Args, Debug)]
 #[command(
-    long_about = "Show where the rollout stands, in one line a person reads, or as JSON with --json. \
-Changes nothing (it also runs under --dry-run).
+    long_about = "Show what runs where, read from the Rollout object: the image the active Service \
+serves (the stable ReplicaSet), the preview's image when an update is in flight, the phase as the \
+plugin computes it, and whether a promotion is waiting. One line a person reads, or one JSON object \
+with --json. Changes nothing (it also runs under --dry-run).
 
 Exits 1 when the rollout is Degraded (aborted, or a preview that never became ready), 0 otherwise.
 
 Runs (read-only):
-  kubectl-argo-rollouts status ROLLOUT --watch=false [-n NAMESPACE] [--context CONTEXT]",
+  kubectl get rollouts.argoproj.io ROLLOUT -o json [-n NAMESPACE] [--context CONTEXT] --request-timeout=10s
+  kubectl get replicasets.apps -l rollouts-pod-template-hash=HASH -o json ...    (the active image, when it is not the current template's)",
     after_long_help = "Environment:
   API_ROLLOUT, API_CONTAINER, API_NAMESPACE (then KUBE_NAMESPACE), API_KUBE_CONTEXT: as the flags
 
 Examples:
   cargo xtask status -n production
-  cargo xtask status --json | jq -r .phase"
+  cargo xtask status --json | jq -r .active.image"
 )]
 pub struct Status {
     #[command(flatten)]
     pub target: Target,
 
-    /// Print one JSON object: rollout, namespace, context, phase, message, line
+    /// Print one JSON object: rollout, namespace, context, phase, message, line, active, preview,
+    /// stable_pod_hash, promotion_waiting, aborted, observed
     #[arg(long)]
     pub json: bool,
 }
 
+/// One side of the blue/green pair: its ReplicaSet and image.
+struct Side {
+    pod_hash: String,
+    image: Option<String>,
+}
+
+impl Side {
+    fn json(&self) -> serde_json::Value {
+        serde_json::json!({
+            "pod_hash": self.pod_hash,
+            "image": self.image,
+            "digest": self.image.as_deref().and_then(|i| i.split_once('@')).map(|(_, d)| d),
+        })
+    }
+
+    fn text(&self) -> String {
+        let image = self
+            .image
+            .as_deref()
+            .unwrap_or("(image unknown: no ReplicaSet left)");
+        format!("{image} (ReplicaSet {})", self.pod_hash)
+    }
+}
+
 impl Status {
     pub fn run(self, cx: &Context) -> Result<ExitCode> {
-        let plugin = self.target.plugin()?;
-        let status = plugin.status(cx)?;
-        let target = &plugin.target;
+        let kubectl = self.target.kubectl()?;
+        let state = kubectl.read(cx)?;
+        let line = state.phase()?;
+        let container = &kubectl.target.container;
+        let current = state.image(container).map(str::to_owned);
+        let active = match state.active_selector.as_str() {
+            "" => None,
+            hash if state.active_is_current() => Some(Side {
+                pod_hash: hash.to_owned(),
+                image: current.clone(),
+            }),
+            hash => Some(Side {
+                pod_hash: hash.to_owned(),
+                image: image_of(cx, &kubectl, hash, container)?,
+            }),
+        };
+        let preview = (!state.fully_promoted() || !state.active_is_current()).then(|| Side {
+            pod_hash: state.current_pod_hash.clone(),
+            image: current.clone(),
+        });
+        let waiting = state.at_blue_green_pause();
+        let target = &kubectl.target;
         if self.json {
             let json = serde_json::json!({
                 "rollout": target.rollout,
                 "namespace": target.namespace,
                 "context": target.context,
-                "phase": status.phase.as_str(),
-                "message": status.message,
-                "line": status.to_string(),
+                "phase": line.phase.as_str(),
+                "message": line.message,
+                "line": line.to_string(),
+                "active": active.as_ref().map(Side::json),
+                "preview": preview.as_ref().map(Side::json),
+                "stable_pod_hash": state.stable_rs,
+                "promotion_waiting": waiting,
+                "aborted": state.abort,
+                "observed": state.observed(),
             });
             cx.result(json);
         } else {
@@ -55,23 +109,48 @@ impl Status {
                 Some(ns) => format!("rollout {} in namespace {ns}", target.rollout),
                 None => format!("rollout {}", target.rollout),
             };
-            cx.result(format_args!("{place}: {status}{}", hint(&status)));
+            cx.result(format_args!("{place}: {line}{}", hint(&state, &line)));
+            match &active {
+                Some(side) => cx.result(format_args!("  active:  {}, stable", side.text())),
+                None => cx.result("  active:  none yet (a new Rollout)"),
+            }
+            if let Some(side) = &preview {
+                let what = match (waiting, state.abort) {
+                    (true, _) => "ready, waiting for promotion",
+                    (_, true) => "aborted",
+                    _ => "not ready",
+                };
+                cx.result(format_args!("  preview: {}, {what}", side.text()));
+            }
         }
-        Ok(match status.phase {
+        Ok(match line.phase {
             Phase::Degraded => ExitCode::FAILURE,
             _ => ExitCode::SUCCESS,
         })
     }
 }
 
+fn image_of(
+    cx: &Context,
+    kubectl: &Kubectl,
+    hash: &str,
+    container: &str,
+) -> Result<Option<String>> {
+    Ok(kubectl
+        .images_of(cx, hash)?
+        .into_iter()
+        .find(|(name, _)| name == container)
+        .map(|(_, image)| image))
+}
+
 /// What a person can do next, from here.
-fn hint(status: &RolloutStatus) -> &'static str {
-    match status.phase {
+fn hint(state: &RolloutState, line: &PhaseLine) -> &'static str {
+    match line.phase {
         Phase::Healthy => " (the active Service serves the current template; nothing in flight)",
         Phase::Progressing => {
             " (the new pods are not ready yet; `cargo xtask deploy --wait` waits for them)"
         }
-        Phase::Paused if status.is_blue_green_pause() => {
+        Phase::Paused if state.at_blue_green_pause() => {
             " (the preview is ready: `cargo xtask sanity`, then `cargo xtask promote` or `cargo xtask abort`)"
         }
         Phase::Paused => " (paused by hand: `kubectl argo rollouts promote` resumes it)",

@@ -1,0 +1,389 @@
+//! The Rollout as the Kubernetes API holds it (`kubectl get rollouts.argoproj.io
+//! NAME -o json`): which template is current, which ReplicaSet each Service
+//! selects, the pause and the abort, and the phase. Read from the fields,
+//! never from the plugin's human text. Field names and meanings follow
+//! argo-rollouts `pkg/apis/rollouts/v1alpha1/types.go`.
+
+use anyhow::{Context as _, Result, bail};
+use serde::Deserialize;
+
+/// The pause a blue/green rollout makes when the preview is ready (`PauseReasonBlueGreenPause`).
+pub const BLUE_GREEN_PAUSE: &str = "BlueGreenPause";
+
+/// The phases a Rollout reports (`RolloutPhase` in types.go).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Phase {
+    Healthy,
+    Progressing,
+    Paused,
+    Degraded,
+}
+
+impl Phase {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Phase::Healthy => "Healthy",
+            Phase::Progressing => "Progressing",
+            Phase::Paused => "Paused",
+            Phase::Degraded => "Degraded",
+        }
+    }
+}
+
+/// A phase and its message, written as the plugin writes them:
+/// `Paused - BlueGreenPause`, `Healthy`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PhaseLine {
+    pub phase: Phase,
+    pub message: String,
+}
+
+impl std::fmt::Display for PhaseLine {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.message.as_str() {
+            "" => f.write_str(self.phase.as_str()),
+            message => write!(f, "{} - {message}", self.phase.as_str()),
+        }
+    }
+}
+
+/// The fields of a Rollout that say what runs where.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RolloutState {
+    pub generation: i64,
+    /// A number as a string since v0.10 (older controllers wrote a hash).
+    pub observed_generation: String,
+    /// Each container of the pod template and its image: what the newest ReplicaSet runs.
+    pub images: Vec<(String, String)>,
+    /// The pod-template-hash of the current template's ReplicaSet.
+    pub current_pod_hash: String,
+    /// The pod-template-hash of the stable ReplicaSet (the last fully promoted one).
+    pub stable_rs: String,
+    pub active_selector: String,
+    pub preview_selector: String,
+    pub pause_reasons: Vec<String>,
+    pub controller_pause: bool,
+    pub abort: bool,
+    phase: String,
+    message: String,
+}
+
+impl RolloutState {
+    pub fn from_json(text: &str) -> Result<RolloutState> {
+        let object: Object = serde_json::from_str(text)
+            .context("kubectl printed something that is not a Rollout object")?;
+        if object.kind != "Rollout" {
+            bail!("kubectl returned a {:?}, not a Rollout", object.kind);
+        }
+        let status = object.status;
+        Ok(RolloutState {
+            generation: object.metadata.generation,
+            observed_generation: status.observed_generation,
+            images: object
+                .spec
+                .template
+                .spec
+                .containers
+                .into_iter()
+                .map(|c| (c.name, c.image))
+                .collect(),
+            current_pod_hash: status.current_pod_hash,
+            stable_rs: status.stable_rs,
+            active_selector: status.blue_green.active_selector,
+            preview_selector: status.blue_green.preview_selector,
+            pause_reasons: status
+                .pause_conditions
+                .into_iter()
+                .map(|p| p.reason)
+                .collect(),
+            controller_pause: status.controller_pause,
+            abort: status.abort,
+            phase: status.phase,
+            message: status.message,
+        })
+    }
+
+    /// The image of `container` in the current template.
+    pub fn image(&self, container: &str) -> Option<&str> {
+        self.images
+            .iter()
+            .find(|(name, _)| name == container)
+            .map(|(_, image)| image.as_str())
+    }
+
+    /// Whether the controller has seen the latest spec
+    /// (`isGenerationObserved` in utils/rollout/rolloututil.go).
+    pub fn observed(&self) -> bool {
+        match self.observed_generation.parse::<i64>() {
+            Ok(observed) => observed >= self.generation,
+            Err(_) => true,
+        }
+    }
+
+    /// The phase as the plugin computes it (`GetRolloutPhase` in
+    /// utils/rollout/rolloututil.go): an unobserved spec or a pause being
+    /// lifted is Progressing whatever the controller last wrote.
+    pub fn phase(&self) -> Result<PhaseLine> {
+        let line = |phase, message: &str| PhaseLine {
+            phase,
+            message: message.to_owned(),
+        };
+        if !self.observed() {
+            return Ok(line(
+                Phase::Progressing,
+                "waiting for rollout spec update to be observed",
+            ));
+        }
+        if self.controller_pause && self.pause_reasons.is_empty() {
+            return Ok(line(Phase::Progressing, "waiting for rollout to unpause"));
+        }
+        let phase = match self.phase.as_str() {
+            "Healthy" => Phase::Healthy,
+            "Progressing" => Phase::Progressing,
+            "Paused" => Phase::Paused,
+            "Degraded" => Phase::Degraded,
+            "" => bail!(
+                "the Rollout has no status.phase: its controller is older than Argo Rollouts v1.0, or has not \
+                 reconciled it yet; this tool needs v1.0 or later"
+            ),
+            other => bail!(
+                "the Rollout reports a phase this tool does not know: {other:?} (expected Healthy, \
+                 Progressing, Paused or Degraded)"
+            ),
+        };
+        Ok(line(phase, &self.message))
+    }
+
+    /// Stable is current: no update in flight (`IsFullyPromoted`).
+    pub fn fully_promoted(&self) -> bool {
+        !self.current_pod_hash.is_empty() && self.stable_rs == self.current_pod_hash
+    }
+
+    /// The preview of the current template is ready and waits for promotion:
+    /// the controller saw this template, paused for it, and the preview
+    /// Service selects its ReplicaSet.
+    pub fn at_blue_green_pause(&self) -> bool {
+        self.observed()
+            && !self.abort
+            && self.pause_reasons.iter().any(|r| r == BLUE_GREEN_PAUSE)
+            && self.preview_selector == self.current_pod_hash
+    }
+
+    /// Whether the active Service selects the current template's ReplicaSet.
+    pub fn active_is_current(&self) -> bool {
+        !self.current_pod_hash.is_empty() && self.active_selector == self.current_pod_hash
+    }
+}
+
+#[derive(Deserialize)]
+struct Object {
+    kind: String,
+    metadata: Metadata,
+    spec: Spec,
+    #[serde(default)]
+    status: Status,
+}
+
+#[derive(Deserialize)]
+struct Metadata {
+    #[serde(default)]
+    generation: i64,
+}
+
+#[derive(Deserialize)]
+struct Spec {
+    template: Template,
+}
+
+#[derive(Deserialize)]
+struct Template {
+    spec: PodSpec,
+}
+
+#[derive(Deserialize)]
+struct PodSpec {
+    containers: Vec<Container>,
+}
+
+#[derive(Deserialize)]
+struct Container {
+    name: String,
+    #[serde(default)]
+    image: String,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(rename_all = "camelCase", default)]
+struct Status {
+    observed_generation: String,
+    current_pod_hash: String,
+    #[serde(rename = "stableRS")]
+    stable_rs: String,
+    blue_green: BlueGreen,
+    pause_conditions: Vec<PauseCondition>,
+    controller_pause: bool,
+    abort: bool,
+    phase: String,
+    message: String,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(rename_all = "camelCase", default)]
+struct BlueGreen {
+    active_selector: String,
+    preview_selector: String,
+}
+
+#[derive(Deserialize)]
+struct PauseCondition {
+    reason: String,
+}
+
+/// The images of a ReplicaSet list (`kubectl get replicasets -o json`), by container.
+pub fn replica_set_images(text: &str) -> Result<Vec<(String, String)>> {
+    #[derive(Deserialize)]
+    struct List {
+        items: Vec<Item>,
+    }
+    #[derive(Deserialize)]
+    struct Item {
+        spec: ItemSpec,
+    }
+    #[derive(Deserialize)]
+    struct ItemSpec {
+        template: Template,
+    }
+    let list: List = serde_json::from_str(text)
+        .context("kubectl printed something that is not a list of ReplicaSets")?;
+    Ok(list
+        .items
+        .into_iter()
+        .next()
+        .map(|rs| {
+            rs.spec
+                .template
+                .spec
+                .containers
+                .into_iter()
+                .map(|c| (c.name, c.image))
+                .collect()
+        })
+        .unwrap_or_default())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A Rollout paused on its preview, trimmed from what the API returns.
+    const PAUSED: &str = r#"{
+      "apiVersion": "argoproj.io/v1alpha1", "kind": "Rollout",
+      "metadata": {"name": "api", "namespace": "shop", "generation": 3},
+      "spec": {"replicas": 2, "template": {"metadata": {"labels": {"app": "api"}},
+        "spec": {"containers": [{"name": "api", "image": "reg.example/api:v2"}]}},
+        "strategy": {"blueGreen": {"activeService": "api-active", "previewService": "api-preview"}}},
+      "status": {"observedGeneration": "3", "currentPodHash": "6f7d8c9b5", "stableRS": "58d9f7c6b4",
+        "blueGreen": {"activeSelector": "58d9f7c6b4", "previewSelector": "6f7d8c9b5"},
+        "pauseConditions": [{"reason": "BlueGreenPause", "startTime": "2026-12-01T08:00:00Z"}],
+        "controllerPause": true, "phase": "Paused", "message": "BlueGreenPause"}
+    }"#;
+
+    fn paused() -> RolloutState {
+        RolloutState::from_json(PAUSED).unwrap()
+    }
+
+    #[test]
+    fn a_paused_preview_reads_as_ready_for_promotion() {
+        let state = paused();
+        assert!(state.at_blue_green_pause());
+        assert!(!state.fully_promoted());
+        assert!(!state.active_is_current());
+        assert_eq!(state.image("api"), Some("reg.example/api:v2"));
+        assert_eq!(
+            state.phase().unwrap().to_string(),
+            "Paused - BlueGreenPause"
+        );
+    }
+
+    #[test]
+    fn an_unobserved_spec_is_progressing_whatever_the_status_says() {
+        let mut state = paused();
+        state.generation = 4;
+        assert!(
+            !state.at_blue_green_pause(),
+            "the pause is the old template's"
+        );
+        assert_eq!(
+            state.phase().unwrap().to_string(),
+            "Progressing - waiting for rollout spec update to be observed"
+        );
+    }
+
+    #[test]
+    fn a_pause_being_lifted_is_progressing() {
+        let mut state = paused();
+        state.pause_reasons.clear();
+        assert_eq!(
+            state.phase().unwrap().to_string(),
+            "Progressing - waiting for rollout to unpause"
+        );
+    }
+
+    #[test]
+    fn an_empty_message_is_a_phase_alone() {
+        let text = PAUSED
+            .replace(
+                r#""phase": "Paused", "message": "BlueGreenPause""#,
+                r#""phase": "Progressing", "message": """#,
+            )
+            .replace(r#""controllerPause": true,"#, "");
+        let state = RolloutState::from_json(&text).unwrap();
+        let line = state.phase().unwrap();
+        assert_eq!(
+            (line.phase, line.to_string()),
+            (Phase::Progressing, "Progressing".to_owned())
+        );
+    }
+
+    #[test]
+    fn an_aborted_preview_is_not_ready() {
+        let mut state = paused();
+        state.abort = true;
+        assert!(!state.at_blue_green_pause());
+    }
+
+    #[test]
+    fn a_status_without_a_phase_or_with_an_unknown_one_is_refused() {
+        let mut state = paused();
+        state.phase = String::new();
+        assert!(state.phase().unwrap_err().to_string().contains("v1.0"));
+        state.phase = "Sideways".into();
+        assert!(
+            state
+                .phase()
+                .unwrap_err()
+                .to_string()
+                .contains("does not know")
+        );
+    }
+
+    #[test]
+    fn something_else_than_a_rollout_is_refused() {
+        let err = RolloutState::from_json(&PAUSED.replace("\"Rollout\"", "\"Deployment\""))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("not a Rollout"), "{err}");
+        assert!(RolloutState::from_json("Error: nope").is_err());
+    }
+
+    #[test]
+    fn a_replica_set_list_gives_its_images() {
+        let list = r#"{"apiVersion": "v1", "kind": "List", "items": [{"metadata": {"name": "api-58d9f7c6b4"},
+          "spec": {"template": {"spec": {"containers": [{"name": "api", "image": "reg.example/api:v1"}]}}}}]}"#;
+        assert_eq!(
+            replica_set_images(list).unwrap(),
+            [("api".to_owned(), "reg.example/api:v1".to_owned())]
+        );
+        assert!(replica_set_images(r#"{"items": []}"#).unwrap().is_empty());
+    }
+}

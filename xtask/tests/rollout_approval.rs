@@ -1,0 +1,280 @@
+//! What is approved is what ships: `promote` ships only the expected image
+//! (and digest), `deploy` does not drop someone else's preview, the pipeline's
+//! deploy job aborts its own preview when its checks fail, and `status` says
+//! what runs where. Races are played out with the doubles' shared state, as
+//! two pipelines (or a laptop and a pipeline) would play them on one Rollout.
+
+mod rollout_support;
+
+use rollout_support::{NAMESPACE, Pod, REPOSITORY, Run, World, image, require_tool};
+
+const DIGEST_A: &str = "sha256:aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa";
+const DIGEST_B: &str = "sha256:bbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbb";
+
+/// v1 active (a real api v1); v2 and v3 get ready at once.
+fn blue_world() -> Option<(World, Pod)> {
+    if !require_tool("kubectl") {
+        return None;
+    }
+    let world = World::new(Some("v1"));
+    let blue = Pod::api(&world, "v1");
+    world.pods("v1", &blue.addr);
+    for tag in ["v2", "v3"] {
+        world.behaviour(tag, Some(0.0), None);
+    }
+    Some((world, blue))
+}
+
+/// `deploy --wait` of `tag` as a pipeline of that commit runs it, with `extra` flags.
+fn deploy(world: &World, tag: &str, extra: &[&str]) -> Run {
+    let mut args = vec![
+        "deploy",
+        "-n",
+        NAMESPACE,
+        "--image",
+        REPOSITORY,
+        "--tag",
+        tag,
+        "--wait",
+        "--poll-interval",
+        "100ms",
+    ];
+    args.extend(extra);
+    world.run(&args)
+}
+
+/// `promote` as the pipeline of `tag` runs it: it expects its own image.
+fn promote(world: &World, tag: &str, extra: &[&str]) -> Run {
+    let mut args = vec![
+        "promote",
+        "-n",
+        NAMESPACE,
+        "--image",
+        REPOSITORY,
+        "--tag",
+        tag,
+        "--poll-interval",
+        "100ms",
+    ];
+    args.extend(extra);
+    world.run(&args)
+}
+
+#[test]
+fn an_older_pipelines_promote_never_ships_a_newer_preview() {
+    let Some((world, blue)) = blue_world() else {
+        return;
+    };
+    deploy(&world, "v2", &[]).ok();
+    // Pipeline 2 deploys v3 while pipeline 1 waits for its manual promote.
+    deploy(&world, "v3", &["--replace"]).ok();
+    let changes = world.changes();
+
+    let run = promote(&world, "v2", &[]);
+    run.failed();
+    assert!(
+        run.error().contains(&format!(
+            "its preview runs {}, not the expected {}",
+            image("v3"),
+            image("v2")
+        )),
+        "{run}"
+    );
+    assert_eq!(
+        world.changes(),
+        changes,
+        "the refused promote changed something"
+    );
+    assert_eq!(world.active_image(), Some(image("v1")));
+
+    drop(blue);
+    world.assert_no_process_left();
+}
+
+#[test]
+fn deploy_refuses_to_drop_someone_elses_paused_preview_unless_replace() {
+    let Some((world, blue)) = blue_world() else {
+        return;
+    };
+    deploy(&world, "v2", &[]).ok();
+    let changes = world.changes();
+
+    let refused = deploy(&world, "v3", &[]);
+    refused.failed();
+    assert!(
+        refused.error().contains(&format!(
+            "refusing to deploy {}: rollout api has an update of another image in flight, {} (Paused - BlueGreenPause)",
+            image("v3"),
+            image("v2")
+        )),
+        "{refused}"
+    );
+    assert!(refused.error().contains("--replace"), "{refused}");
+    assert_eq!(world.changes(), changes);
+    assert_eq!(world.preview_image(), Some(image("v2")));
+
+    deploy(&world, "v3", &["--replace"]).ok();
+    assert_eq!(world.preview_image(), Some(image("v3")));
+
+    drop(blue);
+    world.assert_no_process_left();
+}
+
+#[test]
+fn promote_compares_digests_when_one_is_known() {
+    let Some((world, blue)) = blue_world() else {
+        return;
+    };
+    let pinned = format!("{}@{DIGEST_A}", image("v2"));
+    let deployed = deploy(&world, "v2", &["--digest", DIGEST_A]);
+    assert_eq!(deployed.ok().stdout.trim(), pinned);
+
+    let wrong = promote(&world, "v2", &["--digest", DIGEST_B]);
+    wrong.failed();
+    assert!(wrong.error().contains("not the expected"), "{wrong}");
+    assert!(world.changes().iter().all(|c| !c.starts_with("promote")));
+
+    promote(&world, "v2", &["--digest", DIGEST_A]).ok();
+    assert_eq!(world.active_image(), Some(pinned));
+
+    drop(blue);
+    world.assert_no_process_left();
+}
+
+#[test]
+fn the_pipelines_deploy_job_aborts_its_own_preview_when_the_checks_fail() {
+    let Some((world, blue)) = blue_world() else {
+        return;
+    };
+    // The preview answers with the old version: a stale image.
+    let stale = Pod::api(&world, "v1");
+    world.pods("v2", &stale.addr);
+
+    let run = world.run(&[
+        "release",
+        "--no-promote",
+        "--replace",
+        "-n",
+        NAMESPACE,
+        "--image",
+        REPOSITORY,
+        "--tag",
+        "v2",
+        "--expect-version",
+        "v2",
+        "--poll-interval",
+        "100ms",
+        "--sanity-timeout",
+        "2s",
+    ]);
+    run.failed();
+    assert!(
+        run.error()
+            .contains("release stopped at step `sanity`; aborted rollout api, read back: Degraded - RolloutAborted"),
+        "{run}"
+    );
+    assert!(world.is_aborted());
+    assert_eq!(world.active_image(), Some(image("v1")));
+    assert!(world.changes().iter().all(|c| !c.starts_with("promote")));
+
+    drop((stale, blue));
+    world.assert_no_process_left();
+}
+
+#[test]
+fn release_no_promote_leaves_a_checked_preview_for_the_manual_promote() {
+    let Some((world, blue)) = blue_world() else {
+        return;
+    };
+    let green = Pod::api(&world, "v2");
+    world.pods("v2", &green.addr);
+
+    let run = world.run(&[
+        "release",
+        "--no-promote",
+        "-n",
+        NAMESPACE,
+        "--image",
+        REPOSITORY,
+        "--tag",
+        "v2",
+        "--expect-version",
+        "v2",
+        "--poll-interval",
+        "100ms",
+    ]);
+    run.ok();
+    assert!(
+        run.stderr
+            .contains("passed its checks and waits for promotion"),
+        "{run}"
+    );
+    assert_eq!(world.active_image(), Some(image("v1")));
+    promote(&world, "v2", &[]).ok();
+    assert_eq!(world.active_image(), Some(image("v2")));
+
+    drop((green, blue));
+    world.assert_no_process_left();
+}
+
+#[test]
+fn abort_only_expected_leaves_someone_elses_preview_alone() {
+    let Some((world, blue)) = blue_world() else {
+        return;
+    };
+    deploy(&world, "v3", &[]).ok();
+    let changes = world.changes();
+    let run = world.run(&[
+        "abort",
+        "--only-expected",
+        "-n",
+        NAMESPACE,
+        "--image",
+        REPOSITORY,
+        "--tag",
+        "v2",
+    ]);
+    run.failed();
+    assert!(run.error().contains("it is someone else's"), "{run}");
+    assert_eq!(world.changes(), changes);
+    assert!(!world.is_aborted());
+
+    drop(blue);
+    world.assert_no_process_left();
+}
+
+#[test]
+fn status_says_what_runs_where() {
+    let Some((world, blue)) = blue_world() else {
+        return;
+    };
+    deploy(&world, "v2", &[]).ok();
+
+    let text = world.run(&["status", "-n", NAMESPACE]);
+    let lines = text.ok().stdout_lines();
+    assert!(
+        lines[0].starts_with("rollout api in namespace shop: Paused - BlueGreenPause"),
+        "{text}"
+    );
+    assert!(
+        lines[1].starts_with(&format!("  active:  {} (ReplicaSet ", image("v1")))
+            && lines[1].ends_with(", stable"),
+        "{text}"
+    );
+    assert!(
+        lines[2].starts_with(&format!("  preview: {} (ReplicaSet ", image("v2")))
+            && lines[2].ends_with("ready, waiting for promotion"),
+        "{text}"
+    );
+
+    let json = world.run(&["status", "--json", "-n", NAMESPACE]);
+    let json: serde_json::Value = serde_json::from_str(&json.ok().stdout).unwrap();
+    assert_eq!(json["active"]["image"], image("v1"));
+    assert_eq!(json["preview"]["image"], image("v2"));
+    assert_eq!(json["promotion_waiting"], true);
+    assert_eq!(json["stable_pod_hash"], json["active"]["pod_hash"]);
+    assert_ne!(json["active"]["pod_hash"], json["preview"]["pod_hash"]);
+
+    drop(blue);
+    world.assert_no_process_left();
+}

@@ -1,0 +1,289 @@
+//! The blue/green tasks against what the real plugin, kubectl and controller
+//! do that our first doubles did not: a watch that panics after `Healthy`, an
+//! API server that never answers, a port-forward with no running pod, an abort
+//! the controller erases, a call that fails after its write landed. Each test
+//! names, in one comment line, the upstream behaviour its double follows.
+
+mod rollout_support;
+
+use std::time::{Duration, Instant};
+
+use rollout_support::{NAMESPACE, Pod, REPOSITORY, World, image, require_tool};
+
+/// v1 active and served by a real api v1; the preview v2 is a real api v2, ready after 0.3s.
+fn blue_green_world() -> Option<(World, Pod, Pod)> {
+    if !require_tool("kubectl") {
+        return None;
+    }
+    let world = World::new(Some("v1"));
+    let blue = Pod::api(&world, "v1");
+    world.pods("v1", &blue.addr);
+    let green = Pod::api(&world, "v2");
+    world.pods("v2", &green.addr);
+    world.behaviour("v2", Some(0.3), None);
+    Some((world, blue, green))
+}
+
+fn release_v2<'a>(extra: &[&'a str]) -> Vec<&'a str> {
+    let mut args = vec![
+        "release",
+        "-n",
+        NAMESPACE,
+        "--image",
+        REPOSITORY,
+        "--tag",
+        "v2",
+        "--expect-version",
+        "v2",
+        "--poll-interval",
+        "100ms",
+        "--timeout",
+        "20s",
+        "--sanity-timeout",
+        "5s",
+    ];
+    args.extend(extra);
+    args
+}
+
+#[test]
+fn release_ends_promoted_when_the_plugins_watch_would_panic_after_healthy() {
+    // pkg/kubectl-argo-rollouts/cmd/status/status.go NewCmdStatus: `defer close(rolloutUpdates)` (argo-rollouts#4372).
+    let Some((world, blue, green)) = blue_green_world() else {
+        return;
+    };
+    world.watch_panics();
+
+    let run = world.run(&release_v2(&[]));
+    run.ok();
+    assert!(
+        run.stderr.contains("promoted: rollout api is Healthy"),
+        "{run}"
+    );
+    assert_eq!(world.active_image(), Some(image("v2")));
+    assert!(
+        world.calls().iter().all(|argv| argv[0] != "status"),
+        "the plugin's status was called: {:?}",
+        world.calls()
+    );
+
+    drop((green, blue));
+    world.assert_no_process_left();
+}
+
+#[test]
+fn every_task_ends_within_its_bound_when_the_api_server_never_answers() {
+    // pkg/kubectl-argo-rollouts/viewcontroller/viewcontroller.go Start: cache.WaitForCacheSync with no deadline.
+    if !require_tool("kubectl") {
+        return;
+    }
+    let world = World::new(Some("v1"));
+    world.api_hangs();
+    let short = ["-n", NAMESPACE, "--request-timeout", "1s"];
+    let tasks: &[&[&str]] = &[
+        &["status"],
+        &["deploy", "--tag", "v2", "--wait"],
+        &["promote", "--tag", "v2"],
+        &["abort"],
+        &["release", "--tag", "v2", "--expect-version", "v2"],
+    ];
+    for task in tasks {
+        let args = [*task, &short[..]].concat();
+        let start = Instant::now();
+        let run = world.run(&args);
+        let took = start.elapsed();
+        run.failed();
+        let error = run.error();
+        assert!(
+            error.contains("got no answer within 3s and was stopped")
+                || error.contains("Client.Timeout exceeded"),
+            "{task:?}: {run}"
+        );
+        assert!(
+            error.contains("The API server did not answer: check the kube context"),
+            "{task:?}: the error does not say what to check: {error}"
+        );
+        // A generous bound: it only proves that the task ended by itself.
+        assert!(took < Duration::from_secs(60), "{task:?} took {took:?}");
+    }
+    assert!(
+        world.changes().is_empty(),
+        "a change was attempted: {:?}",
+        world.changes()
+    );
+    world.assert_no_process_left();
+}
+
+#[test]
+fn sanity_shows_kubectls_reason_when_no_pod_exists_behind_the_preview() {
+    // pkg/polymorphichelpers/helpers.go GetPodList: watch for a pod until --pod-running-timeout.
+    let Some((world, blue, green)) = blue_green_world() else {
+        return;
+    };
+    world
+        .run(&[
+            "deploy", "-n", NAMESPACE, "--image", REPOSITORY, "--tag", "v2", "--wait",
+        ])
+        .ok();
+    world.pods_missing("v2");
+    let run = world.run(&[
+        "sanity",
+        "-n",
+        NAMESPACE,
+        "--expect-version",
+        "v2",
+        "--timeout",
+        "2s",
+    ]);
+    run.failed();
+    assert!(
+        run.error()
+            .contains("kubectl said: error: timed out waiting for the condition"),
+        "{run}"
+    );
+    assert!(run.stderr.contains("--pod-running-timeout=2s"), "{run}");
+
+    drop((green, blue));
+    world.assert_no_process_left();
+}
+
+#[test]
+fn sanity_shows_kubectls_reason_when_the_pod_is_pending() {
+    // pkg/cmd/portforward/portforward.go RunPortForwardContext: a pod not Running is refused at once.
+    let Some((world, blue, green)) = blue_green_world() else {
+        return;
+    };
+    world
+        .run(&[
+            "deploy", "-n", NAMESPACE, "--image", REPOSITORY, "--tag", "v2", "--wait",
+        ])
+        .ok();
+    world.pods_pending("v2");
+    let run = world.run(&[
+        "sanity",
+        "-n",
+        NAMESPACE,
+        "--expect-version",
+        "v2",
+        "--timeout",
+        "2s",
+    ]);
+    run.failed();
+    assert!(
+        run.error().contains(
+            "kubectl said: error: unable to forward port because pod is not running. Current status=Pending"
+        ),
+        "{run}"
+    );
+
+    drop((green, blue));
+    world.assert_no_process_left();
+}
+
+#[test]
+fn an_abort_the_controller_erases_is_sent_again() {
+    // rollout/sync.go resetRolloutStatus: RemoveAbort when the controller sees a new pod template.
+    let Some((world, blue, green)) = blue_green_world() else {
+        return;
+    };
+    world.observe_after(1.0);
+    world
+        .run(&[
+            "deploy", "-n", NAMESPACE, "--image", REPOSITORY, "--tag", "v2",
+        ])
+        .ok();
+    // Sent before the controller saw the new template: it will erase this abort.
+    let run = world.run(&["abort", "-n", NAMESPACE]);
+    run.ok();
+    assert!(
+        run.stderr.contains("the controller erased the abort"),
+        "{run}"
+    );
+    assert!(
+        run.stderr
+            .contains("aborted rollout api, read back: Degraded - RolloutAborted"),
+        "{run}"
+    );
+    let aborts = world
+        .changes()
+        .iter()
+        .filter(|c| c.starts_with("abort"))
+        .count();
+    assert!(aborts >= 2, "{:?}", world.changes());
+    assert!(world.is_aborted());
+    assert_eq!(world.active_image(), Some(image("v1")));
+
+    drop((green, blue));
+    world.assert_no_process_left();
+}
+
+#[test]
+fn a_promote_that_fails_after_its_write_landed_is_not_aborted() {
+    // A network error after the status patch: the plugin exits 1, the promotion stands.
+    let Some((world, blue, green)) = blue_green_world() else {
+        return;
+    };
+    world.change_then_fail("promote");
+
+    let run = world.run(&release_v2(&[]));
+    run.ok();
+    assert!(
+        run.stderr.contains("but the rollout moved on (read back"),
+        "{run}"
+    );
+    assert!(
+        run.stderr.contains("promoted: rollout api is Healthy"),
+        "{run}"
+    );
+    assert_eq!(world.active_image(), Some(image("v2")));
+    assert!(
+        world.changes().iter().all(|c| !c.starts_with("abort")),
+        "{:?}",
+        world.changes()
+    );
+
+    drop((green, blue));
+    world.assert_no_process_left();
+}
+
+#[test]
+fn a_set_image_that_fails_after_its_write_landed_goes_on() {
+    // The same after the plugin's Update (set/set_image.go SetImage): the template is the new one.
+    let Some((world, blue, green)) = blue_green_world() else {
+        return;
+    };
+    world.change_then_fail("set image");
+
+    let run = world.run(&release_v2(&[]));
+    run.ok();
+    assert!(
+        run.stderr.contains(&format!(
+            "but the rollout's template is {} now (read back)",
+            image("v2")
+        )),
+        "{run}"
+    );
+    assert_eq!(world.active_image(), Some(image("v2")));
+
+    drop((green, blue));
+    world.assert_no_process_left();
+}
+
+#[test]
+fn release_refuses_a_duration_go_cannot_hold_before_any_change() {
+    // Go's time.Duration holds at most 2562047h47m16.854775807s; the plugin refuses more.
+    let world = World::new(Some("v1"));
+    let run = world.run(&[
+        "release",
+        "-n",
+        NAMESPACE,
+        "--tag",
+        "v2",
+        "--expect-version",
+        "v2",
+        "--timeout=1e19s",
+    ]);
+    run.failed();
+    assert!(run.stderr.contains("1e19s"), "{run}");
+    assert!(world.changes().is_empty(), "{:?}", world.changes());
+}
