@@ -226,8 +226,22 @@ fn errors_are_one_error_line_and_exit_1() {
     }
     let world = World::new(Some("v1"));
     let cases: &[(&[&str], &str)] = &[
+        // viewcontroller.go GetRolloutInfo: the lister's NotFound, Resource("rollout").
         (
             &["status", "nope", "--watch=false"],
+            "Error: rollout.argoproj.io \"nope\" not found\n",
+        ),
+        // set_image.go SetImage, promote.go PromoteRollout, abort.go AbortRollout: the API server's Status.
+        (
+            &["set", "image", "nope", "api=x:1"],
+            "Error: rollouts.argoproj.io \"nope\" not found\n",
+        ),
+        (
+            &["promote", "nope"],
+            "Error: rollouts.argoproj.io \"nope\" not found\n",
+        ),
+        (
+            &["abort", "nope"],
             "Error: rollouts.argoproj.io \"nope\" not found\n",
         ),
         (
