@@ -819,6 +819,18 @@ fn with_the_api_server_hanging_status_hangs_even_with_a_request_timeout() {
         assert_eq!(run.stderr, "Error: rollout.argoproj.io \"api\" not found\n");
     }
     assert_eq!(world.calls().len(), 2, "each call was made");
+    if require_tool("kubectl") {
+        // Through kubectl's plugin dispatch (an exec: the signal reaches the plugin).
+        let mut through = kubectl(
+            &world,
+            &["argo", "rollouts", "status", "api", "-n", NAMESPACE],
+        );
+        through.args(["--watch=false", "--request-timeout=1s"]);
+        let run = still_running_after(through, Duration::from_secs(3));
+        assert_eq!(run.code, Some(1), "{run}");
+        assert_eq!(run.stderr, "Error: rollout.argoproj.io \"api\" not found\n");
+        assert_eq!(world.calls().len(), 3);
+    }
     world.assert_no_process_left();
 }
 
