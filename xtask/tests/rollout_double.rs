@@ -5,9 +5,12 @@
 mod rollout_support;
 
 use std::process::{Command, Stdio};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use rollout_support::{NAMESPACE, Pod, REPOSITORY, Run, World, http_get, image, require_tool};
+use rollout_support::{
+    NAMESPACE, Pod, REPOSITORY, Run, Spawned, World, http_get, image, require_tool,
+};
+use serde_json::{Value, json};
 
 /// `kubectl argo rollouts ARGS -n shop`, through the kubectl double and the real kubectl.
 fn rollouts(world: &World, args: &[&str]) -> Run {
@@ -226,8 +229,22 @@ fn errors_are_one_error_line_and_exit_1() {
     }
     let world = World::new(Some("v1"));
     let cases: &[(&[&str], &str)] = &[
+        // viewcontroller.go GetRolloutInfo: the lister's NotFound, Resource("rollout").
         (
             &["status", "nope", "--watch=false"],
+            "Error: rollout.argoproj.io \"nope\" not found\n",
+        ),
+        // set_image.go SetImage, promote.go PromoteRollout, abort.go AbortRollout: the API server's Status.
+        (
+            &["set", "image", "nope", "api=x:1"],
+            "Error: rollouts.argoproj.io \"nope\" not found\n",
+        ),
+        (
+            &["promote", "nope"],
+            "Error: rollouts.argoproj.io \"nope\" not found\n",
+        ),
+        (
+            &["abort", "nope"],
             "Error: rollouts.argoproj.io \"nope\" not found\n",
         ),
         (
@@ -364,4 +381,713 @@ fn other_kubectl_commands_go_to_the_real_kubectl() {
     );
     run.ok();
     assert!(run.stdout.starts_with("Client Version: "), "{run}");
+}
+
+// --- the Rollout object, as `kubectl get -o json` prints it -------------------
+
+/// The kubectl double (first on PATH), as xtask calls it.
+fn kubectl(world: &World, args: &[&str]) -> Command {
+    let mut cmd = Command::new("kubectl");
+    cmd.args(args)
+        .env("PATH", world.path())
+        .env("ARGO_ROLLOUTS_DOUBLE_STATE", &world.state_path)
+        .env(rollout_support::MARKER, &world.marker)
+        .stdin(Stdio::null());
+    cmd
+}
+
+/// The plugin double itself, without kubectl's plugin dispatch in between.
+fn plugin(world: &World, args: &[&str]) -> Command {
+    let mut cmd = Command::new(rollout_support::doubles().join("kubectl-argo-rollouts"));
+    cmd.args(args)
+        .args(["-n", NAMESPACE])
+        .env("PATH", world.path())
+        .env("ARGO_ROLLOUTS_DOUBLE_STATE", &world.state_path)
+        .env(rollout_support::MARKER, &world.marker)
+        .stdin(Stdio::null());
+    cmd
+}
+
+fn get_rollout(world: &World) -> Value {
+    let run = Run::from(
+        kubectl(
+            world,
+            &[
+                "get",
+                "rollouts.argoproj.io",
+                "api",
+                "-o",
+                "json",
+                "-n",
+                NAMESPACE,
+            ],
+        )
+        .output()
+        .unwrap(),
+    );
+    run.ok();
+    serde_json::from_str(&run.stdout).unwrap()
+}
+
+fn set_image(world: &World, tag: &str) -> Run {
+    rollouts(
+        world,
+        &["set", "image", "api", &format!("api={}", image(tag))],
+    )
+}
+
+/// Waits (bounded) until `check` holds for the Rollout object.
+fn wait_for_object(world: &World, what: &str, check: impl Fn(&Value) -> bool) -> Value {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let ro = world.rollout_object();
+        if check(&ro) {
+            return ro;
+        }
+        if Instant::now() >= deadline {
+            panic!("the Rollout never got {what}:\n{ro:#}");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn kubectl_get_prints_the_rollout_as_the_api_server_returns_it() {
+    // pkg/apis/rollouts/v1alpha1/types.go Rollout, RolloutStatus (json tags, omitempty)
+    if !require_tool("kubectl") {
+        return;
+    }
+    let world = World::new(Some("v1"));
+    let ro = get_rollout(&world);
+    assert_eq!(ro["apiVersion"], "argoproj.io/v1alpha1");
+    assert_eq!(ro["kind"], "Rollout");
+    assert_eq!(ro["metadata"]["name"], "api");
+    assert_eq!(ro["metadata"]["namespace"], NAMESPACE);
+    assert_eq!(ro["metadata"]["generation"], json!(1), "an integer");
+    assert!(ro["metadata"]["uid"].is_string() && ro["metadata"]["resourceVersion"].is_string());
+    let blue_green = &ro["spec"]["strategy"]["blueGreen"];
+    assert_eq!(blue_green["activeService"], "api-active");
+    assert_eq!(blue_green["previewService"], "api-preview");
+    assert_eq!(blue_green["autoPromotionEnabled"], json!(false));
+    let container = &ro["spec"]["template"]["spec"]["containers"][0];
+    assert_eq!(container["name"], "api");
+    assert_eq!(container["image"], image("v1"));
+    assert_eq!(container["ports"][0]["containerPort"], json!(8080));
+    let status = &ro["status"];
+    assert_eq!(
+        status["observedGeneration"], "1",
+        "a string, as v1.x writes it"
+    );
+    assert_eq!(status["phase"], "Healthy");
+    let stable = status["stableRS"].as_str().unwrap();
+    assert_eq!(status["currentPodHash"], stable);
+    assert_eq!(status["blueGreen"]["activeSelector"], stable);
+    for absent in [
+        "message",
+        "pauseConditions",
+        "abort",
+        "abortedAt",
+        "controllerPause",
+    ] {
+        assert!(
+            status.get(absent).is_none(),
+            "{absent} is omitempty: {status:#}"
+        );
+    }
+    assert_eq!(status["replicas"], json!(2));
+    assert_eq!(status["availableReplicas"], json!(2));
+
+    world.behaviour("v2", Some(0.0), None);
+    set_image(&world, "v2").ok();
+    let paused = wait_for_object(&world, "the pause", |ro| ro["status"]["phase"] == "Paused");
+    let status = &paused["status"];
+    assert_eq!(paused["metadata"]["generation"], json!(2));
+    assert_eq!(status["observedGeneration"], "2");
+    assert_eq!(status["message"], "BlueGreenPause");
+    assert_eq!(status["pauseConditions"][0]["reason"], "BlueGreenPause");
+    assert!(
+        status["pauseConditions"][0]["startTime"]
+            .as_str()
+            .unwrap()
+            .ends_with('Z')
+    );
+    assert_eq!(status["controllerPause"], json!(true));
+    assert_eq!(
+        status["stableRS"], stable,
+        "the stable ReplicaSet is still v1's"
+    );
+    let current = status["currentPodHash"].as_str().unwrap();
+    assert_ne!(current, stable);
+    assert_eq!(status["blueGreen"]["previewSelector"], current);
+    assert_eq!(status["blueGreen"]["activeSelector"], stable);
+    assert_eq!(
+        paused["spec"]["template"]["spec"]["containers"][0]["image"],
+        image("v2")
+    );
+    assert_eq!(world.preview_image(), Some(image("v2")));
+
+    rollouts(&world, &["abort", "api"]).ok();
+    let aborted = get_rollout(&world);
+    let status = &aborted["status"];
+    assert_eq!(status["abort"], json!(true));
+    assert!(status["abortedAt"].is_string());
+    assert_eq!(status["phase"], "Degraded");
+    assert_eq!(
+        status["message"],
+        "RolloutAborted: Rollout aborted update to revision 2"
+    );
+    assert!(status.get("pauseConditions").is_none());
+    assert!(world.is_aborted());
+    assert_eq!(
+        world.kubectl_calls(),
+        vec![
+            [
+                "get",
+                "rollouts.argoproj.io",
+                "api",
+                "-o",
+                "json",
+                "-n",
+                NAMESPACE
+            ];
+            2
+        ],
+        "each get the kubectl double served, and not the test's own looks"
+    );
+}
+
+#[test]
+fn a_rollout_that_never_gets_ready_is_degraded_with_the_progress_deadline_message() {
+    // rollout/sync.go calculateRolloutConditions: TimedOutReason, ReplicaSetTimeOutMessage
+    let world = World::new(Some("v1"));
+    world.behaviour("v2", None, Some(0.2));
+    set_image(&world, "v2").ok();
+    let ro = wait_for_object(&world, "Degraded", |ro| ro["status"]["phase"] == "Degraded");
+    let hash = ro["status"]["currentPodHash"].as_str().unwrap();
+    assert_eq!(
+        ro["status"]["message"],
+        format!("ProgressDeadlineExceeded: ReplicaSet \"api-{hash}\" has timed out progressing.")
+    );
+    assert!(ro["status"].get("abort").is_none());
+}
+
+#[test]
+fn kubectl_get_of_a_missing_rollout_is_the_api_servers_not_found() {
+    // staging/src/k8s.io/kubectl/pkg/cmd/util/helpers.go checkErr: "Error from server (NotFound): ..."
+    if !require_tool("kubectl") {
+        return;
+    }
+    let world = World::new(Some("v1"));
+    let run = Run::from(
+        kubectl(
+            &world,
+            &[
+                "get",
+                "rollouts.argoproj.io",
+                "api",
+                "-o",
+                "json",
+                "-n",
+                "elsewhere",
+            ],
+        )
+        .output()
+        .unwrap(),
+    );
+    assert_eq!(run.code, Some(1), "{run}");
+    assert_eq!(run.stdout, "");
+    assert_eq!(
+        run.stderr,
+        "Error from server (NotFound): rollouts.argoproj.io \"api\" not found\n"
+    );
+}
+
+#[test]
+fn kubectl_get_replicasets_by_hash_lists_the_templates_with_it() {
+    // rollout/sync.go syncReplicaSetRevision: one ReplicaSet per template, labelled rollouts-pod-template-hash
+    if !require_tool("kubectl") {
+        return;
+    }
+    let world = World::new(Some("v1"));
+    world.behaviour("v2", Some(0.0), None);
+    set_image(&world, "v2").ok();
+    let ro = world.rollout_object();
+    let list = |hash: &str| -> Value {
+        // Flags before and after the subcommand, in pflag's forms.
+        let selector = format!("rollouts-pod-template-hash={hash}");
+        let run = Run::from(
+            kubectl(
+                &world,
+                &[
+                    "-n",
+                    NAMESPACE,
+                    "get",
+                    "replicasets.apps",
+                    "-o=json",
+                    "-l",
+                    &selector,
+                    "--context",
+                    "prod",
+                    "--request-timeout=5s",
+                ],
+            )
+            .output()
+            .unwrap(),
+        );
+        run.ok();
+        serde_json::from_str(&run.stdout).unwrap()
+    };
+    for (hash, tag) in [
+        (ro["status"]["currentPodHash"].as_str().unwrap(), "v2"),
+        (ro["status"]["stableRS"].as_str().unwrap(), "v1"),
+    ] {
+        let found = list(hash);
+        assert_eq!(found["apiVersion"], "v1");
+        assert_eq!(found["kind"], "List");
+        let items = found["items"].as_array().unwrap();
+        assert_eq!(items.len(), 1, "{found:#}");
+        let rs = &items[0];
+        assert_eq!(rs["kind"], "ReplicaSet");
+        assert_eq!(rs["metadata"]["name"], format!("api-{hash}"));
+        assert_eq!(rs["metadata"]["labels"]["rollouts-pod-template-hash"], hash);
+        assert_eq!(
+            rs["spec"]["template"]["spec"]["containers"][0]["image"],
+            image(tag)
+        );
+    }
+    assert_eq!(list("nothing")["items"], json!([]));
+    assert_eq!(world.kubectl_calls().len(), 3);
+}
+
+// --- the controller's lag -------------------------------------------------------
+
+#[test]
+fn the_controller_observes_a_template_change_late() {
+    // utils/rollout/rolloututil.go GetRolloutPhase, isGenerationObserved
+    if !require_tool("kubectl") {
+        return;
+    }
+    let world = World::new(Some("v1"));
+    world.behaviour("v2", Some(0.0), None);
+    world.observe_after(4.0);
+    set_image(&world, "v2").ok();
+    let ro = get_rollout(&world);
+    let status = rollouts(&world, &["status", "api", "--watch=false"]);
+    let late = world.rollout_object()["status"]["observedGeneration"] == "1";
+    assert!(
+        late,
+        "the machine was too slow: 4s passed before the first look"
+    );
+    assert_eq!(
+        ro["metadata"]["generation"],
+        json!(2),
+        "spec changed at once"
+    );
+    assert_eq!(
+        ro["spec"]["template"]["spec"]["containers"][0]["image"],
+        image("v2")
+    );
+    assert_eq!(ro["status"]["observedGeneration"], "1");
+    assert_eq!(
+        ro["status"]["currentPodHash"], ro["status"]["stableRS"],
+        "the status still describes the previous template"
+    );
+    assert_eq!(ro["status"]["phase"], "Healthy");
+    assert_eq!(
+        status.ok().stdout,
+        "Progressing - waiting for rollout spec update to be observed\n"
+    );
+    assert_eq!(world.preview_image(), Some(image("v2")));
+    wait_for(&world, "Paused - BlueGreenPause");
+    assert_eq!(world.rollout_object()["status"]["observedGeneration"], "2");
+}
+
+#[test]
+fn an_abort_sent_before_the_controller_observes_the_template_is_erased() {
+    // rollout/sync.go resetRolloutStatus -> pauseContext.RemoveAbort on a pod spec change
+    if !require_tool("kubectl") {
+        return;
+    }
+    let world = World::new(Some("v1"));
+    world.behaviour("v2", Some(0.0), None);
+    world.observe_after(3.0);
+    set_image(&world, "v2").ok();
+    assert_eq!(
+        rollouts(&world, &["abort", "api"]).ok().stdout,
+        "rollout 'api' aborted\n"
+    );
+    let before = world.rollout_object();
+    assert_eq!(
+        before["status"]["observedGeneration"], "1",
+        "the machine was too slow: the controller observed before the abort"
+    );
+    assert!(world.is_aborted(), "the abort landed in status");
+    assert_eq!(
+        status(&world).stdout,
+        "Progressing - waiting for rollout spec update to be observed\n"
+    );
+    wait_for(&world, "Paused - BlueGreenPause");
+    assert!(
+        !world.is_aborted(),
+        "observing the new template removed the abort"
+    );
+    assert_eq!(world.active_image(), Some(image("v1")));
+    assert_eq!(world.preview_image(), Some(image("v2")));
+
+    rollouts(&world, &["abort", "api"]).ok();
+    let again = status(&world);
+    assert_eq!(again.failed().stdout, "Degraded\n");
+    assert!(world.is_aborted(), "an abort after the observation stays");
+}
+
+#[test]
+fn an_abort_of_a_fully_promoted_rollout_is_removed_from_v1_7() {
+    // rollout/controller.go newRolloutContext: "Removing abort condition from fully promoted rollout"
+    if !require_tool("kubectl") {
+        return;
+    }
+    let world = World::new(Some("v1"));
+    rollouts(&world, &["abort", "api"]).ok();
+    assert_eq!(status(&world).ok().stdout, "Healthy\n");
+    assert!(!world.is_aborted());
+    assert_eq!(world.preview_image(), None);
+
+    let old = World::new(Some("v1"));
+    old.controller_version("v1.6.0");
+    rollouts(&old, &["abort", "api"]).ok();
+    let degraded = status(&old);
+    assert_eq!(degraded.failed().stdout, "Degraded\n");
+    assert_eq!(
+        degraded.stderr,
+        "Error: The rollout is in a degraded state with message: RolloutAborted: Rollout aborted update to revision 1\n"
+    );
+    assert!(old.is_aborted(), "before v1.7 the abort stays");
+}
+
+// --- faults ---------------------------------------------------------------------
+
+/// Runs `cmd` to its end, or kills it after `bound` (a generous bound that only proves it ended).
+fn run_within(mut cmd: Command, bound: Duration) -> Option<Run> {
+    let child = Spawned::new(cmd.stdout(Stdio::piped()).stderr(Stdio::piped()));
+    let deadline = Instant::now() + bound;
+    let mut child = child;
+    while Instant::now() < deadline {
+        if child.child().try_wait().unwrap().is_some() {
+            return Some(Run::from(child.wait_with_output()));
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    None // dropped: killed and reaped
+}
+
+/// Starts `cmd`, checks it is still running after `after`, then sends SIGTERM and collects it.
+fn still_running_after(mut cmd: Command, after: Duration) -> Run {
+    let mut child = Spawned::new(cmd.stdout(Stdio::piped()).stderr(Stdio::piped()));
+    std::thread::sleep(after);
+    assert!(
+        child.child().try_wait().unwrap().is_none(),
+        "it ended instead of hanging"
+    );
+    let status = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    Run::from(child.wait_with_output())
+}
+
+#[test]
+fn with_the_api_server_hanging_status_hangs_even_with_a_request_timeout() {
+    // pkg/kubectl-argo-rollouts/viewcontroller/viewcontroller.go Start -> cache.WaitForCacheSync, no deadline
+    let world = World::new(Some("v1"));
+    world.api_hangs();
+    for args in [
+        &["status", "api", "--watch=false", "--request-timeout=1s"][..],
+        &[
+            "status",
+            "api",
+            "--timeout",
+            "1s",
+            "--request-timeout",
+            "1s",
+        ],
+    ] {
+        let run = still_running_after(plugin(&world, args), Duration::from_secs(3));
+        // cmd/signals SetupSignalHandler cancels the context: the unsynced lister finds nothing.
+        assert_eq!(run.code, Some(1), "{args:?}\n{run}");
+        assert_eq!(run.stdout, "");
+        assert_eq!(run.stderr, "Error: rollout.argoproj.io \"api\" not found\n");
+    }
+    assert_eq!(world.calls().len(), 2, "each call was made");
+    if require_tool("kubectl") {
+        // Through kubectl's plugin dispatch (an exec: the signal reaches the plugin).
+        let mut through = kubectl(
+            &world,
+            &["argo", "rollouts", "status", "api", "-n", NAMESPACE],
+        );
+        through.args(["--watch=false", "--request-timeout=1s"]);
+        let run = still_running_after(through, Duration::from_secs(3));
+        assert_eq!(run.code, Some(1), "{run}");
+        assert_eq!(run.stderr, "Error: rollout.argoproj.io \"api\" not found\n");
+        assert_eq!(world.calls().len(), 3);
+    }
+    world.assert_no_process_left();
+}
+
+#[test]
+fn with_the_api_server_hanging_the_other_commands_end_at_their_request_timeout() {
+    // k8s.io/client-go rest.Request: http.Client.Timeout from --request-timeout, a *url.Error
+    if !require_tool("kubectl") {
+        return;
+    }
+    let world = World::new(Some("v1"));
+    world.api_hangs();
+    let base = "https://127.0.0.1:6443/apis/argoproj.io/v1alpha1/namespaces/shop/rollouts/api";
+    let timeout = "net/http: request canceled (Client.Timeout exceeded while awaiting headers)";
+    let cases: [(&[&str], String); 3] = [
+        (
+            &["set", "image", "api", "api=x:2", "--request-timeout", "1s"],
+            format!("Error: Get \"{base}?timeout=1s\": {timeout}\n"),
+        ),
+        (
+            &["promote", "api", "--request-timeout=1s"],
+            format!("Error: Get \"{base}?timeout=1s\": {timeout}\n"),
+        ),
+        (
+            &["abort", "api", "--request-timeout=1"],
+            format!("Error: Patch \"{base}/status?timeout=1s\": {timeout}\n"),
+        ),
+    ];
+    for (args, stderr) in &cases {
+        let run = run_within(plugin(&world, args), Duration::from_secs(30))
+            .unwrap_or_else(|| panic!("{args:?} did not end at its request timeout"));
+        assert_eq!(run.code, Some(1), "{args:?}\n{run}");
+        assert_eq!(run.stdout, "", "{args:?}");
+        assert_eq!(&run.stderr, stderr, "{args:?}");
+    }
+    // Verified against the real kubectl and a loopback server that answers discovery and never the GET.
+    let unable = "Unable to connect to the server: net/http: request canceled (Client.Timeout exceeded while awaiting headers)\n";
+    let get = run_within(
+        kubectl(
+            &world,
+            &[
+                "get",
+                "rollouts.argoproj.io",
+                "api",
+                "-o",
+                "json",
+                "-n",
+                NAMESPACE,
+                "--request-timeout=1s",
+            ],
+        ),
+        Duration::from_secs(30),
+    )
+    .expect("kubectl get ends at its request timeout");
+    assert_eq!(get.code, Some(1), "{get}");
+    assert_eq!(get.stdout, "");
+    assert_eq!(get.stderr, unable);
+    let list = run_within(
+        kubectl(
+            &world,
+            &[
+                "get",
+                "replicasets.apps",
+                "-l",
+                "rollouts-pod-template-hash=x",
+                "-o",
+                "json",
+                "-n",
+                NAMESPACE,
+                "--request-timeout=1s",
+            ],
+        ),
+        Duration::from_secs(30),
+    )
+    .expect("kubectl get ends at its request timeout");
+    assert_eq!(list.code, Some(1), "{list}");
+    let empty: Value = serde_json::from_str(&list.stdout).unwrap();
+    assert_eq!(
+        empty["items"],
+        json!([]),
+        "a list prints its empty List first"
+    );
+    assert_eq!(list.stderr, unable);
+
+    // Without --request-timeout they hang; a kill ends them (no child left behind).
+    let run = still_running_after(plugin(&world, &["promote", "api"]), Duration::from_secs(2));
+    assert_eq!(
+        run.code, None,
+        "killed by the signal, as a Go program is: {run}"
+    );
+    assert_eq!(world.rollout_object()["status"]["phase"], "Healthy");
+    assert_eq!(world.active_image(), Some(image("v1")), "nothing changed");
+    world.assert_no_process_left();
+}
+
+#[test]
+fn the_watching_status_can_panic_after_it_printed_healthy() {
+    // pkg/kubectl-argo-rollouts/cmd/status/status.go NewCmdStatus: defer close(rolloutUpdates) while a callback sends
+    if !require_tool("kubectl") {
+        return;
+    }
+    let world = World::new(Some("v1"));
+    world.behaviour("v2", Some(0.0), None);
+    world.watch_panics();
+    set_image(&world, "v2").ok();
+    wait_for(&world, "Paused - BlueGreenPause");
+    rollouts(&world, &["promote", "api"]).ok();
+    let watch = rollouts(&world, &["status", "api", "--timeout", "10s"]);
+    assert_eq!(watch.code, Some(2), "{watch}");
+    assert!(watch.stdout.ends_with("Healthy\n"), "{watch}");
+    assert!(
+        watch
+            .stderr
+            .contains("panic: send on closed channel [recovered]\n\tpanic: send on closed channel\n\ngoroutine "),
+        "{watch}"
+    );
+    assert!(watch.stderr.contains("cmd/status/status.go:76"), "{watch}");
+    assert_eq!(
+        world.active_image(),
+        Some(image("v2")),
+        "traffic switched all the same"
+    );
+    // The one-shot form has no watch, so no panic.
+    assert_eq!(status(&world).ok().stdout, "Healthy\n");
+}
+
+fn port_forward(world: &World, extra: &[&str]) -> Command {
+    let mut args = vec![
+        "port-forward",
+        "service/api-preview",
+        ":80",
+        "-n",
+        NAMESPACE,
+    ];
+    args.extend_from_slice(extra);
+    kubectl(world, &args)
+}
+
+#[test]
+fn port_forward_waits_for_a_pod_until_its_pod_running_timeout() {
+    // staging/src/k8s.io/kubectl/pkg/polymorphichelpers/helpers.go GetPodList: watch until a pod is added
+    if !require_tool("kubectl") {
+        return;
+    }
+    let world = World::new(Some("v1"));
+    let green = Pod::answering(200, r#"{"status":"ok","version":"v2"}"#);
+    world.pods("v2", &green.addr);
+    world.pods_missing("v2");
+    set_image(&world, "v2").ok();
+    let run = run_within(
+        port_forward(&world, &["--pod-running-timeout=1s"]),
+        Duration::from_secs(30),
+    )
+    .expect("port-forward ends at its --pod-running-timeout");
+    assert_eq!(run.code, Some(1), "{run}");
+    assert_eq!(run.stdout, "");
+    assert_eq!(run.stderr, "error: timed out waiting for the condition\n");
+
+    // A pod that appears meanwhile is taken.
+    let mut child = Spawned::new(
+        port_forward(&world, &["--pod-running-timeout", "30s"]).stdout(Stdio::piped()),
+    );
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(child.child().try_wait().unwrap().is_none(), "it waits");
+    world.pods_running("v2");
+    let (addr, _) = rollout_support::forwarded_address(child.child());
+    let (code, body) = http_get(&addr, "/health").expect("an answer through the forward");
+    assert_eq!(code, 200);
+    assert!(body.contains("v2"), "{body}");
+    drop(child);
+
+    let zero = Run::from(
+        port_forward(&world, &["--pod-running-timeout=0s"])
+            .output()
+            .unwrap(),
+    );
+    assert_eq!(zero.code, Some(1));
+    assert!(
+        zero.stderr
+            .starts_with("error: --pod-running-timeout must be higher than zero\n"),
+        "{zero}"
+    );
+    assert_eq!(
+        world.kubectl_calls().len(),
+        2,
+        "a bad flag is refused before any call"
+    );
+    world.assert_no_process_left();
+}
+
+#[test]
+fn port_forward_to_a_pending_pod_fails_at_once() {
+    // staging/src/k8s.io/kubectl/pkg/cmd/portforward/portforward.go RunPortForwardContext: pod.Status.Phase != Running
+    if !require_tool("kubectl") {
+        return;
+    }
+    let world = World::new(Some("v1"));
+    let green = Pod::answering(200, r#"{"status":"ok","version":"v2"}"#);
+    world.pods("v2", &green.addr);
+    world.pods_pending("v2");
+    set_image(&world, "v2").ok();
+    let run = run_within(port_forward(&world, &[]), Duration::from_secs(30))
+        .expect("port-forward to a pending pod ends");
+    assert_eq!(run.code, Some(1), "{run}");
+    assert_eq!(
+        run.stderr,
+        "error: unable to forward port because pod is not running. Current status=Pending\n"
+    );
+    world.assert_no_process_left();
+}
+
+#[test]
+fn a_change_can_land_and_the_command_still_fail() {
+    // k8s.io/client-go rest.Request: the write reached the API server, the answer was lost
+    if !require_tool("kubectl") {
+        return;
+    }
+    let world = World::new(Some("v1"));
+    world.behaviour("v2", Some(0.0), None);
+    for subcommand in ["set image", "promote", "abort"] {
+        world.change_then_fail(subcommand);
+    }
+    let base = "https://127.0.0.1:6443/apis/argoproj.io/v1alpha1/namespaces/shop/rollouts/api";
+    let lost = "http2: client connection lost";
+
+    let set = set_image(&world, "v2");
+    assert_eq!(set.code, Some(1), "{set}");
+    assert_eq!(set.stdout, "");
+    assert_eq!(set.stderr, format!("Error: Put \"{base}\": {lost}\n"));
+    assert_eq!(
+        world.preview_image(),
+        Some(image("v2")),
+        "the new image landed"
+    );
+    wait_for(&world, "Paused - BlueGreenPause");
+
+    let promote = rollouts(&world, &["promote", "api"]);
+    assert_eq!(promote.code, Some(1), "{promote}");
+    assert_eq!(
+        promote.stderr,
+        format!("Error: Patch \"{base}/status\": {lost}\n")
+    );
+    wait_for(&world, "Healthy");
+    assert_eq!(
+        world.active_image(),
+        Some(image("v2")),
+        "the promotion landed"
+    );
+
+    world.behaviour("v3", Some(0.0), None);
+    set_image(&world, "v3").failed();
+    wait_for(&world, "Paused - BlueGreenPause");
+    let abort = rollouts(&world, &["abort", "api"]);
+    assert_eq!(abort.code, Some(1), "{abort}");
+    assert_eq!(
+        abort.stderr,
+        format!("Error: Patch \"{base}/status\": {lost}\n")
+    );
+    assert!(world.is_aborted(), "the abort landed");
+    assert_eq!(world.active_image(), Some(image("v2")));
 }

@@ -122,15 +122,17 @@ impl World {
         serde_json::from_str(&std::fs::read_to_string(&self.state_path).unwrap()).unwrap()
     }
 
+    /// Replaces the state file at once (a rename), so a double never reads half of it.
     pub fn write_state(&self, state: &Value) {
-        std::fs::write(
-            &self.state_path,
-            serde_json::to_string_pretty(state).unwrap(),
-        )
-        .unwrap();
+        let tmp = self.dir.join("state.json.world-tmp");
+        std::fs::write(&tmp, serde_json::to_string_pretty(state).unwrap()).unwrap();
+        std::fs::rename(&tmp, &self.state_path).unwrap();
     }
 
+    /// Changes the state under the lock the doubles take, so an edit made while
+    /// xtask runs is neither lost to a double's write nor half-read.
     fn edit(&self, f: impl FnOnce(&mut Value)) {
+        let _lock = StateLock::take(self);
         let mut state = self.state();
         f(&mut state);
         self.write_state(&state);
@@ -175,6 +177,126 @@ impl World {
             .filter(|argv| argv[0] != "status")
             .map(|argv| argv.join(" "))
             .collect()
+    }
+
+    /// The controller observes a template change (set image, undo) `seconds`
+    /// after it (default 0): until then metadata.generation is ahead of
+    /// status.observedGeneration and the status describes the previous template;
+    /// when it observes it, it clears the pause conditions and the abort.
+    pub fn observe_after(&self, seconds: f64) {
+        self.edit(|s| s["observe_after"] = json!(seconds));
+    }
+
+    /// The controller's version (default v1.8.3): before v1.7 an abort of a
+    /// fully promoted rollout stays (Degraded) instead of being removed.
+    pub fn controller_version(&self, version: &str) {
+        self.edit(|s| s["controller_version"] = json!(version));
+    }
+
+    /// The API server accepts connections and never answers: the plugin's
+    /// `status` hangs forever, its other commands and kubectl's until
+    /// --request-timeout (if given).
+    pub fn api_hangs(&self) {
+        self.edit(|s| s["faults"]["api_hangs"] = json!(true));
+    }
+
+    /// The watching `status ROLLOUT` panics right after it printed `Healthy`
+    /// (exit code 2), as argoproj/argo-rollouts#4372 does.
+    pub fn watch_panics(&self) {
+        self.edit(|s| s["faults"]["watch_panics"] = json!(true));
+    }
+
+    /// No pod of `tag` exists: `kubectl port-forward` waits --pod-running-timeout for one.
+    pub fn pods_missing(&self, tag: &str) {
+        self.edit(|s| s["pod_faults"][image(tag)] = json!("missing"));
+    }
+
+    /// The pods of `tag` exist but are not Running (Pending).
+    pub fn pods_pending(&self, tag: &str) {
+        self.edit(|s| s["pod_faults"][image(tag)] = json!("pending"));
+    }
+
+    /// The pods of `tag` are there and Running again (undoes `pods_missing`/`pods_pending`).
+    pub fn pods_running(&self, tag: &str) {
+        self.edit(|s| {
+            if let Some(faults) = s["pod_faults"].as_object_mut() {
+                faults.remove(&image(tag));
+            }
+        });
+    }
+
+    /// `subcommand` ("set image", "promote", "abort") makes its change, then
+    /// fails with a network error (exit 1), every time from now on.
+    pub fn change_then_fail(&self, subcommand: &str) {
+        assert!(
+            ["set image", "promote", "abort"].contains(&subcommand),
+            "change_then_fail: {subcommand:?} is none of \"set image\", \"promote\", \"abort\""
+        );
+        self.edit(|s| {
+            let list = &mut s["faults"]["change_then_fail"];
+            if !list.is_array() {
+                *list = json!([]);
+            }
+            list.as_array_mut().unwrap().push(json!(subcommand));
+        });
+    }
+
+    /// Every `kubectl` call the kubectl double served (get, port-forward), as argv.
+    pub fn kubectl_calls(&self) -> Vec<Vec<String>> {
+        match self.state().get("kubectl_calls") {
+            Some(calls) => serde_json::from_value(calls.clone()).unwrap(),
+            None => Vec::new(),
+        }
+    }
+
+    /// What `kubectl get rollouts.argoproj.io api -o json -n shop` prints now
+    /// (the kubectl double, reconciled from the clock; the test's own look, so
+    /// not logged in `kubectl_calls` and not subject to the faults).
+    pub fn rollout_object(&self) -> Value {
+        let output = Command::new(doubles().join("kubectl"))
+            .args([
+                "get",
+                "rollouts.argoproj.io",
+                "api",
+                "-o",
+                "json",
+                "-n",
+                NAMESPACE,
+            ])
+            .env("PATH", self.path())
+            .env("ARGO_ROLLOUTS_DOUBLE_STATE", &self.state_path)
+            .env("ARGO_ROLLOUTS_DOUBLE_TEST_READ", "1")
+            .env(MARKER, &self.marker)
+            .stdin(Stdio::null())
+            .output()
+            .unwrap();
+        let run = Run::from(output);
+        assert_eq!(
+            run.code,
+            Some(0),
+            "kubectl get of the Rollout failed\n{run}"
+        );
+        serde_json::from_str(&run.stdout).unwrap_or_else(|e| panic!("{e}\n{run}"))
+    }
+
+    /// Whether the Rollout's status.abort is set now.
+    pub fn is_aborted(&self) -> bool {
+        self.rollout_object()["status"]["abort"] == json!(true)
+    }
+
+    /// The template's image while an update is in flight (the template is not
+    /// the stable one, or the controller has not observed it yet); None when
+    /// the rollout is fully promoted.
+    pub fn preview_image(&self) -> Option<String> {
+        let ro = self.rollout_object();
+        let status = &ro["status"];
+        let unobserved = status["observedGeneration"].as_str()
+            != Some(&ro["metadata"]["generation"].to_string());
+        let in_flight = status["currentPodHash"] != status["stableRS"];
+        (unobserved || in_flight)
+            .then(|| ro["spec"]["template"]["spec"]["containers"][0]["image"].as_str())
+            .flatten()
+            .map(str::to_owned)
     }
 
     /// The doubles first on PATH, then the machine's PATH.
@@ -232,6 +354,39 @@ impl World {
             }
             std::thread::sleep(Duration::from_millis(50));
         }
+    }
+}
+
+/// The lock the doubles take on the state file, held by a helper process (the
+/// plugin double with ARGO_ROLLOUTS_DOUBLE_LOCK set) until this is dropped.
+struct StateLock(Child);
+
+impl StateLock {
+    fn take(world: &World) -> StateLock {
+        let mut child = Command::new(doubles().join("kubectl-argo-rollouts"))
+            .env("ARGO_ROLLOUTS_DOUBLE_STATE", &world.state_path)
+            .env("ARGO_ROLLOUTS_DOUBLE_LOCK", "1")
+            .env(MARKER, &world.marker)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut line = String::new();
+        BufReader::new(child.stdout.as_mut().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        assert_eq!(
+            line, "locked\n",
+            "the state lock helper did not take the lock"
+        );
+        StateLock(child)
+    }
+}
+
+impl Drop for StateLock {
+    fn drop(&mut self) {
+        drop(self.0.stdin.take()); // the helper lets go of the lock at end of input
+        let _ = self.0.wait();
     }
 }
 
