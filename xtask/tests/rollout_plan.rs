@@ -123,7 +123,7 @@ fn deploy_takes_image_and_tag_from_gitlab_ci_variables() {
         .xtask(&["--dry-run", "deploy"])
         .env("CI_REGISTRY_IMAGE", "registry.gitlab.com/group/api")
         .env("CI_COMMIT_SHA", sha)
-        .env("KUBE_NAMESPACE", "review-42")
+        .env("KUBE_NAMESPACE", NAMESPACE)
         .output()
         .unwrap();
     let run = rollout_support::Run::from(run);
@@ -131,7 +131,7 @@ fn deploy_takes_image_and_tag_from_gitlab_ci_variables() {
     assert_eq!(
         run.stdout_lines()[0],
         format!(
-            "{} set image api api=registry.gitlab.com/group/api:{sha} -n review-42 --request-timeout=10s",
+            "{} set image api api=registry.gitlab.com/group/api:{sha} -n shop --request-timeout=10s",
             plugin()
         )
     );
@@ -140,6 +140,16 @@ fn deploy_takes_image_and_tag_from_gitlab_ci_variables() {
 #[test]
 fn api_namespace_wins_over_gitlabs_kube_namespace() {
     let world = World::new(Some("v1"));
+    // A second Rollout, api-canary with a container web, beside api.
+    let mut state = world.state();
+    let mut canary = state["rollouts"]["shop/api"].clone();
+    canary["name"] = "api-canary".into();
+    let image = canary["containers"]["api"].clone();
+    canary["containers"] = serde_json::json!({ "web": image });
+    canary["active"] = canary["containers"].clone();
+    canary["history"] = serde_json::json!([{"revision": 1, "containers": canary["containers"]}]);
+    state["rollouts"]["shop/api-canary"] = canary;
+    world.write_state(&state);
     let run = world
         .xtask(&["--dry-run", "deploy", "--tag", "v2"])
         .env("API_NAMESPACE", "shop")
