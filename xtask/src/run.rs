@@ -6,7 +6,7 @@ use anyhow::Result;
 use clap::Args;
 
 use crate::build::Build;
-use crate::context::{Context, shell_quote};
+use crate::context::{Context, command_line};
 
 /// Build, then start bin/api in the foreground
 #[derive(Args, Debug)]
@@ -38,18 +38,14 @@ pub struct Run {
 impl Run {
     pub fn run(self, cx: &Context) -> Result<ExitCode> {
         let built = Build::default().compile(cx)?;
-        let mut line = built.binary.to_string();
-        for arg in &self.args {
-            line.push(' ');
-            line.push_str(&shell_quote(arg));
-        }
+        let mut service = std::process::Command::new(&built.binary);
+        service.args(&self.args);
+        let line = command_line(&service);
         if cx.dry_run {
             println!("{line}");
             return Ok(ExitCode::SUCCESS);
         }
         eprintln!("$ {line}");
-        let mut service = std::process::Command::new(&built.binary);
-        service.args(&self.args);
         exec(service, &built.binary)
     }
 }
