@@ -17,7 +17,7 @@ pub struct Context {
 
 impl Context {
     pub fn new(dry_run: bool, verbose: bool) -> Result<Context> {
-        let root = workspace_root();
+        let root = find_workspace_root()?;
         let sh = Shell::new().context("create a shell")?;
         sh.change_dir(&root);
         Ok(Context {
@@ -43,24 +43,40 @@ impl Context {
     /// [`Context::run`] with environment variables that the echo shows too.
     /// Never pass a secret here: pass it on stdin instead.
     pub fn run_with_env(&self, env: &[(&str, &str)], cmd: Cmd<'_>) -> Result<()> {
+        self.execute(env, cmd, false).map(drop)
+    }
+
+    /// [`Context::run_with_env`] for a command whose stdout is data for us
+    /// (cargo's JSON messages, say): it is returned, not shown; stderr shows
+    /// as usual. `None` under `--dry-run`, where nothing runs.
+    pub fn run_for_output(&self, env: &[(&str, &str)], cmd: Cmd<'_>) -> Result<Option<String>> {
+        self.execute(env, cmd, true)
+    }
+
+    fn execute(&self, env: &[(&str, &str)], cmd: Cmd<'_>, capture: bool) -> Result<Option<String>> {
         let mut command = Command::from(cmd);
         let line = echo_line(env, &command);
         if self.dry_run {
             println!("{line}");
-            return Ok(());
+            return Ok(None);
         }
         eprintln!("$ {line}");
         for (key, value) in env {
             command.env(key, value);
         }
-        let status = command
-            .stdin(Stdio::null())
-            .status()
-            .map_err(|err| start_error(err, &command, &line))?;
-        if !status.success() {
-            bail!("`{line}` failed ({status})");
+        command.stdin(Stdio::null());
+        if capture {
+            command.stdout(Stdio::piped());
         }
-        Ok(())
+        let output = command
+            .output()
+            .map_err(|err| start_error(err, &command, &line))?;
+        if !output.status.success() {
+            bail!("`{line}` failed ({})", output.status);
+        }
+        let stdout = String::from_utf8(output.stdout)
+            .with_context(|| format!("`{line}` printed something that is not UTF-8"))?;
+        Ok(Some(stdout))
     }
 
     /// Runs a read-only probe (it changes nothing, so it runs under `--dry-run`
@@ -122,13 +138,85 @@ impl Context {
     }
 }
 
-/// The workspace root, from where cargo compiled us, so that `cargo xtask`
-/// works from any folder of the checkout.
+/// [`find_workspace_root`] for tests, where cargo always says where they are.
+#[cfg(test)]
 pub fn workspace_root() -> Utf8PathBuf {
-    Utf8Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .expect("xtask lives one level below the workspace root")
-        .to_owned()
+    find_workspace_root().unwrap_or_else(|err| panic!("{err:#}"))
+}
+
+/// The workspace root of the checkout we run in, found at run time (a
+/// checkout moved with its target/ works at its new place): the parent of
+/// `$CARGO_MANIFEST_DIR`, which `cargo xtask` (`cargo run`) sets to this
+/// checkout's xtask/; else the nearest folder at or above the current one,
+/// then above this executable, whose Cargo.toml has a `[workspace]` with the
+/// xtask member. A few small file reads, no process: `cargo xtask` starts as
+/// fast as before.
+pub fn find_workspace_root() -> Result<Utf8PathBuf> {
+    if let Some(manifest_dir) = std::env::var_os("CARGO_MANIFEST_DIR")
+        && let Ok(manifest_dir) = Utf8PathBuf::from_path_buf(manifest_dir.into())
+        && let Some(root) = manifest_dir.parent()
+        && manifest_dir.file_name() == Some("xtask")
+        && is_xtask_workspace(root)
+    {
+        return Ok(root.to_owned());
+    }
+    let cwd = std::env::current_dir().context("read the current folder")?;
+    let cwd = Utf8PathBuf::from_path_buf(cwd)
+        .map_err(|dir| anyhow::anyhow!("the current folder {} is not UTF-8", dir.display()))?;
+    // Then where this binary is (checkout/target/debug/xtask, run by path).
+    let exe = std::env::current_exe()
+        .ok()
+        .and_then(|exe| Utf8PathBuf::from_path_buf(exe).ok());
+    let beside_exe = exe.iter().flat_map(|exe| exe.ancestors().skip(1));
+    match cwd
+        .ancestors()
+        .chain(beside_exe)
+        .find(|dir| is_xtask_workspace(dir))
+    {
+        Some(root) => Ok(root.to_owned()),
+        None => bail!(
+            "cannot find the workspace: no Cargo.toml with a [workspace] whose members include \
+             \"xtask\" in {cwd} or above; run cargo xtask from inside the checkout"
+        ),
+    }
+}
+
+/// Whether `dir/Cargo.toml` declares a workspace with the member `xtask`.
+fn is_xtask_workspace(dir: &Utf8Path) -> bool {
+    std::fs::read_to_string(dir.join("Cargo.toml")).is_ok_and(|text| has_xtask_member(&text))
+}
+
+/// Just enough TOML for `[workspace]` ... `members = [..., "xtask", ...]`:
+/// the table's lines up to the next table header, then the members array.
+fn has_xtask_member(manifest: &str) -> bool {
+    let mut lines = manifest
+        .lines()
+        .map(|line| line.split('#').next().unwrap_or("").trim());
+    if !lines.any(|line| line == "[workspace]") {
+        return false;
+    }
+    let mut table = String::new();
+    for line in lines {
+        if line.starts_with('[') && line.ends_with(']') && !table.trim_end().ends_with([',', '[']) {
+            break;
+        }
+        table.push_str(line);
+        table.push('\n');
+    }
+    let Some(members) = table
+        .find("members")
+        .map(|i| &table[i + "members".len()..])
+        .and_then(|rest| rest.trim_start().strip_prefix('='))
+        .and_then(|rest| rest.trim_start().strip_prefix('['))
+        .and_then(|rest| rest.split_once(']'))
+        .map(|(members, _)| members)
+    else {
+        return false;
+    };
+    members
+        .split(',')
+        .map(|member| member.trim().trim_matches(['"', '\'']))
+        .any(|member| member == "xtask")
 }
 
 fn start_error(err: std::io::Error, command: &Command, line: &str) -> anyhow::Error {
@@ -264,6 +352,28 @@ mod tests {
         let printed = String::from_utf8(out.stdout).unwrap();
         let expected: String = words[2..].iter().map(|w| format!("{w}\n")).collect();
         assert_eq!(printed, expected, "{line}");
+    }
+
+    #[test]
+    fn the_workspace_is_the_manifest_with_the_xtask_member() {
+        assert!(has_xtask_member(
+            "[workspace]\nresolver = \"3\"\nmembers = [\"api\", \"xtask\"]\n\n[workspace.package]\n"
+        ));
+        assert!(has_xtask_member(
+            "[package]\nname = \"x\"\n\n[workspace]\nmembers = [\n  \"api\",\n  'xtask', # the tool\n]\n"
+        ));
+        for no in [
+            "[package]\nname = \"xtask\"\n",
+            "[workspace]\nmembers = [\"api\"]\n",
+            "[workspace]\nmembers = [\"api\"]\n[other]\nmembers = [\"xtask\"]\n",
+            "[workspace]\nmembers = [\"tools/xtask\"]\n",
+            "# [workspace]\n",
+        ] {
+            assert!(!has_xtask_member(no), "{no}");
+        }
+        let root = workspace_root();
+        assert!(is_xtask_workspace(&root), "{root}");
+        assert!(root.join("xtask/Cargo.toml").is_file(), "{root}");
     }
 
     #[test]
