@@ -170,6 +170,46 @@ fn a_url_that_is_not_http_host_port_is_refused_before_anything_runs() {
     }
 }
 
+// --- Durations ---------------------------------------------------------------
+
+/// What the plugin (Go's time.Duration) cannot take is refused when the
+/// command line is parsed, before any image is set: no panic, no half-done release.
+#[test]
+fn a_duration_longer_than_go_holds_is_refused_before_anything_runs() {
+    for (flag, value) in [
+        ("--timeout", "2562047h47m16.854775808s"),
+        ("--timeout", "10000000000000000000s"),
+        ("--sanity-timeout", "99999999999999999999999h"),
+    ] {
+        let out = run(&mut xtask(&[
+            "release",
+            flag,
+            value,
+            "--expect-version",
+            "v1",
+        ]));
+        assert_eq!(out.status.code(), Some(2), "{flag} {value}: {out:?}");
+        let stderr = text(&out.stderr);
+        assert!(stderr.contains("2562047h47m16.854775807s"), "{stderr}");
+        assert!(!stderr.contains("panicked"), "{stderr}");
+    }
+    let out = run(&mut xtask(&[
+        "--dry-run",
+        "sanity",
+        "--url",
+        "http://127.0.0.1:9",
+        "--expect-version",
+        "v1",
+        "--timeout",
+        "2562047h47m16.854775807s",
+    ]));
+    assert!(out.status.success(), "{out:?}");
+    assert!(
+        text(&out.stdout).contains("retried for at most 9223372036854775807ns"),
+        "{out:?}"
+    );
+}
+
 // --- A hostile preview -------------------------------------------------------
 
 /// A loopback peer answering every connection with `serve` until stopped.
