@@ -65,18 +65,16 @@ impl Context {
             command.env(key, value);
         }
         command.stdin(Stdio::null());
-        if capture {
-            command.stdout(Stdio::piped());
+        if !capture {
+            let status = command
+                .status()
+                .map_err(|err| start_error(err, &command, &line))?;
+            if !status.success() {
+                bail!("`{line}` failed ({status})");
+            }
+            return Ok(Some(String::new()));
         }
-        let output = command
-            .output()
-            .map_err(|err| start_error(err, &command, &line))?;
-        if !output.status.success() {
-            bail!("`{line}` failed ({})", output.status);
-        }
-        let stdout = String::from_utf8(output.stdout)
-            .with_context(|| format!("`{line}` printed something that is not UTF-8"))?;
-        Ok(Some(stdout))
+        stdout_of(&mut command, &line).map(Some)
     }
 
     /// Runs a read-only probe (it changes nothing, so it runs under `--dry-run`
@@ -88,16 +86,7 @@ impl Context {
         if self.verbose {
             eprintln!("$ {line}");
         }
-        let output = command
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .output()
-            .map_err(|err| start_error(err, &command, &line))?;
-        if !output.status.success() {
-            bail!("`{line}` failed ({})", output.status);
-        }
-        let mut text = String::from_utf8(output.stdout)
-            .with_context(|| format!("`{line}` printed something that is not UTF-8"))?;
+        let mut text = stdout_of(command.stdin(Stdio::null()), &line)?;
         if text.ends_with('\n') {
             text.pop();
         }
@@ -217,6 +206,22 @@ fn has_xtask_member(manifest: &str) -> bool {
         .split(',')
         .map(|member| member.trim().trim_matches(['"', '\'']))
         .any(|member| member == "xtask")
+}
+
+/// Runs `command` to its end and returns its stdout; its stderr goes where
+/// it was set to go (ours, unless the command said otherwise).
+fn stdout_of(command: &mut Command, line: &str) -> Result<String> {
+    // spawn, not output(): output() would capture stderr too, and hide it.
+    let output = command
+        .stdout(Stdio::piped())
+        .spawn()
+        .and_then(|child| child.wait_with_output())
+        .map_err(|err| start_error(err, command, line))?;
+    if !output.status.success() {
+        bail!("`{line}` failed ({})", output.status);
+    }
+    String::from_utf8(output.stdout)
+        .with_context(|| format!("`{line}` printed something that is not UTF-8"))
 }
 
 fn start_error(err: std::io::Error, command: &Command, line: &str) -> anyhow::Error {

@@ -53,7 +53,9 @@ impl clap::builder::TypedValueParser for NotEmptyOnTheCommandLine {
     ) -> Result<String, clap::Error> {
         let value = clap::builder::StringValueParser::new().parse_ref(cmd, arg, value)?;
         if value.is_empty() && source == clap::parser::ValueSource::CommandLine {
-            let flag = arg.map_or(String::new(), |arg| format!("--{}", arg.get_id()));
+            let flag = arg
+                .and_then(clap::Arg::get_long)
+                .map_or(String::new(), |long| format!("--{long}"));
             let default = arg
                 .and_then(|arg| arg.get_help())
                 .map_or(String::new(), |help| {

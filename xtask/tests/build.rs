@@ -344,6 +344,12 @@ fn with_cargo_target_dir_set_bin_api_is_the_new_build() {
     assert_eq!(checkout.bin_api_version(), "v-second");
     assert!(elsewhere.join("release/api").is_file());
     let stderr = text(&second.stderr);
+    // cargo's own progress still shows: only its JSON on stdout is taken.
+    assert!(stderr.contains("Compiling api v0.1.0"), "{stderr}");
+    assert!(
+        !text(&second.stdout).contains("compiler-artifact"),
+        "{second:?}"
+    );
     assert!(
         stderr.contains(&format!(
             "# copy {}",

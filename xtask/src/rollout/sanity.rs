@@ -315,10 +315,10 @@ impl clap::builder::TypedValueParser for CheckUrl {
         value: &std::ffi::OsStr,
     ) -> Result<http::BaseUrl, clap::Error> {
         check_url(value).map_err(|why| {
-            let flag = arg.map_or("--url".to_owned(), |arg| format!("--{}", arg.get_id()));
+            let flag = arg.and_then(clap::Arg::get_long).unwrap_or("url");
             clap::Error::raw(
                 clap::error::ErrorKind::ValueValidation,
-                format!("{flag}: {why}\n"),
+                format!("--{flag}: {why}\n"),
             )
             .with_cmd(cmd)
         })
