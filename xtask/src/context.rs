@@ -1,6 +1,7 @@
 //! What every task shares: the workspace root, one `Shell`, and the one place
 //! where commands are echoed, run, or (under `--dry-run`) only printed.
 
+use std::ffi::OsStr;
 use std::io::Write;
 use std::process::{Command, Stdio};
 
@@ -82,7 +83,7 @@ impl Context {
     /// `--verbose`. A probe that fails is an error.
     pub fn read(&self, cmd: Cmd<'_>) -> Result<String> {
         let mut command = Command::from(cmd);
-        let line = command_line(&command);
+        let line = line_of(&command);
         if self.verbose {
             eprintln!("$ {line}");
         }
@@ -241,7 +242,7 @@ fn echo_line(env: &[(&str, &str)], command: &Command) -> String {
     for (key, value) in env {
         line.push_str(&format!("{key}={} ", shell_quote(value)));
     }
-    line.push_str(&command_line(command));
+    line.push_str(&line_of(command));
     line
 }
 
@@ -249,15 +250,26 @@ fn echo_line(env: &[(&str, &str)], command: &Command) -> String {
 /// this program with exactly these arguments: every word is quoted as
 /// [`shell_quote`] does, so `$(...)`, `;`, quotes and spaces in an argument
 /// stay in that argument. For `--dry-run` plans and `$ ...` echoes.
-/// Build it from an xshell command with `Command::from(cmd)`. Environment
-/// variables set on the command are not shown (put them before it, quoted).
-pub fn command_line(command: &Command) -> String {
-    let mut line = shell_quote(&command.get_program().to_string_lossy());
-    for arg in command.get_args() {
+///
+/// From a program and its arguments, or from a command (an xshell `Cmd`
+/// becomes one with `std::process::Command::from(cmd)`):
+/// `command_line(command.get_program(), command.get_args())`. Environment
+/// variables are not part of it: put them before it, quoted.
+pub fn command_line<A: AsRef<OsStr>>(
+    program: impl AsRef<OsStr>,
+    args: impl IntoIterator<Item = A>,
+) -> String {
+    let mut line = shell_quote(&program.as_ref().to_string_lossy());
+    for arg in args {
         line.push(' ');
-        line.push_str(&shell_quote(&arg.to_string_lossy()));
+        line.push_str(&shell_quote(&arg.as_ref().to_string_lossy()));
     }
     line
+}
+
+/// [`command_line`] of a command.
+fn line_of(command: &Command) -> String {
+    command_line(command.get_program(), command.get_args())
 }
 
 /// Quotes a word for display only; nothing here ever reaches a shell. Plain
@@ -316,7 +328,7 @@ mod tests {
         let program = "/opt/my tools/docker";
         let cmd = xshell::cmd!(sh, "{program} build --tag {hostile} plain-word_1.2:x=y");
         assert_eq!(
-            command_line(&Command::from(cmd)),
+            line_of(&Command::from(cmd)),
             r#"'/opt/my tools/docker' build --tag '$(touch pwned) `x` ; a&&b | "q" '\''it'\'' *' plain-word_1.2:x=y"#
         );
     }
@@ -344,9 +356,7 @@ mod tests {
             "!",
             "",
         ];
-        let mut command = Command::new(words[0]);
-        command.args(&words[1..]);
-        let line = command_line(&command);
+        let line = command_line(words[0], &words[1..]);
         assert!(!line.contains('\n'), "{line}");
         // bash reads `$'...'`; so does sh on most systems, but not every sh.
         let out = Command::new("bash")

@@ -40,7 +40,7 @@ impl Run {
         let built = Build::default().compile(cx)?;
         let mut service = std::process::Command::new(&built.binary);
         service.args(&self.args);
-        let line = command_line(&service);
+        let line = command_line(service.get_program(), service.get_args());
         if cx.dry_run {
             println!("{line}");
             return Ok(ExitCode::SUCCESS);
