@@ -24,8 +24,8 @@ When nothing changed, a second build compiles nothing.
 
 Runs:
   git describe --tags --always --dirty
-  API_VERSION=<version> cargo build --message-format=json-render-diagnostics --release --package api \\
-      [--target x86_64-unknown-linux-gnu]
+  API_VERSION=<version> cargo build --message-format=json-render-diagnostics \\
+      --release --package api [--target x86_64-unknown-linux-gnu]
 then copies the executable cargo names (under $CARGO_TARGET_DIR when set) to bin/api and \
 prints `<version> <path>` on stdout.",
     after_long_help = "Environment:

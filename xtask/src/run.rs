@@ -18,7 +18,8 @@ and it drains in-flight requests before it exits; its exit status is the task's.
 The environment passes through unchanged.
 
 Runs:
-  API_VERSION=<version> cargo build --release --package api
+  API_VERSION=<version> cargo build --message-format=json-render-diagnostics \\
+      --release --package api
   bin/api [ARGS...]",
     after_long_help = "Environment (read by the service):
   PORT          port to listen on (default 8080)
