@@ -270,8 +270,16 @@ fn read_request(stream: &mut TcpStream) {
     }
 }
 
-/// Runs `sanity --url` with a generous outer bound that only proves it ended.
-fn sanity_against(peer: &Peer, timeout: &str) -> Output {
+/// The peak resident memory of a running process, in KiB (Linux's VmHWM).
+fn peak_rss_kib(pid: u32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    line.split_whitespace().nth(1)?.parse().ok()
+}
+
+/// Runs `sanity --url` with a generous outer bound that only proves it ended;
+/// also gives the highest peak RSS seen while it ran (a figure, not a check).
+fn sanity_against(peer: &Peer, timeout: &str) -> (Output, Option<u64>) {
     let mut child = xtask(&[
         "sanity",
         "--url",
@@ -287,7 +295,9 @@ fn sanity_against(peer: &Peer, timeout: &str) -> Output {
     .spawn()
     .expect("start xtask");
     let bound = Instant::now() + Duration::from_secs(60);
+    let mut peak = None;
     while child.try_wait().unwrap().is_none() {
+        peak = peak.max(peak_rss_kib(child.id()));
         if Instant::now() > bound {
             let _ = child.kill();
             let _ = child.wait();
@@ -295,7 +305,7 @@ fn sanity_against(peer: &Peer, timeout: &str) -> Output {
         }
         std::thread::sleep(Duration::from_millis(20));
     }
-    child.wait_with_output().unwrap()
+    (child.wait_with_output().unwrap(), peak)
 }
 
 #[test]
@@ -310,7 +320,7 @@ fn sanity_against_a_trickling_preview_ends_at_its_timeout() {
             std::thread::sleep(Duration::from_millis(50));
         }
     });
-    let out = sanity_against(&peer, "2s");
+    let (out, _) = sanity_against(&peer, "2s");
     assert_eq!(out.status.code(), Some(1), "{out:?}");
     let stderr = text(&out.stderr);
     assert!(stderr.contains("sanity failed after"), "{stderr}");
@@ -330,8 +340,13 @@ fn sanity_against_a_flooding_preview_stops_reading_at_the_limit() {
             }
         }
     });
-    let out = sanity_against(&peer, "2s");
+    let (out, peak) = sanity_against(&peer, "2s");
     assert_eq!(out.status.code(), Some(1), "{out:?}");
     let stderr = text(&out.stderr);
     assert!(stderr.contains("larger than 1 MiB"), "{stderr}");
+    // A figure for whoever runs this with --nocapture, not a check.
+    match peak {
+        Some(kib) => println!("xtask sanity against a 64 MiB-per-answer flood: peak RSS {kib} KiB"),
+        None => println!("xtask sanity against a flood: peak RSS not readable (no /proc)"),
+    }
 }
