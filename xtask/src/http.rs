@@ -236,30 +236,44 @@ fn get_limited(url: &str, timeout: Duration, limit: usize) -> Result<Response> {
     let deadline = Instant::now()
         .checked_add(timeout)
         .with_context(|| format!("a timeout of {timeout:?} is too long"))?;
-    let out_of_time = || format!("no complete answer from {url} within {timeout:?}");
+    // A step cut short by the deadline says so, whichever step it was.
+    let in_time = |err: anyhow::Error| match err.downcast_ref::<std::io::Error>() {
+        Some(io) if is_timeout(io) => {
+            anyhow::anyhow!("no complete answer within {:.1}s", timeout.as_secs_f64())
+        }
+        _ => err,
+    };
 
-    let addrs = resolve(&base, deadline).with_context(out_of_time)?;
-    let mut stream = connect(&addrs, deadline).with_context(out_of_time)?;
+    let addrs = resolve(&base, deadline).map_err(in_time)?;
+    let mut stream = connect(&addrs, deadline).map_err(in_time)?;
     let request = format!(
         "GET {path} HTTP/1.1\r\nHost: {}\r\nUser-Agent: xtask\r\nAccept: application/json\r\nConnection: close\r\n\r\n",
         base.authority
     );
-    stream.set_write_timeout(Some(remaining(deadline).with_context(out_of_time)?))?;
-    stream
-        .write_all(request.as_bytes())
-        .with_context(|| format!("send request to {url}"))
-        .with_context(out_of_time)?;
+    remaining(deadline)
+        .and_then(|left| stream.set_write_timeout(Some(left)))
+        .and_then(|()| stream.write_all(request.as_bytes()))
+        .map_err(|err| in_time(anyhow::Error::new(err)))
+        .with_context(|| format!("send request to {url}"))?;
 
     let raw = read_bounded(&mut stream, deadline, limit).map_err(|err| match err {
         ReadError::TooLarge => anyhow::anyhow!(
             "the response from {url} is larger than {} (xtask reads at most that much)",
             limit_text(limit)
         ),
-        ReadError::Io(err) => anyhow::Error::new(err)
-            .context(format!("read response from {url}"))
-            .context(out_of_time()),
+        ReadError::Io(err) => {
+            in_time(anyhow::Error::new(err)).context(format!("read response from {url}"))
+        }
     })?;
     parse(&raw).with_context(|| format!("response from {url}"))
+}
+
+/// A socket timeout (`WouldBlock` on Unix, `TimedOut` elsewhere) or our deadline.
+fn is_timeout(err: &std::io::Error) -> bool {
+    matches!(
+        err.kind(),
+        std::io::ErrorKind::TimedOut | std::io::ErrorKind::WouldBlock
+    )
 }
 
 fn limit_text(limit: usize) -> String {
@@ -274,12 +288,13 @@ fn limit_text(limit: usize) -> String {
 fn remaining(deadline: Instant) -> std::io::Result<Duration> {
     let left = deadline.saturating_duration_since(Instant::now());
     if left.is_zero() {
-        return Err(std::io::Error::new(
-            std::io::ErrorKind::TimedOut,
-            "deadline passed",
-        ));
+        return Err(deadline_passed());
     }
     Ok(left)
+}
+
+fn deadline_passed() -> std::io::Error {
+    std::io::Error::new(std::io::ErrorKind::TimedOut, "deadline passed")
 }
 
 /// The addresses of the host; a name is looked up on a thread, so a slow
@@ -301,7 +316,7 @@ fn resolve(base: &BaseUrl, deadline: Instant) -> Result<Vec<SocketAddr>> {
     });
     let addrs = match receive.recv_timeout(remaining(deadline)?) {
         Ok(found) => found.with_context(|| format!("resolve {name}"))?,
-        Err(_) => bail!("resolve {name}: no answer from the resolver in time"),
+        Err(_) => return Err(deadline_passed().into()),
     };
     if addrs.is_empty() {
         bail!("{name} has no address");
@@ -315,6 +330,7 @@ fn connect(addrs: &[SocketAddr], deadline: Instant) -> Result<TcpStream> {
     for addr in addrs {
         match TcpStream::connect_timeout(addr, remaining(deadline)?) {
             Ok(stream) => return Ok(stream),
+            Err(err) if is_timeout(&err) => return Err(err.into()),
             Err(err) => last = Some(anyhow::Error::new(err).context(format!("connect to {addr}"))),
         }
     }
@@ -641,7 +657,7 @@ mod tests {
         stop.store(true, Ordering::Relaxed);
         let err = format!("{err:#}");
         assert!(err.contains("no complete answer"), "{err}");
-        assert!(err.contains("within 700ms"), "{err}");
+        assert!(err.contains("within 0.7s"), "{err}");
         let sent = peer.join();
         assert!(
             sent > 3,
@@ -673,6 +689,24 @@ mod tests {
         // The peer stops once the client closed: what it got out fits in the
         // limit plus the sockets' buffers, nowhere near the 256 MiB it had.
         assert!(sent < 64 * 1024 * 1024, "the peer wrote {sent} bytes");
+    }
+
+    #[test]
+    fn a_refused_connection_is_not_called_a_timeout() {
+        let port = TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let err = format!(
+            "{:#}",
+            get(&format!("http://127.0.0.1:{port}/"), Duration::from_secs(5)).unwrap_err()
+        );
+        assert!(
+            err.contains(&format!("connect to 127.0.0.1:{port}")),
+            "{err}"
+        );
+        assert!(!err.contains("no complete answer"), "{err}");
     }
 
     #[test]

@@ -324,7 +324,7 @@ fn sanity_against_a_trickling_preview_ends_at_its_timeout() {
     assert_eq!(out.status.code(), Some(1), "{out:?}");
     let stderr = text(&out.stderr);
     assert!(stderr.contains("sanity failed after"), "{stderr}");
-    assert!(stderr.contains("no complete answer from"), "{stderr}");
+    assert!(stderr.contains("no complete answer within"), "{stderr}");
 }
 
 #[test]
