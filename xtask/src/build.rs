@@ -24,8 +24,10 @@ When nothing changed, a second build compiles nothing.
 
 Runs:
   git describe --tags --always --dirty
-  API_VERSION=<version> cargo build --release --package api [--target x86_64-unknown-linux-gnu]
-then copies the binary to bin/api and prints `<version> <path>` on stdout.",
+  API_VERSION=<version> cargo build --message-format=json-render-diagnostics \\
+      --release --package api [--target x86_64-unknown-linux-gnu]
+then copies the executable cargo names (under $CARGO_TARGET_DIR when set) to bin/api and \
+prints `<version> <path>` on stdout.",
     after_long_help = "Environment:
   API_VERSION  the version to compile in, instead of git describe's
 
@@ -70,18 +72,75 @@ impl Build {
             target_args.extend(["--target", STATIC_TARGET]);
             env.insert(0, ("RUSTFLAGS", "-C target-feature=+crt-static"));
         }
-        cx.run_with_env(
-            &env,
-            cmd!(sh, "{cargo} build --release --package api {target_args...}"),
-        )
-        .context("compile api")?;
-
-        let built = match self.static_link {
-            true => cx.path(&format!("target/{STATIC_TARGET}/release/api")),
-            false => cx.path("target/release/api"),
+        // Cargo says where it put the executable (CARGO_TARGET_DIR, a config's
+        // build.target-dir): its JSON messages on stdout, diagnostics on stderr.
+        let messages = cx
+            .run_for_output(
+                &env,
+                cmd!(
+                    sh,
+                    "{cargo} build --message-format=json-render-diagnostics --release --package api {target_args...}"
+                ),
+            )
+            .context("compile api")?;
+        let built = match messages {
+            Some(messages) => api_executable(&messages)?,
+            // --dry-run: where it would be, by the same rules cargo follows for the environment.
+            None => {
+                let target_dir = match std::env::var("CARGO_TARGET_DIR") {
+                    Ok(dir) if !dir.is_empty() => cx.root.join(dir),
+                    _ => cx.path("target"),
+                };
+                match self.static_link {
+                    true => target_dir.join(STATIC_TARGET).join("release/api"),
+                    false => target_dir.join("release/api"),
+                }
+            }
         };
         let binary = cx.path("bin/api");
         cx.copy(&built, &binary)?;
         Ok(Built { version, binary })
+    }
+}
+
+/// The `api` executable from cargo's `--message-format=json` messages: the
+/// `compiler-artifact` of the `api` binary target names it (also when
+/// nothing was compiled: cargo reports fresh artifacts too).
+fn api_executable(messages: &str) -> Result<Utf8PathBuf> {
+    let executable = messages
+        .lines()
+        .filter(|line| line.starts_with('{'))
+        .filter_map(|line| serde_json::from_str::<serde_json::Value>(line).ok())
+        .filter(|message| message["reason"] == "compiler-artifact")
+        .filter(|message| {
+            message["target"]["name"] == "api"
+                && message["target"]["kind"]
+                    .as_array()
+                    .is_some_and(|kinds| kinds.iter().any(|kind| kind == "bin"))
+        })
+        .find_map(|message| message["executable"].as_str().map(Utf8PathBuf::from));
+    executable.context(
+        "cargo build reported no executable for the api binary, so bin/api is left as it was; \
+         is there a [[bin]] api in api/Cargo.toml?",
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_executable_is_the_one_cargo_names() {
+        let messages = r#"{"reason":"compiler-artifact","package_id":"path+file:///w/api#0.1.0","target":{"kind":["lib"],"name":"api"},"executable":null}
+{"reason":"compiler-artifact","package_id":"registry+https://x#other@1.0.0","target":{"kind":["bin"],"name":"other"},"executable":"/t/release/other"}
+{"reason":"compiler-artifact","package_id":"path+file:///w/api#0.1.0","target":{"kind":["bin"],"name":"api"},"executable":"/elsewhere/release/api"}
+{"reason":"build-finished","success":true}
+"#;
+        assert_eq!(api_executable(messages).unwrap(), "/elsewhere/release/api");
+        let err = api_executable(r#"{"reason":"build-finished","success":true}"#).unwrap_err();
+        assert!(
+            err.to_string().contains("bin/api is left as it was"),
+            "{err}"
+        );
     }
 }

@@ -13,21 +13,72 @@ pub const DEFAULT_IMAGE: &str = "api";
 #[derive(Args, Debug, Clone, Default)]
 pub struct ImageArgs {
     /// Image repository, without tag [default: $CI_REGISTRY_IMAGE, then `api`]
-    #[arg(long, env = "API_IMAGE", value_name = "REPOSITORY")]
+    #[arg(long, env = "API_IMAGE", value_name = "REPOSITORY", value_parser = NotEmptyOnTheCommandLine)]
     pub image: Option<String>,
 
     /// Image tag [default: $CI_COMMIT_SHA, then the full SHA of HEAD]
-    #[arg(long, env = "API_IMAGE_TAG")]
+    #[arg(long, env = "API_IMAGE_TAG", value_parser = NotEmptyOnTheCommandLine)]
     pub tag: Option<String>,
 
     /// The image's digest (sha256:...), as `package --push` reports it: the image is then set
     /// as IMAGE:TAG@DIGEST, so the cluster runs exactly what was built, whatever the tag points to later
-    #[arg(long, env = "API_IMAGE_DIGEST", value_name = "DIGEST")]
+    #[arg(long, env = "API_IMAGE_DIGEST", value_name = "DIGEST", value_parser = NotEmptyOnTheCommandLine)]
     pub digest: Option<String>,
 
     /// Accept a work tree with uncommitted changes; the tag then ends in `-dirty`
     #[arg(long)]
     pub allow_dirty: bool,
+}
+
+/// Refuses `--image=` and `--tag=`: an empty flag is a mistake (an unset
+/// variable in a script, say), and silently taking the default would build or
+/// deploy something else than asked. An empty `API_IMAGE` or `API_IMAGE_TAG`
+/// counts as unset, as before: CI templates often set a variable to empty.
+#[derive(Clone)]
+struct NotEmptyOnTheCommandLine;
+
+impl clap::builder::TypedValueParser for NotEmptyOnTheCommandLine {
+    type Value = String;
+
+    fn parse_ref(
+        &self,
+        cmd: &clap::Command,
+        arg: Option<&clap::Arg>,
+        value: &std::ffi::OsStr,
+    ) -> Result<String, clap::Error> {
+        self.parse_ref_(cmd, arg, value, clap::parser::ValueSource::CommandLine)
+    }
+
+    fn parse_ref_(
+        &self,
+        cmd: &clap::Command,
+        arg: Option<&clap::Arg>,
+        value: &std::ffi::OsStr,
+        source: clap::parser::ValueSource,
+    ) -> Result<String, clap::Error> {
+        let value = clap::builder::StringValueParser::new().parse_ref(cmd, arg, value)?;
+        if value.is_empty() && source == clap::parser::ValueSource::CommandLine {
+            let flag = arg
+                .and_then(clap::Arg::get_long)
+                .map_or(String::new(), |long| format!("--{long}"));
+            let default = arg
+                .and_then(|arg| arg.get_help())
+                .map_or(String::new(), |help| {
+                    let help = help.to_string();
+                    help.find("[default: ")
+                        .map(|i| format!(" ({})", help[i + 1..].trim_end_matches(']')))
+                        .unwrap_or_default()
+                });
+            return Err(clap::Error::raw(
+                clap::error::ErrorKind::ValueValidation,
+                format!(
+                    "{flag} is empty: give a value, or leave {flag} out for the default{default}\n"
+                ),
+            )
+            .with_cmd(cmd));
+        }
+        Ok(value)
+    }
 }
 
 /// A checked image reference, `repository:tag`, pinned to a digest when one is known.

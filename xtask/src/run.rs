@@ -6,7 +6,7 @@ use anyhow::Result;
 use clap::Args;
 
 use crate::build::Build;
-use crate::context::{Context, shell_quote};
+use crate::context::{Context, command_line};
 
 /// Build, then start bin/api in the foreground
 #[derive(Args, Debug)]
@@ -18,7 +18,8 @@ and it drains in-flight requests before it exits; its exit status is the task's.
 The environment passes through unchanged.
 
 Runs:
-  API_VERSION=<version> cargo build --release --package api
+  API_VERSION=<version> cargo build --message-format=json-render-diagnostics \\
+      --release --package api
   bin/api [ARGS...]",
     after_long_help = "Environment (read by the service):
   PORT          port to listen on (default 8080)
@@ -38,18 +39,14 @@ pub struct Run {
 impl Run {
     pub fn run(self, cx: &Context) -> Result<ExitCode> {
         let built = Build::default().compile(cx)?;
-        let mut line = built.binary.to_string();
-        for arg in &self.args {
-            line.push(' ');
-            line.push_str(&shell_quote(arg));
-        }
+        let mut service = std::process::Command::new(&built.binary);
+        service.args(&self.args);
+        let line = command_line(service.get_program(), service.get_args());
         if cx.dry_run {
             println!("{line}");
             return Ok(ExitCode::SUCCESS);
         }
         eprintln!("$ {line}");
-        let mut service = std::process::Command::new(&built.binary);
-        service.args(&self.args);
         exec(service, &built.binary)
     }
 }

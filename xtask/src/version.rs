@@ -4,6 +4,8 @@ use anyhow::{Context as _, Result, bail};
 use camino::Utf8Path;
 use xshell::{Shell, cmd};
 
+use crate::tools;
+
 /// Environment variable that overrides the version `git describe` gives.
 pub const API_VERSION: &str = "API_VERSION";
 
@@ -29,10 +31,13 @@ pub fn describe(sh: &Shell, dir: &Utf8Path) -> Result<String> {
         .quiet()
         .ignore_stderr()
         .read()
-        .with_context(|| {
-            format!(
-                "cannot tell the version: {dir} is not a git checkout with a commit; \
-                 run from a clone, or set {API_VERSION}"
+        .map_err(|err| {
+            git_failed(
+                sh,
+                err,
+                "cannot tell the version",
+                &format!("{dir} is not a git checkout with a commit; run from a clone"),
+                &format!("or set {API_VERSION}"),
             )
         })
 }
@@ -44,8 +49,14 @@ pub fn head_sha(sh: &Shell, dir: &Utf8Path) -> Result<String> {
         .quiet()
         .ignore_stderr()
         .read()
-        .with_context(|| {
-            format!("cannot read the commit of {dir}: not a git checkout with a commit")
+        .map_err(|err| {
+            git_failed(
+                sh,
+                err,
+                &format!("cannot read the commit of {dir}"),
+                "not a git checkout with a commit",
+                "or give --tag",
+            )
         })
 }
 
@@ -55,8 +66,36 @@ pub fn is_dirty(sh: &Shell, dir: &Utf8Path) -> Result<bool> {
     let status = cmd!(sh, "git status --porcelain --untracked-files=no")
         .quiet()
         .read()
-        .with_context(|| format!("git status in {dir}"))?;
+        .map_err(|err| {
+            git_failed(
+                sh,
+                err,
+                &format!("git status in {dir}"),
+                "not a git checkout",
+                "or give --tag",
+            )
+        })?;
     Ok(!status.is_empty())
+}
+
+/// `what: why, otherwise` for a git command that failed, unless git itself
+/// is missing: then that, and how to install it, instead of blaming the checkout.
+fn git_failed(
+    sh: &Shell,
+    err: xshell::Error,
+    what: &str,
+    why: &str,
+    otherwise: &str,
+) -> anyhow::Error {
+    // Where the shell's commands look for git: its PATH, which may not be ours.
+    let found = which::which_in(tools::GIT.name, sh.var_os("PATH"), sh.current_dir()).is_ok();
+    if !found {
+        return anyhow::anyhow!(
+            "{what}: git is not installed (not found on PATH); install it ({}), {otherwise}",
+            tools::GIT.install
+        );
+    }
+    anyhow::Error::from(err).context(format!("{what}: {why}, {otherwise}"))
 }
 
 /// A version goes into JSON, logs and labels: keep it to what a tag may hold.
@@ -177,6 +216,25 @@ mod tests {
         let err = format!("{:#}", describe(&sh, &dir).unwrap_err());
         assert!(err.contains("not a git checkout"), "{err}");
         assert!(err.contains(API_VERSION), "{err}");
+    }
+
+    #[test]
+    fn no_git_says_git_is_missing_and_how_to_install_it() {
+        let sh = Shell::new().unwrap();
+        let tmp = sh.create_temp_dir().unwrap();
+        let dir = Utf8PathBuf::from_path_buf(tmp.path().to_owned()).unwrap();
+        // An empty PATH: git is nowhere. Only this Shell's children see it.
+        let _path = sh.push_env("PATH", tmp.path());
+        for err in [
+            describe(&sh, &dir).unwrap_err(),
+            head_sha(&sh, &dir).unwrap_err(),
+            is_dirty(&sh, &dir).unwrap_err(),
+        ] {
+            let err = format!("{err:#}");
+            assert!(err.contains("git is not installed"), "{err}");
+            assert!(err.contains("apt-get install git"), "{err}");
+            assert!(!err.contains("not a git checkout"), "{err}");
+        }
     }
 
     #[test]

@@ -115,9 +115,9 @@ fn dry_run_prints_every_command_and_runs_none() {
     let go = bin.join("go");
     let go = go.display();
     let expected = format!(
-        "RUSTFLAGS='-C target-feature=+crt-static' API_VERSION={VERSION} {cargo} build --release --package api --target x86_64-unknown-linux-gnu
+        "RUSTFLAGS='-C target-feature=+crt-static' API_VERSION={VERSION} {cargo} build --message-format=json-render-diagnostics --release --package api --target x86_64-unknown-linux-gnu
 # copy {root}/target/x86_64-unknown-linux-gnu/release/api to {root}/bin/api
-{go} build -trimpath \"-ldflags=-s -w -X main.version={VERSION}\" -o {root}/target/bench/api-go {root}/xtask/bench/main.go
+{go} build -trimpath '-ldflags=-s -w -X main.version={VERSION}' -o {root}/target/bench/api-go {root}/xtask/bench/main.go
 # 20 times each, unpinned: start, GET /health until 200, stop
 PORT='<port>' HOST=127.0.0.1 {root}/bin/api
 PORT='<port>' HOST=127.0.0.1 {root}/target/bench/api-go
@@ -149,7 +149,10 @@ fn dry_run_of_the_dynamic_build_plans_cargo_without_a_target() {
         first.starts_with(&format!("API_VERSION={VERSION} ")),
         "{first}"
     );
-    assert!(first.ends_with(" build --release --package api"), "{first}");
+    assert!(
+        first.ends_with(" build --message-format=json-render-diagnostics --release --package api"),
+        "{first}"
+    );
 }
 
 #[test]

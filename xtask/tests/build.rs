@@ -38,7 +38,9 @@ fn git_describe() -> String {
 
 #[test]
 fn dry_run_build_prints_the_cargo_command_and_builds_nothing() {
-    let out = run(xtask(&["--dry-run", "build"]).env("API_VERSION", "v0.0.0-plan"));
+    let out = run(xtask(&["--dry-run", "build"])
+        .env("API_VERSION", "v0.0.0-plan")
+        .env_remove("CARGO_TARGET_DIR"));
     assert!(out.status.success(), "{}", text(&out.stderr));
     let stdout = text(&out.stdout);
     let cargo = std::env::var("CARGO").unwrap();
@@ -47,7 +49,9 @@ fn dry_run_build_prints_the_cargo_command_and_builds_nothing() {
     assert_eq!(
         stdout.lines().collect::<Vec<_>>(),
         [
-            format!("API_VERSION=v0.0.0-plan {cargo} build --release --package api"),
+            format!(
+                "API_VERSION=v0.0.0-plan {cargo} build --message-format=json-render-diagnostics --release --package api"
+            ),
             format!("# copy {} to {}", built.display(), bin.display()),
         ]
     );
@@ -69,7 +73,9 @@ fn dry_run_static_build_names_the_target_and_crt_static() {
         .to_owned();
     assert!(
         first.starts_with("RUSTFLAGS='-C target-feature=+crt-static' API_VERSION=v1 ")
-            && first.ends_with(" build --release --package api --target x86_64-unknown-linux-gnu"),
+            && first.ends_with(
+                " build --message-format=json-render-diagnostics --release --package api --target x86_64-unknown-linux-gnu"
+            ),
         "{first}"
     );
 }
@@ -220,6 +226,137 @@ fn build_compiles_in_the_git_describe_version() {
     assert!(again.status.success(), "{}", text(&again.stderr));
     let stderr = text(&again.stderr);
     assert!(!stderr.contains("Compiling"), "{stderr}");
+}
+
+/// A workspace like this one, with an `api` that prints the version compiled
+/// into it, in a folder of its own (removed on drop): a checkout somewhere
+/// else than where the xtask under test was compiled.
+struct Checkout {
+    dir: PathBuf,
+}
+
+impl Checkout {
+    fn new(name: &str) -> Checkout {
+        let dir = std::env::temp_dir().join(format!("xtask-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let files = [
+            (
+                "Cargo.toml",
+                "[workspace]\nresolver = \"3\"\nmembers = [\"api\", \"xtask\"]\n",
+            ),
+            (
+                "api/Cargo.toml",
+                "[package]\nname = \"api\"\nversion = \"0.1.0\"\nedition = \"2021\"\n",
+            ),
+            (
+                "api/src/main.rs",
+                "fn main() { println!(\"{}\", option_env!(\"API_VERSION\").unwrap_or(\"none\")); }\n",
+            ),
+            (
+                "xtask/Cargo.toml",
+                "[package]\nname = \"xtask\"\nversion = \"0.1.0\"\nedition = \"2021\"\n",
+            ),
+            ("xtask/src/main.rs", "fn main() {}\n"),
+        ];
+        for (path, text) in files {
+            let path = dir.join(path);
+            std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+            std::fs::write(path, text).unwrap();
+        }
+        Checkout { dir }
+    }
+
+    /// `xtask build` run in this checkout, as when it is not `cargo run`.
+    fn build(&self, version: &str, target_dir: Option<&Path>) -> Output {
+        let mut cmd = xtask(&["build"]);
+        cmd.current_dir(&self.dir)
+            .env_remove("CARGO_MANIFEST_DIR")
+            .env_remove("CARGO_BUILD_TARGET_DIR")
+            .env("API_VERSION", version);
+        match target_dir {
+            Some(dir) => cmd.env("CARGO_TARGET_DIR", dir),
+            None => cmd.env_remove("CARGO_TARGET_DIR"),
+        };
+        run(&mut cmd)
+    }
+
+    /// What the copied bin/api says it is.
+    fn bin_api_version(&self) -> String {
+        let out = run(&mut Command::new(self.dir.join("bin/api")));
+        assert!(out.status.success(), "{out:?}");
+        text(&out.stdout).trim().to_owned()
+    }
+}
+
+impl Drop for Checkout {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// The root is found where xtask runs, not where it was compiled: a checkout
+/// moved (with its target/) builds and writes at its new place.
+#[test]
+fn a_checkout_elsewhere_than_where_xtask_was_compiled_builds_in_its_own_place() {
+    let checkout = Checkout::new("moved");
+
+    let out = checkout.build("v-moved-1", None);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let bin = checkout.dir.join("bin/api");
+    assert_eq!(
+        text(&out.stdout).trim(),
+        format!("v-moved-1 {}", bin.display())
+    );
+    assert_eq!(checkout.bin_api_version(), "v-moved-1");
+    assert!(checkout.dir.join("target/release/api").is_file());
+
+    // Under `cargo xtask` (cargo run), CARGO_MANIFEST_DIR names the checkout,
+    // wherever the current folder is.
+    let plan = run(xtask(&["--dry-run", "build"])
+        .current_dir(std::env::temp_dir())
+        .env("CARGO_MANIFEST_DIR", checkout.dir.join("xtask"))
+        .env("API_VERSION", "v1")
+        .env_remove("CARGO_TARGET_DIR"));
+    assert!(plan.status.success(), "{}", text(&plan.stderr));
+    assert!(
+        text(&plan.stdout).ends_with(&format!(
+            "# copy {} to {}\n",
+            checkout.dir.join("target/release/api").display(),
+            bin.display()
+        )),
+        "{}",
+        text(&plan.stdout)
+    );
+}
+
+/// With CARGO_TARGET_DIR set, cargo builds there: bin/api is that build, not
+/// a stale target/release/api.
+#[test]
+fn with_cargo_target_dir_set_bin_api_is_the_new_build() {
+    let checkout = Checkout::new("target-dir");
+    let first = checkout.build("v-first", None);
+    assert!(first.status.success(), "{}", text(&first.stderr));
+    assert_eq!(checkout.bin_api_version(), "v-first");
+
+    let elsewhere = checkout.dir.join("elsewhere");
+    let second = checkout.build("v-second", Some(&elsewhere));
+    assert!(second.status.success(), "{}", text(&second.stderr));
+    assert_eq!(checkout.bin_api_version(), "v-second");
+    assert!(elsewhere.join("release/api").is_file());
+    let stderr = text(&second.stderr);
+    // cargo's own progress still shows: only its JSON on stdout is taken.
+    assert!(stderr.contains("Compiling api v0.1.0"), "{stderr}");
+    assert!(
+        !text(&second.stdout).contains("compiler-artifact"),
+        "{second:?}"
+    );
+    assert!(
+        stderr.contains(&format!(
+            "# copy {}",
+            elsewhere.join("release/api").display()
+        )),
+        "{stderr}"
+    );
 }
 
 /// A running `bin/api`, killed on drop.

@@ -10,7 +10,7 @@ use camino::{Utf8Path, Utf8PathBuf};
 
 use super::state::{RolloutState, replica_set_images};
 use super::{Target, go_duration, interrupt, timing};
-use crate::context::{Context, shell_quote};
+use crate::context::{Context, command_line};
 use crate::process::{self, Cut, Finished};
 
 /// The Rollout's resource, fully qualified, so no other `rollouts` kind is meant.
@@ -70,16 +70,6 @@ impl Kubectl {
     pub fn line(&self, args: &[String]) -> String {
         command_line(&self.path, args)
     }
-}
-
-/// `program arg...` as it would be typed, each word quoted where a shell needs it.
-pub fn command_line(program: &Utf8Path, args: &[String]) -> String {
-    let mut line = shell_quote(program.as_str());
-    for arg in args {
-        line.push(' ');
-        line.push_str(&shell_quote(arg));
-    }
-    line
 }
 
 /// Runs a cluster tool within the target's bound: 3 times its request
@@ -259,15 +249,6 @@ mod tests {
     fn a_forbidden_call_points_at_the_role() {
         let said = "Error from server (Forbidden): rollouts.argoproj.io \"api\" is forbidden: User \"ci\" cannot get resource";
         assert!(hint(&target(), said).contains("Permissions"));
-    }
-
-    #[test]
-    fn lines_quote_what_a_shell_would_split() {
-        let line = command_line(
-            Utf8Path::new("kubectl"),
-            &["get".into(), "a b".into(), "$(x)".into()],
-        );
-        assert_eq!(line, "kubectl get 'a b' '$(x)'");
     }
 
     #[test]

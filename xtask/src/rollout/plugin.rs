@@ -8,8 +8,9 @@ use anyhow::Result;
 use camino::Utf8PathBuf;
 
 use super::Target;
-use super::kube::{call, command_line};
+use super::kube::call;
 use crate::context::Context;
+use crate::context::command_line;
 use crate::image::ImageRef;
 
 /// The plugin, bound to one Rollout (names already checked).
@@ -35,7 +36,7 @@ impl Plugin {
 
     /// The exact command line, for plans and messages.
     pub fn line(&self, args: &[&str]) -> String {
-        command_line(&self.path, &self.args(args))
+        command_line(&self.path, self.args(args))
     }
 
     pub fn set_image(&self, cx: &Context, image: &ImageRef) -> Result<()> {

@@ -9,12 +9,11 @@ use anyhow::{Context as _, Result, bail};
 use camino::Utf8PathBuf;
 use clap::Args;
 
-use super::kube::command_line;
 use super::{
     DEFAULT_PREVIEW_SERVICE, HEALTH_PATH, SERVICE_PORT, Target, check_label, go_duration,
     interrupt, parse_duration, timing,
 };
-use crate::context::Context;
+use crate::context::{Context, command_line};
 use crate::{http, tools, version};
 
 /// Check the preview: /health answers 200 with the expected version, / answers 200
@@ -62,9 +61,9 @@ pub struct Sanity {
 /// What `sanity` checks and where; shared with `release`.
 #[derive(Args, Debug, Clone)]
 pub struct CheckArgs {
-    /// Check this base URL (http://HOST:PORT) instead of port-forwarding to the preview Service
-    #[arg(long, value_name = "URL")]
-    pub url: Option<String>,
+    /// Check this base URL (http://HOST[:PORT]) instead of port-forwarding to the preview Service
+    #[arg(long, value_name = "URL", value_parser = CheckUrl)]
+    pub url: Option<http::BaseUrl>,
 
     /// The Service in front of the preview pods
     #[arg(long, env = "API_PREVIEW_SERVICE", default_value = DEFAULT_PREVIEW_SERVICE, value_name = "NAME")]
@@ -91,10 +90,7 @@ impl CheckArgs {
     pub fn prepare(&self) -> Result<Option<Utf8PathBuf>> {
         check_label("Service", &self.preview_service)?;
         match &self.url {
-            Some(url) => {
-                check_url(url)?;
-                Ok(None)
-            }
+            Some(_) => Ok(None),
             None => Ok(Some(tools::require(&[&tools::KUBECTL])?.remove(0))),
         }
     }
@@ -120,7 +116,7 @@ impl Sanity {
 
 /// Where the pods under test answer.
 pub enum Place {
-    Url(String),
+    Url(http::BaseUrl),
     Service { kubectl: Utf8PathBuf, name: String },
 }
 
@@ -147,7 +143,7 @@ pub fn check(
                 );
                 return Ok(());
             }
-            (None, url.trim_end_matches('/').to_owned())
+            (None, url.base())
         }
         Place::Service { kubectl, name } => {
             let args = port_forward_args(target, name, pod_running_timeout(timeout));
@@ -314,12 +310,37 @@ fn excerpt(body: &str) -> String {
     }
 }
 
-fn check_url(url: &str) -> Result<()> {
-    let rest = url.strip_prefix("http://").unwrap_or_default();
-    if rest.is_empty() || rest.starts_with('/') {
-        bail!("invalid --url {url:?}: give a base URL such as http://127.0.0.1:8080 (http only)");
+/// `--url`, checked when the command line is parsed: `http://HOST[:PORT]` and nothing else.
+fn check_url(value: &std::ffi::OsStr) -> Result<http::BaseUrl, String> {
+    let text = value.to_str().ok_or(
+        "invalid URL: it is not UTF-8; give http://HOST[:PORT], such as http://127.0.0.1:8080",
+    )?;
+    http::parse_base_url(text)
+}
+
+/// [`check_url`] as clap's parser. Its error is ours alone: clap's own would
+/// repeat the value as given, and a refused URL may hold a password.
+#[derive(Clone)]
+struct CheckUrl;
+
+impl clap::builder::TypedValueParser for CheckUrl {
+    type Value = http::BaseUrl;
+
+    fn parse_ref(
+        &self,
+        cmd: &clap::Command,
+        arg: Option<&clap::Arg>,
+        value: &std::ffi::OsStr,
+    ) -> Result<http::BaseUrl, clap::Error> {
+        check_url(value).map_err(|why| {
+            let flag = arg.and_then(clap::Arg::get_long).unwrap_or("url");
+            clap::Error::raw(
+                clap::error::ErrorKind::ValueValidation,
+                format!("--{flag}: {why}\n"),
+            )
+            .with_cmd(cmd)
+        })
     }
-    Ok(())
 }
 
 /// `kubectl port-forward` in the background; killed when dropped, so it
@@ -461,8 +482,13 @@ mod tests {
 
     #[test]
     fn urls_must_be_http_bases() {
-        check_url("http://127.0.0.1:8080").unwrap();
-        assert!(check_url("https://example.com").is_err());
-        assert!(check_url("127.0.0.1:8080").is_err());
+        let check = |url: &str| check_url(url.as_ref());
+        check("http://127.0.0.1:8080").unwrap();
+        assert!(check("https://example.com").is_err());
+        assert!(check("127.0.0.1:8080").is_err());
+        let err = check("http://127.0.0.1:8080\r\nX-Injected: 1").unwrap_err();
+        assert!(err.contains("carriage return"), "{err}");
+        let err = check("http://exa mple.com").unwrap_err();
+        assert!(err.contains("a space"), "{err}");
     }
 }
