@@ -198,11 +198,7 @@ fn the_build_context_holds_only_what_the_build_needs() {
     list.stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped());
     let mut child = list.spawn().unwrap();
-    let base = read(
-        std::process::Command::new("sed")
-            .args(["-n", "s/^ARG RUST_IMAGE=//p", "Dockerfile"])
-            .current_dir(root()),
-    );
+    let base = base_image();
     std::io::Write::write_all(
         child.stdin.as_mut().unwrap(),
         format!("FROM {base}\nCOPY . /context\nRUN cd /context && find . -type f | sort\n")
@@ -647,12 +643,22 @@ fn push_logs_in_with_the_password_on_stdin_and_pushes_the_tag() {
     let registry = Registry::start();
     // docker login stores what it is given: keep it out of the user's ~/.docker.
     let docker_config = TempDir::new("docker-config");
+    let reports = TempDir::new("dotenv");
+    let dotenv = reports.path.join("package.env");
     let repository = format!("{}/team/api", registry.address);
     let tag = "push-test";
     let reference = format!("{repository}:{tag}");
     let mut package = xtask();
     package
-        .args(["package", "--allow-dirty", "--push", "--tag", tag])
+        .args([
+            "package",
+            "--allow-dirty",
+            "--push",
+            "--tag",
+            tag,
+            "--dotenv",
+        ])
+        .arg(&dotenv)
         .env("CI_REGISTRY_IMAGE", &repository)
         .env("CI_REGISTRY", &registry.address)
         .env("CI_REGISTRY_USER", registry.user)
@@ -662,7 +668,6 @@ fn push_logs_in_with_the_password_on_stdin_and_pushes_the_tag() {
     let _pushed = RemoveImage(reference.clone());
 
     assert!(ran.ok, "{}", ran.stderr);
-    assert_eq!(ran.stdout, format!("{reference}\n"));
     assert!(
         ran.stderr.contains(&format!(
             "$ docker login --username {} --password-stdin {}",
@@ -686,6 +691,44 @@ fn push_logs_in_with_the_password_on_stdin_and_pushes_the_tag() {
         "{}",
         registry.tags("team/api")
     );
+    // The digest printed is the one the registry itself gives for the tag.
+    let digest = registry.manifest_digest("team/api", tag);
+    assert!(digest.starts_with("sha256:"), "{digest}");
+    assert_eq!(ran.stdout, format!("{reference}@{digest}\n"));
+    assert_eq!(
+        std::fs::read_to_string(&dotenv).unwrap(),
+        format!("API_IMAGE_DIGEST={digest}\n")
+    );
+}
+
+#[test]
+fn dotenv_without_push_is_refused() {
+    let ran = run(xtask().args(["--dry-run", "package", "--dotenv", "package.env"]));
+    assert!(!ran.ok);
+    assert!(ran.stderr.contains("--push"), "{}", ran.stderr);
+    assert_eq!(ran.stdout, "");
+}
+
+#[test]
+fn dotenv_in_a_missing_folder_is_refused_before_any_work() {
+    if !needs_docker_cli() {
+        return;
+    }
+    let ran = run(xtask().args([
+        "--dry-run",
+        "package",
+        "--allow-dirty",
+        "--push",
+        "--dotenv",
+        "no/such/folder/package.env",
+    ]));
+    assert!(!ran.ok);
+    assert!(
+        ran.stderr.contains("--dotenv no/such/folder/package.env"),
+        "{}",
+        ran.stderr
+    );
+    assert_eq!(ran.stdout, "", "nothing planned");
 }
 
 #[test]
@@ -696,6 +739,23 @@ fn a_wrong_registry_password_fails_before_the_build_and_is_never_shown() {
     let registry = Registry::start();
     let docker_config = TempDir::new("docker-config");
     let wrong = "wr0ng-Pa55-never-shown";
+    // The registry is there and answers: the right password is let in, the wrong one not.
+    let (status, _) = http_get(
+        &registry.http_address,
+        "/v2/",
+        Some(&registry.credentials()),
+    )
+    .expect("the registry answers");
+    assert_eq!(status, 200);
+    let (status, _) = http_get(
+        &registry.http_address,
+        "/v2/",
+        Some(&format!("{}:{wrong}", registry.user)),
+    )
+    .unwrap();
+    assert_eq!(status, 401);
+    let refusals_before = refusals(&registry.logs());
+
     let ran = run(xtask()
         .args([
             "package",
@@ -714,12 +774,34 @@ fn a_wrong_registry_password_fails_before_the_build_and_is_never_shown() {
         .env("DOCKER_CONFIG", &docker_config.path));
     assert!(!ran.ok);
     assert!(ran.stderr.contains("error: log in to"), "{}", ran.stderr);
+    // Refused by the registry, not unreachable: docker relays its 401...
+    assert!(
+        ran.stderr.contains("401 Unauthorized") || ran.stderr.contains("unauthorized"),
+        "{}",
+        ran.stderr
+    );
+    // ...and the registry logged one more refused password, for this user.
+    let logs = registry.logs();
+    assert!(
+        refusals(&logs) > refusals_before,
+        "the registry logged no refused login:\n{logs}"
+    );
     assert!(
         !ran.stderr.contains("$ docker build"),
         "built after a failed login"
     );
     assert!(!ran.both().contains(wrong), "the password was shown");
     assert_eq!(ran.stdout, "");
+}
+
+/// The registry's log lines for a refused password (distribution's htpasswd
+/// access controller: `authentication failure`, `invalid authorization credential`).
+fn refusals(logs: &str) -> usize {
+    logs.lines()
+        .filter(|line| {
+            line.contains("authentication failure") || line.contains("invalid authorization")
+        })
+        .count()
 }
 
 /// Removes one image tag when dropped.
