@@ -56,7 +56,7 @@ impl Test {
             "{cargo} clippy --workspace --all-targets -- -D warnings"
         ))
         .context("step `clippy` failed: fix the warnings above")?;
-        let nextest = !self.no_nextest && tools::locate(tools::NEXTEST.name).is_some();
+        let nextest = !self.no_nextest && nextest_installed();
         let tests = if nextest {
             cmd!(sh, "{cargo} nextest run --workspace --profile ci {args...}")
         } else {
@@ -65,6 +65,24 @@ impl Test {
         cx.run(tests).context("step `tests` failed")?;
         Ok(())
     }
+}
+
+/// Whether `cargo nextest` would run: cargo finds a subcommand in
+/// $CARGO_HOME/bin before PATH (cargo's `search_directories`,
+/// src/bin/cargo/main.rs), and `cargo install` puts it there, which is not on
+/// PATH when CARGO_HOME is moved (the pipeline keeps it in the project).
+fn nextest_installed() -> bool {
+    if tools::locate(tools::NEXTEST.name).is_some() {
+        return true;
+    }
+    let cargo_home = match std::env::var_os("CARGO_HOME") {
+        Some(home) if !home.is_empty() => std::path::PathBuf::from(home),
+        _ => match std::env::var_os("HOME") {
+            Some(home) => std::path::Path::new(&home).join(".cargo"),
+            None => return false,
+        },
+    };
+    cargo_home.join("bin").join(tools::NEXTEST.name).is_file()
 }
 
 /// The JUnit report the `ci` profile writes (.config/nextest.toml), which CI

@@ -244,7 +244,10 @@ fn a_source_only_change_reuses_the_dependency_layer() {
         std::fs::create_dir_all(to.parent().unwrap()).unwrap();
         std::fs::copy(&from, &to).unwrap();
     }
-    let _images = RemoveImages(vec!["api-layer-test:before", "api-layer-test:after"]);
+    // Tags of this run only: the engine may be shared with other runs.
+    let before = format!("api-layer-test:before-{}", unique());
+    let after = format!("api-layer-test:after-{}", unique());
+    let _images = RemoveImages(vec![before.clone(), after.clone()]);
     // The version `package` compiles in, so that the first build finds the
     // service that `package` built cached, or leaves it cached for `package`.
     let version = format!(
@@ -259,7 +262,7 @@ fn a_source_only_change_reuses_the_dependency_layer() {
         without_colours(&ran.both())
     };
 
-    build("api-layer-test:before");
+    build(&before);
     let main_rs = context.path.join("api/src/main.rs");
     let mut source = std::fs::read_to_string(&main_rs).unwrap();
     // Different on every run, or the second run would find this change cached too.
@@ -269,7 +272,7 @@ fn a_source_only_change_reuses_the_dependency_layer() {
         .as_nanos();
     source.push_str(&format!("\n// A source-only change ({stamp}).\n"));
     std::fs::write(&main_rs, source).unwrap();
-    let output = build("api-layer-test:after");
+    let output = build(&after);
 
     assert_eq!(
         step_cached(&output, "cargo build --release --locked --package api", 0),
@@ -349,7 +352,7 @@ fn build_steps_are_told_cached_or_not_in_both_builders_output() {
 }
 
 /// Removes test-only tags when dropped.
-struct RemoveImages(Vec<&'static str>);
+struct RemoveImages(Vec<String>);
 
 impl Drop for RemoveImages {
     fn drop(&mut self) {

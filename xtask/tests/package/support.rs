@@ -258,7 +258,9 @@ impl Container {
     /// port of the engine's host (loopback for a local engine).
     pub fn start(image: &str, extra: &[&str]) -> Container {
         let publish = format!("{}::8080", engine_host());
+        let labels = labels();
         let mut args = vec!["run", "--detach", "--publish", &publish];
+        args.extend(labels.iter().map(String::as_str));
         args.extend(extra);
         args.push(image);
         Container {
@@ -296,6 +298,32 @@ impl Container {
     pub fn logs(&self) -> String {
         run(&mut docker(&["logs", &self.id])).both()
     }
+}
+
+/// A name part no other run on a shared engine uses: this process, and the
+/// time (a job container's process ids repeat from run to run).
+pub fn unique() -> String {
+    static COUNT: AtomicUsize = AtomicUsize::new(0);
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos();
+    format!(
+        "{}-{nanos}-{}",
+        std::process::id(),
+        COUNT.fetch_add(1, Ordering::Relaxed)
+    )
+}
+
+/// `--label` arguments for every container a test creates: the GitLab job
+/// that ran it ($CI_JOB_ID, when set), so that whoever runs the job can
+/// remove what a killed test left behind, and nothing else.
+pub fn labels() -> Vec<String> {
+    let job = std::env::var("CI_JOB_ID").unwrap_or_default();
+    vec![
+        "--label".to_owned(),
+        format!("org.example.api.test.ci-job-id={job}"),
+    ]
 }
 
 /// Where `docker port` says a container's `port` is published on `host`
@@ -440,7 +468,6 @@ pub fn needs_registry() -> bool {
 
 impl Registry {
     pub fn start() -> Registry {
-        static COUNT: AtomicUsize = AtomicUsize::new(0);
         let dir = TempDir::new("registry");
         let (user, password) = ("ci-user", "s3cret-Pa55-never-shown");
         let mut htpasswd = Command::new("htpasswd")
@@ -466,18 +493,10 @@ impl Registry {
         let binary = read(Command::new("sh").args(["-c", "command -v docker-registry"]));
         std::fs::copy(binary, dir.path.join("docker-registry")).unwrap();
 
-        let name = format!(
-            "api-test-registry-{}-{}",
-            std::process::id(),
-            COUNT.fetch_add(1, Ordering::Relaxed)
-        );
-        let mut create = vec![
-            "create".to_owned(),
-            "--name".to_owned(),
-            name.clone(),
-            "--publish".to_owned(),
-            "127.0.0.1::5000".to_owned(),
-        ];
+        let name = format!("api-test-registry-{}", unique());
+        let mut create = vec!["create".to_owned(), "--name".to_owned(), name.clone()];
+        create.extend(labels());
+        create.extend(["--publish".to_owned(), "127.0.0.1::5000".to_owned()]);
         if engine_host() != "127.0.0.1" {
             create.extend(["--publish".to_owned(), format!("{}::5000", engine_host())]);
         }
