@@ -705,6 +705,39 @@ fn push_logs_in_with_the_password_on_stdin_and_pushes_the_tag() {
 }
 
 #[test]
+fn dry_run_with_dotenv_plans_the_report_and_writes_nothing() {
+    if !needs_docker_cli() {
+        return;
+    }
+    let reports = TempDir::new("dotenv-dry-run");
+    let dotenv = reports.path.join("package.env");
+    let ran = run(xtask()
+        .args([
+            "--dry-run",
+            "package",
+            "--allow-dirty",
+            "--push",
+            "--tag",
+            "v1",
+        ])
+        .arg("--dotenv")
+        .arg(&dotenv));
+    assert!(ran.ok, "{}", ran.stderr);
+    let lines: Vec<&str> = ran.stdout.lines().collect();
+    assert_eq!(lines.len(), 4, "{}", ran.stdout);
+    assert_eq!(lines[1], "docker push api:v1");
+    assert_eq!(
+        lines[2],
+        format!(
+            "# write API_IMAGE_DIGEST=<the digest docker push reports> to {}",
+            dotenv.display()
+        )
+    );
+    assert_eq!(lines[3], "api:v1");
+    assert!(!dotenv.exists(), "a dry run wrote the report");
+}
+
+#[test]
 fn dotenv_without_push_is_refused() {
     let ran = run(xtask().args(["--dry-run", "package", "--dotenv", "package.env"]));
     assert!(!ran.ok);
