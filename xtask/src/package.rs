@@ -3,7 +3,7 @@
 
 use std::io::{BufRead as _, BufReader, Write as _};
 use std::process::{Command, Stdio};
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context as _, Result, bail};
 use camino::{Utf8Path, Utf8PathBuf};
@@ -33,7 +33,9 @@ one `cargo xtask build` uses ($API_VERSION, else git describe). The image carrie
 labels org.opencontainers.image.version, .revision (the full SHA of HEAD), .source and \
 .created.
 
-Before any work it checks that the docker CLI is on PATH and that its engine answers.
+Before any work it checks that the docker CLI is on PATH and that its engine answers. \
+Each docker command has a deadline (login 2 minutes, build 45, push 15), after which it \
+is stopped and the task fails.
 
 With --push, the tag is pushed after a successful build, and stdout says which image \
 was pushed, by digest: IMAGE:TAG@sha256:... (the manifest digest the registry confirmed \
@@ -111,7 +113,7 @@ impl Package {
         }
         let sh = &cx.sh;
         let reference = image.to_string();
-        let said = run_on_stderr(cx, cmd!(sh, "docker push {reference}"), None)
+        let said = run_on_stderr(cx, cmd!(sh, "docker push {reference}"), None, PUSH_LIMIT)
             .with_context(|| format!("push {image}"))?;
         if cx.dry_run {
             if let Some(file) = &self.dotenv {
@@ -135,6 +137,12 @@ impl Package {
         Ok(())
     }
 }
+
+/// Deadlines: a cold release build on a busy 2-core runner takes minutes, a
+/// login seconds.
+const LOGIN_LIMIT: Duration = Duration::from_secs(120);
+const BUILD_LIMIT: Duration = Duration::from_secs(45 * 60);
+const PUSH_LIMIT: Duration = Duration::from_secs(15 * 60);
 
 /// The variable the dotenv report sets for the deploy jobs.
 const DIGEST_VARIABLE: &str = "API_IMAGE_DIGEST";
@@ -237,6 +245,7 @@ fn build(
             "docker build --file Dockerfile --tag {reference} {build_args...} {docker_args...} ."
         ),
         None,
+        BUILD_LIMIT,
     )
     .map(drop)
     .with_context(|| format!("build {image}"))
@@ -300,6 +309,7 @@ fn login(cx: &Context, credentials: &Credentials) -> Result<()> {
             "docker login --username {user} --password-stdin {registry}"
         ),
         Some(password),
+        LOGIN_LIMIT,
     )
     .map(drop)
     .with_context(|| format!("log in to {registry} as {user}"))
@@ -310,7 +320,12 @@ fn login(cx: &Context, credentials: &Credentials) -> Result<()> {
 /// reference. What it printed on stdout is returned too (empty under
 /// --dry-run). `stdin`, when given, is written to the command's standard
 /// input and shown nowhere.
-fn run_on_stderr(cx: &Context, cmd: Cmd<'_>, stdin: Option<&str>) -> Result<String> {
+fn run_on_stderr(
+    cx: &Context,
+    cmd: Cmd<'_>,
+    stdin: Option<&str>,
+    limit: Duration,
+) -> Result<String> {
     let line = cmd.to_string();
     if cx.dry_run {
         println!("{line}");
@@ -329,24 +344,46 @@ fn run_on_stderr(cx: &Context, cmd: Cmd<'_>, stdin: Option<&str>) -> Result<Stri
         let _ = pipe.write_all(input.as_bytes());
     }
     // Shown as it comes, line by line, and kept.
-    let mut said = String::new();
-    if let Some(stdout) = child.stdout.take() {
-        let mut stdout = BufReader::new(stdout);
-        let mut stderr = std::io::stderr();
-        let mut chunk = Vec::new();
-        loop {
-            chunk.clear();
-            let read = stdout
-                .read_until(b'\n', &mut chunk)
-                .with_context(|| format!("read the output of `{line}`"))?;
-            if read == 0 {
-                break;
+    let reader = child.stdout.take().map(|stdout| {
+        std::thread::spawn(move || {
+            let mut stdout = BufReader::new(stdout);
+            let mut stderr = std::io::stderr();
+            let mut said = String::new();
+            let mut chunk = Vec::new();
+            while let Ok(read) = stdout.read_until(b'\n', &mut chunk) {
+                if read == 0 {
+                    break;
+                }
+                let _ = stderr.write_all(&chunk);
+                said.push_str(&String::from_utf8_lossy(&chunk));
+                chunk.clear();
             }
-            let _ = stderr.write_all(&chunk);
-            said.push_str(&String::from_utf8_lossy(&chunk));
+            said
+        })
+    });
+    let deadline = Instant::now() + limit;
+    let status = loop {
+        if let Some(status) = child
+            .try_wait()
+            .with_context(|| format!("wait for `{line}`"))?
+        {
+            break status;
         }
-    }
-    let status = child.wait().with_context(|| format!("wait for `{line}`"))?;
+        if Instant::now() >= deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            bail!(
+                "`{line}` did not finish within {} s, so it was stopped; \
+                 check that the engine and the registry answer, then run it again",
+                limit.as_secs()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let said = match reader {
+        Some(reader) => reader.join().unwrap_or_default(),
+        None => String::new(),
+    };
     if !status.success() {
         bail!("`{line}` failed ({status})");
     }
