@@ -24,6 +24,9 @@ fn build_api_lib(version: &str) -> String {
             "profile.dev.package.api.debug-assertions=false",
         ])
         .env("API_VERSION", version)
+        // The words are read as text: no colour codes around them, whatever
+        // the caller's CARGO_TERM_COLOR (the pipeline sets `always`).
+        .env("CARGO_TERM_COLOR", "never")
         .current_dir(env!("CARGO_MANIFEST_DIR"))
         .output()
         .expect("run cargo");

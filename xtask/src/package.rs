@@ -1,11 +1,12 @@
 //! `cargo xtask package`: the container image, built with the `Dockerfile`,
 //! tagged with the commit it holds, and optionally pushed.
 
-use std::io::Write as _;
+use std::io::{BufRead as _, BufReader, Write as _};
 use std::process::{Command, Stdio};
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context as _, Result, bail};
+use camino::{Utf8Path, Utf8PathBuf};
 use clap::Args;
 use xshell::{Cmd, cmd};
 
@@ -32,11 +33,16 @@ one `cargo xtask build` uses ($API_VERSION, else git describe). The image carrie
 labels org.opencontainers.image.version, .revision (the full SHA of HEAD), .source and \
 .created.
 
-Before any work it checks that the docker CLI is on PATH and that its engine answers.
+Before any work it checks that the docker CLI is on PATH and that its engine answers. \
+Each docker command has a deadline (login 2 minutes, build 45, push 15), after which it \
+is stopped and the task fails.
 
-With --push, the tag is pushed after a successful build. When $CI_REGISTRY, \
-$CI_REGISTRY_USER and $CI_REGISTRY_PASSWORD are all set, it first logs in, giving the \
-password to docker on stdin: it never appears in an argument or in any output.
+With --push, the tag is pushed after a successful build, and stdout says which image \
+was pushed, by digest: IMAGE:TAG@sha256:... (the manifest digest the registry confirmed \
+to docker push). --dotenv FILE also writes API_IMAGE_DIGEST=sha256:... to FILE, for \
+GitLab's dotenv report. When $CI_REGISTRY, $CI_REGISTRY_USER and $CI_REGISTRY_PASSWORD \
+are all set, it first logs in, giving the password to docker on stdin: it never appears \
+in an argument or in any output.
 
 Runs:
   git rev-parse --verify HEAD, git status --porcelain, git describe --tags --always --dirty
@@ -44,7 +50,8 @@ Runs:
   docker login --username <user> --password-stdin <registry>  (--push, credentials set)
   docker build --file Dockerfile --tag IMAGE:TAG --build-arg API_VERSION=<version> \\
       --build-arg REVISION=<sha> --build-arg CREATED=<time> [--build-arg SOURCE=<url>] [ARGS...] .
-  docker push IMAGE:TAG                                       (--push)",
+  docker push IMAGE:TAG                                       (--push)
+  # write API_IMAGE_DIGEST=sha256:... to FILE                 (--dotenv FILE)",
     after_long_help = "Environment:
   API_IMAGE             image repository, instead of $CI_REGISTRY_IMAGE or `api`
   API_IMAGE_TAG         image tag, instead of $CI_COMMIT_SHA or the SHA of HEAD
@@ -60,6 +67,7 @@ Runs:
 Examples:
   cargo xtask package
   cargo xtask package --image registry.example.com/team/api --push
+  cargo xtask package --push --dotenv package.env    (the pipeline's package job)
   cargo xtask package --allow-dirty -- --no-cache --network host
   cargo xtask --dry-run package"
 )]
@@ -70,6 +78,10 @@ pub struct Package {
     /// Push the tag after a successful build (logging in first when $CI_REGISTRY_* are set)
     #[arg(long)]
     pub push: bool,
+
+    /// With --push: write `API_IMAGE_DIGEST=sha256:...` to FILE (a GitLab dotenv report)
+    #[arg(long, value_name = "FILE", requires = "push")]
+    pub dotenv: Option<Utf8PathBuf>,
 
     /// Arguments for `docker build`, passed unchanged (e.g. -- --no-cache --network host)
     #[arg(last = true, value_name = "DOCKER_BUILD_ARGS")]
@@ -84,6 +96,9 @@ impl Package {
             false => None,
         };
         let image = self.image.resolve(cx)?;
+        if let Some(file) = &self.dotenv {
+            check_dotenv_dir(file)?;
+        }
         let version = version::resolve(&cx.sh, &cx.root)?;
         let revision = version::head_sha(&cx.sh, &cx.root)?;
         check_engine(cx)?;
@@ -92,15 +107,86 @@ impl Package {
             login(cx, credentials)?;
         }
         build(cx, &image, &version, &revision, &self.docker_args)?;
-        if self.push {
-            let sh = &cx.sh;
-            let reference = image.to_string();
-            run_on_stderr(cx, cmd!(sh, "docker push {reference}"), None)
-                .with_context(|| format!("push {image}"))?;
+        if !self.push {
+            cx.result(&image);
+            return Ok(());
         }
-        cx.result(&image);
+        let sh = &cx.sh;
+        let reference = image.to_string();
+        let said = run_on_stderr(cx, cmd!(sh, "docker push {reference}"), None, PUSH_LIMIT)
+            .with_context(|| format!("push {image}"))?;
+        if cx.dry_run {
+            if let Some(file) = &self.dotenv {
+                println!("# write {DIGEST_VARIABLE}=<the digest docker push reports> to {file}");
+            }
+            cx.result(&image);
+            return Ok(());
+        }
+        let digest = pushed_digest(&said, &image.tag).with_context(|| {
+            format!(
+                "`docker push {reference}` succeeded but printed no `{}: digest: sha256:...` line, \
+                 so the pushed manifest is unknown; its output was:\n{}",
+                image.tag,
+                said.trim()
+            )
+        })?;
+        if let Some(file) = &self.dotenv {
+            write_dotenv(file, &digest)?;
+        }
+        cx.result(format!("{image}@{digest}"));
         Ok(())
     }
+}
+
+/// Deadlines: a cold release build on a busy 2-core runner takes minutes, a
+/// login seconds.
+const LOGIN_LIMIT: Duration = Duration::from_secs(120);
+const BUILD_LIMIT: Duration = Duration::from_secs(45 * 60);
+const PUSH_LIMIT: Duration = Duration::from_secs(15 * 60);
+
+/// The variable the dotenv report sets for the deploy jobs.
+const DIGEST_VARIABLE: &str = "API_IMAGE_DIGEST";
+
+/// The manifest digest that `docker push` reports for `tag`: the engine prints
+/// `TAG: digest: sha256:HEX size: N` once the registry has accepted the
+/// manifest and answered with its Docker-Content-Digest (moby
+/// distribution/push_v2.go, `pushV2Tag`; the containerd image store prints the
+/// same line).
+fn pushed_digest(output: &str, tag: &str) -> Option<String> {
+    let prefix = format!("{tag}: digest: ");
+    output.lines().rev().find_map(|line| {
+        let digest = line.trim().strip_prefix(&prefix)?.split(' ').next()?;
+        let hex = digest.strip_prefix("sha256:")?;
+        let valid = hex.len() == 64 && hex.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'));
+        valid.then(|| digest.to_owned())
+    })
+}
+
+/// Refuses, before any work, a dotenv file that could not be written after
+/// the push: its folder must exist.
+fn check_dotenv_dir(file: &Utf8Path) -> Result<()> {
+    let dir = match file.parent() {
+        Some(dir) if !dir.as_str().is_empty() => dir,
+        _ => Utf8Path::new("."),
+    };
+    if file.file_name().is_none() || !dir.is_dir() {
+        bail!(
+            "--dotenv {file}: no folder {dir} to write it in; name a file in an existing folder \
+             (the pipeline uses --dotenv package.env)"
+        );
+    }
+    Ok(())
+}
+
+/// `API_IMAGE_DIGEST=sha256:...`, one line, written whole (a temporary file
+/// renamed into place) so a reader never sees half of it.
+fn write_dotenv(file: &Utf8Path, digest: &str) -> Result<()> {
+    let line = format!("{DIGEST_VARIABLE}={digest}");
+    eprintln!("# write {line} to {file}");
+    let partial = Utf8PathBuf::from(format!("{file}.partial"));
+    std::fs::write(&partial, format!("{line}\n")).with_context(|| format!("write {partial}"))?;
+    std::fs::rename(&partial, file).with_context(|| format!("move {partial} to {file}"))?;
+    Ok(())
 }
 
 /// `docker version` asks the engine; the CLI alone answers `docker --version`.
@@ -159,7 +245,9 @@ fn build(
             "docker build --file Dockerfile --tag {reference} {build_args...} {docker_args...} ."
         ),
         None,
+        BUILD_LIMIT,
     )
+    .map(drop)
     .with_context(|| format!("build {image}"))
 }
 
@@ -221,23 +309,31 @@ fn login(cx: &Context, credentials: &Credentials) -> Result<()> {
             "docker login --username {user} --password-stdin {registry}"
         ),
         Some(password),
+        LOGIN_LIMIT,
     )
+    .map(drop)
     .with_context(|| format!("log in to {registry} as {user}"))
 }
 
 /// [`Context::run`], except that the command's stdout goes to our stderr:
 /// docker's progress is not a result, and stdout carries only the image
-/// reference. `stdin`, when given, is written to the command's standard input
-/// and shown nowhere.
-fn run_on_stderr(cx: &Context, cmd: Cmd<'_>, stdin: Option<&str>) -> Result<()> {
+/// reference. What it printed on stdout is returned too (empty under
+/// --dry-run). `stdin`, when given, is written to the command's standard
+/// input and shown nowhere.
+fn run_on_stderr(
+    cx: &Context,
+    cmd: Cmd<'_>,
+    stdin: Option<&str>,
+    limit: Duration,
+) -> Result<String> {
     let line = cmd.to_string();
     if cx.dry_run {
         println!("{line}");
-        return Ok(());
+        return Ok(String::new());
     }
     eprintln!("$ {line}");
     let mut command = Command::from(cmd);
-    command.stdout(Stdio::from(std::io::stderr()));
+    command.stdout(Stdio::piped());
     command.stdin(match stdin {
         Some(_) => Stdio::piped(),
         None => Stdio::null(),
@@ -247,20 +343,60 @@ fn run_on_stderr(cx: &Context, cmd: Cmd<'_>, stdin: Option<&str>) -> Result<()> 
         // A command that exits before reading says why on stderr; its status tells.
         let _ = pipe.write_all(input.as_bytes());
     }
-    let status = child.wait().with_context(|| format!("wait for `{line}`"))?;
+    // Shown as it comes, line by line, and kept.
+    let reader = child.stdout.take().map(|stdout| {
+        std::thread::spawn(move || {
+            let mut stdout = BufReader::new(stdout);
+            let mut stderr = std::io::stderr();
+            let mut said = String::new();
+            let mut chunk = Vec::new();
+            while let Ok(read) = stdout.read_until(b'\n', &mut chunk) {
+                if read == 0 {
+                    break;
+                }
+                let _ = stderr.write_all(&chunk);
+                said.push_str(&String::from_utf8_lossy(&chunk));
+                chunk.clear();
+            }
+            said
+        })
+    });
+    let deadline = Instant::now() + limit;
+    let status = loop {
+        if let Some(status) = child
+            .try_wait()
+            .with_context(|| format!("wait for `{line}`"))?
+        {
+            break status;
+        }
+        if Instant::now() >= deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            bail!(
+                "`{line}` did not finish within {} s, so it was stopped; \
+                 check that the engine and the registry answer, then run it again",
+                limit.as_secs()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let said = match reader {
+        Some(reader) => reader.join().unwrap_or_default(),
+        None => String::new(),
+    };
     if !status.success() {
         bail!("`{line}` failed ({status})");
     }
-    Ok(())
+    Ok(said)
 }
 
 /// Where the source lives, for the label: GitLab's project page, else the
-/// `origin` remote with any credentials removed, else none.
+/// `origin` remote, either without any credentials; else none.
 fn source_url(cx: &Context) -> Option<String> {
     if let Ok(url) = std::env::var("CI_PROJECT_URL")
         && !url.is_empty()
     {
-        return Some(without_userinfo(&url));
+        return Some(public_url(&url));
     }
     let sh = &cx.sh;
     let _cd = sh.push_dir(&cx.root);
@@ -268,20 +404,29 @@ fn source_url(cx: &Context) -> Option<String> {
     cx.read(probe)
         .ok()
         .filter(|url| !url.is_empty())
-        .map(|url| without_userinfo(&url))
+        .map(|url| public_url(&url))
 }
 
-/// `https://user:token@host/path` -> `https://host/path`: a remote may carry a
-/// token, and labels are public.
-fn without_userinfo(url: &str) -> String {
+/// A remote URL as a public label may show it: a remote may carry a token as
+/// userinfo (`https://user:token@host/path`, `https://token@host/path`) or in
+/// the query (`?private_token=`, `?access_token=`, `?job_token=`, a signed
+/// URL's `X-Amz-Signature=`, ...), and labels are public. Every one of those
+/// goes: the userinfo, and the whole query and fragment, which a source URL
+/// never needs. `scheme://host/path` stays; scp-like `git@host:path` (ssh,
+/// which carries no secret in the URL) stays as it is.
+fn public_url(url: &str) -> String {
     let Some((scheme, rest)) = url.split_once("://") else {
         return url.to_owned();
     };
-    let authority_end = rest.find('/').unwrap_or(rest.len());
-    match rest[..authority_end].rfind('@') {
-        Some(at) => format!("{scheme}://{}", &rest[at + 1..]),
-        None => url.to_owned(),
-    }
+    // The authority ends at the first `/`, `?` or `#` (RFC 3986, 3.2).
+    let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    let host = match rest[..authority_end].rfind('@') {
+        Some(at) => &rest[at + 1..authority_end],
+        None => &rest[..authority_end],
+    };
+    let path = &rest[authority_end..];
+    let path = &path[..path.find(['?', '#']).unwrap_or(path.len())];
+    format!("{scheme}://{host}{path}")
 }
 
 /// The build time for `org.opencontainers.image.created`, RFC 3339 in UTC;
@@ -333,21 +478,66 @@ mod tests {
 
     #[test]
     fn source_label_drops_credentials_from_the_remote() {
-        assert_eq!(
-            without_userinfo("https://gitlab-ci-token:s3cr3t@gitlab.example.com/team/api.git"),
-            "https://gitlab.example.com/team/api.git"
+        let cases = [
+            (
+                "https://gitlab-ci-token:s3cr3t@gitlab.example.com/team/api.git",
+                "https://gitlab.example.com/team/api.git",
+            ),
+            (
+                "https://glpat-s3cr3t@gitlab.example.com/team/api",
+                "https://gitlab.example.com/team/api",
+            ),
+            (
+                "https://gitlab.example.com/team/api.git?private_token=s3cr3t",
+                "https://gitlab.example.com/team/api.git",
+            ),
+            (
+                "https://gitlab.example.com/team/api?ref=main&access_token=s3cr3t",
+                "https://gitlab.example.com/team/api",
+            ),
+            (
+                "https://gitlab.example.com?job_token=s3cr3t",
+                "https://gitlab.example.com",
+            ),
+            (
+                "https://oauth2:s3cr3t@gitlab.example.com/team/api?private_token=s3cr3t#s3cr3t",
+                "https://gitlab.example.com/team/api",
+            ),
+            (
+                "ssh://git:s3cr3t@gitlab.example.com:2222/team/api.git",
+                "ssh://gitlab.example.com:2222/team/api.git",
+            ),
+            (
+                "https://gitlab.example.com/team/api",
+                "https://gitlab.example.com/team/api",
+            ),
+            (
+                "git@gitlab.example.com:team/api.git",
+                "git@gitlab.example.com:team/api.git",
+            ),
+            ("https://host/path/with@sign", "https://host/path/with@sign"),
+        ];
+        for (remote, label) in cases {
+            assert_eq!(public_url(remote), label, "{remote}");
+            assert!(!public_url(remote).contains("s3cr3t"), "{remote}");
+        }
+    }
+
+    #[test]
+    fn the_pushed_digest_is_read_from_docker_push() {
+        let hex = "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
+        let output = format!(
+            "The push refers to repository [127.0.0.1:5000/team/api]\n\
+             5f70bf18a086: Pushed\n\
+             v1: digest: sha256:{hex} size: 528\n"
         );
+        assert_eq!(pushed_digest(&output, "v1"), Some(format!("sha256:{hex}")));
+        // Another tag's line, a short digest, or none at all: unknown.
+        assert_eq!(pushed_digest(&output, "v2"), None);
         assert_eq!(
-            without_userinfo("https://gitlab.example.com/team/api"),
-            "https://gitlab.example.com/team/api"
+            pushed_digest("v1: digest: sha256:0123 size: 1\n", "v1"),
+            None
         );
-        assert_eq!(
-            without_userinfo("git@gitlab.example.com:team/api.git"),
-            "git@gitlab.example.com:team/api.git"
-        );
-        assert_eq!(
-            without_userinfo("https://host/path/with@sign"),
-            "https://host/path/with@sign"
-        );
+        assert_eq!(pushed_digest("5f70bf18a086: Pushed\n", "v1"), None);
     }
 }

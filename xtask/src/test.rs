@@ -1,6 +1,7 @@
 //! `cargo xtask test`: exactly what CI's test stage runs.
 
 use anyhow::{Context as _, Result};
+use camino::{Utf8Path, Utf8PathBuf};
 use clap::Args;
 use xshell::cmd;
 
@@ -13,15 +14,18 @@ use crate::tools;
     long_about = "Check formatting, run clippy, then run the workspace's tests: what CI's test stage runs.
 
 The tests run under cargo-nextest when it is installed, writing a JUnit report to \
-target/nextest/ci/junit.xml for CI; with `cargo test` otherwise. Each step that \
-fails is named. Tests that need the Docker engine fail, rather than skip, when CI is set.
+target/nextest/ci/junit.xml for CI; with `cargo test` otherwise. A report left by an \
+earlier run is removed first, so a run that stops at fmt or clippy leaves none, never \
+the last one's. Each step that fails is named. Tests that need the Docker engine fail, rather than skip, when CI is set.
 
 Runs:
+  # remove target/nextest/ci/junit.xml                  (an earlier run's report)
   cargo fmt --all -- --check
   cargo clippy --workspace --all-targets -- -D warnings
   cargo nextest run --workspace --profile ci [ARGS...]   (or: cargo test --workspace [ARGS...])",
     after_long_help = "Environment:
-  CI   when set, tests that need Docker or other tools fail instead of skipping
+  CI                when set, tests that need Docker or other tools fail instead of skipping
+  CARGO_TARGET_DIR  where the report is, instead of target/
 
 Examples:
   cargo xtask test
@@ -44,6 +48,7 @@ impl Test {
         let cargo = tools::cargo();
         let args = &self.args;
 
+        remove_stale_report(cx, &junit_report(cx))?;
         cx.run(cmd!(sh, "{cargo} fmt --all -- --check"))
             .context("step `fmt` failed: run `cargo fmt --all` and commit the result")?;
         cx.run(cmd!(
@@ -51,7 +56,7 @@ impl Test {
             "{cargo} clippy --workspace --all-targets -- -D warnings"
         ))
         .context("step `clippy` failed: fix the warnings above")?;
-        let nextest = !self.no_nextest && tools::locate(tools::NEXTEST.name).is_some();
+        let nextest = !self.no_nextest && nextest_installed();
         let tests = if nextest {
             cmd!(sh, "{cargo} nextest run --workspace --profile ci {args...}")
         } else {
@@ -59,5 +64,69 @@ impl Test {
         };
         cx.run(tests).context("step `tests` failed")?;
         Ok(())
+    }
+}
+
+/// Whether `cargo nextest` would run: cargo finds a subcommand in
+/// $CARGO_HOME/bin before PATH (cargo's `search_directories`,
+/// src/bin/cargo/main.rs), and `cargo install` puts it there, which is not on
+/// PATH when CARGO_HOME is moved (the pipeline keeps it in the project).
+fn nextest_installed() -> bool {
+    if tools::locate(tools::NEXTEST.name).is_some() {
+        return true;
+    }
+    let cargo_home = match std::env::var_os("CARGO_HOME") {
+        Some(home) if !home.is_empty() => std::path::PathBuf::from(home),
+        _ => match std::env::var_os("HOME") {
+            Some(home) => std::path::Path::new(&home).join(".cargo"),
+            None => return false,
+        },
+    };
+    cargo_home.join("bin").join(tools::NEXTEST.name).is_file()
+}
+
+/// The JUnit report the `ci` profile writes (.config/nextest.toml), which CI
+/// uploads whatever the outcome: with target/ cached between pipelines, an
+/// earlier run's report would otherwise stand for this one when fmt or clippy
+/// fails before the tests write a new one.
+fn junit_report(cx: &Context) -> Utf8PathBuf {
+    let target = match std::env::var("CARGO_TARGET_DIR") {
+        Ok(dir) if !dir.is_empty() => cx.root.join(dir),
+        _ => cx.path("target"),
+    };
+    target.join("nextest/ci/junit.xml")
+}
+
+fn remove_stale_report(cx: &Context, report: &Utf8Path) -> Result<()> {
+    if !report.exists() {
+        return Ok(());
+    }
+    let line = format!("# remove {report}   (an earlier run's report)");
+    if cx.dry_run {
+        println!("{line}");
+        return Ok(());
+    }
+    eprintln!("{line}");
+    std::fs::remove_file(report).with_context(|| format!("remove {report}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_earlier_report_is_removed_and_a_dry_run_keeps_it() {
+        let dir = std::env::temp_dir().join(format!("xtask-junit-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let report = Utf8PathBuf::try_from(dir.join("junit.xml")).unwrap();
+        std::fs::write(&report, "<testsuites/>").unwrap();
+
+        remove_stale_report(&Context::new(true, false).unwrap(), &report).unwrap();
+        assert!(report.exists(), "a dry run removed the report");
+        remove_stale_report(&Context::new(false, false).unwrap(), &report).unwrap();
+        assert!(!report.exists(), "the earlier report is still there");
+        // Nothing to remove is no error.
+        remove_stale_report(&Context::new(false, false).unwrap(), &report).unwrap();
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 }

@@ -198,11 +198,7 @@ fn the_build_context_holds_only_what_the_build_needs() {
     list.stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped());
     let mut child = list.spawn().unwrap();
-    let base = read(
-        std::process::Command::new("sed")
-            .args(["-n", "s/^ARG RUST_IMAGE=//p", "Dockerfile"])
-            .current_dir(root()),
-    );
+    let base = base_image();
     std::io::Write::write_all(
         child.stdin.as_mut().unwrap(),
         format!("FROM {base}\nCOPY . /context\nRUN cd /context && find . -type f | sort\n")
@@ -248,7 +244,10 @@ fn a_source_only_change_reuses_the_dependency_layer() {
         std::fs::create_dir_all(to.parent().unwrap()).unwrap();
         std::fs::copy(&from, &to).unwrap();
     }
-    let _images = RemoveImages(vec!["api-layer-test:before", "api-layer-test:after"]);
+    // Tags of this run only: the engine may be shared with other runs.
+    let before = format!("api-layer-test:before-{}", unique());
+    let after = format!("api-layer-test:after-{}", unique());
+    let _images = RemoveImages(vec![before.clone(), after.clone()]);
     // The version `package` compiles in, so that the first build finds the
     // service that `package` built cached, or leaves it cached for `package`.
     let version = format!(
@@ -263,7 +262,7 @@ fn a_source_only_change_reuses_the_dependency_layer() {
         without_colours(&ran.both())
     };
 
-    build("api-layer-test:before");
+    build(&before);
     let main_rs = context.path.join("api/src/main.rs");
     let mut source = std::fs::read_to_string(&main_rs).unwrap();
     // Different on every run, or the second run would find this change cached too.
@@ -273,7 +272,7 @@ fn a_source_only_change_reuses_the_dependency_layer() {
         .as_nanos();
     source.push_str(&format!("\n// A source-only change ({stamp}).\n"));
     std::fs::write(&main_rs, source).unwrap();
-    let output = build("api-layer-test:after");
+    let output = build(&after);
 
     assert_eq!(
         step_cached(&output, "cargo build --release --locked --package api", 0),
@@ -353,7 +352,7 @@ fn build_steps_are_told_cached_or_not_in_both_builders_output() {
 }
 
 /// Removes test-only tags when dropped.
-struct RemoveImages(Vec<&'static str>);
+struct RemoveImages(Vec<String>);
 
 impl Drop for RemoveImages {
     fn drop(&mut self) {
@@ -647,12 +646,22 @@ fn push_logs_in_with_the_password_on_stdin_and_pushes_the_tag() {
     let registry = Registry::start();
     // docker login stores what it is given: keep it out of the user's ~/.docker.
     let docker_config = TempDir::new("docker-config");
+    let reports = TempDir::new("dotenv");
+    let dotenv = reports.path.join("package.env");
     let repository = format!("{}/team/api", registry.address);
     let tag = "push-test";
     let reference = format!("{repository}:{tag}");
     let mut package = xtask();
     package
-        .args(["package", "--allow-dirty", "--push", "--tag", tag])
+        .args([
+            "package",
+            "--allow-dirty",
+            "--push",
+            "--tag",
+            tag,
+            "--dotenv",
+        ])
+        .arg(&dotenv)
         .env("CI_REGISTRY_IMAGE", &repository)
         .env("CI_REGISTRY", &registry.address)
         .env("CI_REGISTRY_USER", registry.user)
@@ -662,7 +671,6 @@ fn push_logs_in_with_the_password_on_stdin_and_pushes_the_tag() {
     let _pushed = RemoveImage(reference.clone());
 
     assert!(ran.ok, "{}", ran.stderr);
-    assert_eq!(ran.stdout, format!("{reference}\n"));
     assert!(
         ran.stderr.contains(&format!(
             "$ docker login --username {} --password-stdin {}",
@@ -686,6 +694,77 @@ fn push_logs_in_with_the_password_on_stdin_and_pushes_the_tag() {
         "{}",
         registry.tags("team/api")
     );
+    // The digest printed is the one the registry itself gives for the tag.
+    let digest = registry.manifest_digest("team/api", tag);
+    assert!(digest.starts_with("sha256:"), "{digest}");
+    assert_eq!(ran.stdout, format!("{reference}@{digest}\n"));
+    assert_eq!(
+        std::fs::read_to_string(&dotenv).unwrap(),
+        format!("API_IMAGE_DIGEST={digest}\n")
+    );
+}
+
+#[test]
+fn dry_run_with_dotenv_plans_the_report_and_writes_nothing() {
+    if !needs_docker_cli() {
+        return;
+    }
+    let reports = TempDir::new("dotenv-dry-run");
+    let dotenv = reports.path.join("package.env");
+    let ran = run(xtask()
+        .args([
+            "--dry-run",
+            "package",
+            "--allow-dirty",
+            "--push",
+            "--tag",
+            "v1",
+        ])
+        .arg("--dotenv")
+        .arg(&dotenv));
+    assert!(ran.ok, "{}", ran.stderr);
+    let lines: Vec<&str> = ran.stdout.lines().collect();
+    assert_eq!(lines.len(), 4, "{}", ran.stdout);
+    assert_eq!(lines[1], "docker push api:v1");
+    assert_eq!(
+        lines[2],
+        format!(
+            "# write API_IMAGE_DIGEST=<the digest docker push reports> to {}",
+            dotenv.display()
+        )
+    );
+    assert_eq!(lines[3], "api:v1");
+    assert!(!dotenv.exists(), "a dry run wrote the report");
+}
+
+#[test]
+fn dotenv_without_push_is_refused() {
+    let ran = run(xtask().args(["--dry-run", "package", "--dotenv", "package.env"]));
+    assert!(!ran.ok);
+    assert!(ran.stderr.contains("--push"), "{}", ran.stderr);
+    assert_eq!(ran.stdout, "");
+}
+
+#[test]
+fn dotenv_in_a_missing_folder_is_refused_before_any_work() {
+    if !needs_docker_cli() {
+        return;
+    }
+    let ran = run(xtask().args([
+        "--dry-run",
+        "package",
+        "--allow-dirty",
+        "--push",
+        "--dotenv",
+        "no/such/folder/package.env",
+    ]));
+    assert!(!ran.ok);
+    assert!(
+        ran.stderr.contains("--dotenv no/such/folder/package.env"),
+        "{}",
+        ran.stderr
+    );
+    assert_eq!(ran.stdout, "", "nothing planned");
 }
 
 #[test]
@@ -696,6 +775,23 @@ fn a_wrong_registry_password_fails_before_the_build_and_is_never_shown() {
     let registry = Registry::start();
     let docker_config = TempDir::new("docker-config");
     let wrong = "wr0ng-Pa55-never-shown";
+    // The registry is there and answers: the right password is let in, the wrong one not.
+    let (status, _) = http_get(
+        &registry.http_address,
+        "/v2/",
+        Some(&registry.credentials()),
+    )
+    .expect("the registry answers");
+    assert_eq!(status, 200);
+    let (status, _) = http_get(
+        &registry.http_address,
+        "/v2/",
+        Some(&format!("{}:{wrong}", registry.user)),
+    )
+    .unwrap();
+    assert_eq!(status, 401);
+    let refusals_before = refusals(&registry.logs());
+
     let ran = run(xtask()
         .args([
             "package",
@@ -714,12 +810,34 @@ fn a_wrong_registry_password_fails_before_the_build_and_is_never_shown() {
         .env("DOCKER_CONFIG", &docker_config.path));
     assert!(!ran.ok);
     assert!(ran.stderr.contains("error: log in to"), "{}", ran.stderr);
+    // Refused by the registry, not unreachable: docker relays its 401...
+    assert!(
+        ran.stderr.contains("401 Unauthorized") || ran.stderr.contains("unauthorized"),
+        "{}",
+        ran.stderr
+    );
+    // ...and the registry logged one more refused password, for this user.
+    let logs = registry.logs();
+    assert!(
+        refusals(&logs) > refusals_before,
+        "the registry logged no refused login:\n{logs}"
+    );
     assert!(
         !ran.stderr.contains("$ docker build"),
         "built after a failed login"
     );
     assert!(!ran.both().contains(wrong), "the password was shown");
     assert_eq!(ran.stdout, "");
+}
+
+/// The registry's log lines for a refused password (distribution's htpasswd
+/// access controller: `authentication failure`, `invalid authorization credential`).
+fn refusals(logs: &str) -> usize {
+    logs.lines()
+        .filter(|line| {
+            line.contains("authentication failure") || line.contains("invalid authorization")
+        })
+        .count()
 }
 
 /// Removes one image tag when dropped.

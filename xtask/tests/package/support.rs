@@ -3,9 +3,9 @@
 //! that are always removed.
 
 use std::io::{Read, Write};
-use std::net::{TcpListener, TcpStream};
+use std::net::{TcpStream, ToSocketAddrs};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Command, Output, Stdio};
 use std::sync::OnceLock;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
@@ -114,6 +114,43 @@ pub fn needs_docker_cli() -> bool {
     )
 }
 
+/// The address of the engine's host as this process reaches it: the host of a
+/// `tcp://` DOCKER_HOST (GitLab's `docker:dind` service at `docker:2375`,
+/// another machine), else this machine's loopback. Ports a container
+/// publishes are published there, and found there.
+pub fn engine_host() -> &'static str {
+    static HOST: OnceLock<String> = OnceLock::new();
+    HOST.get_or_init(|| {
+        let docker_host = std::env::var("DOCKER_HOST").unwrap_or_default();
+        engine_host_of(&docker_host).unwrap_or_else(|why| panic!("{why}"))
+    })
+}
+
+/// [`engine_host`] for a given DOCKER_HOST: an IPv4 address, since that is
+/// what `docker run --publish IP::PORT` takes.
+pub fn engine_host_of(docker_host: &str) -> Result<String, String> {
+    if docker_host.is_empty() || docker_host.starts_with("unix://") {
+        return Ok("127.0.0.1".to_owned());
+    }
+    let Some(authority) = docker_host
+        .strip_prefix("tcp://")
+        .or_else(|| docker_host.strip_prefix("http://"))
+    else {
+        return Err(format!(
+            "DOCKER_HOST={docker_host}: the engine tests know unix:// and tcp://HOST:PORT \
+             engines only; use one of those"
+        ));
+    };
+    let authority = authority.split('/').next().unwrap_or_default();
+    use std::net::ToSocketAddrs as _;
+    let address = authority
+        .to_socket_addrs()
+        .map_err(|e| format!("DOCKER_HOST={docker_host}: cannot resolve {authority}: {e}"))?
+        .find(|a| a.is_ipv4())
+        .ok_or_else(|| format!("DOCKER_HOST={docker_host}: {authority} has no IPv4 address"))?;
+    Ok(address.ip().to_string())
+}
+
 /// A Docker engine that answers, and the builder base image the Dockerfile
 /// names (made by .ci/builder-image when this machine cannot pull it).
 pub fn needs_engine() -> bool {
@@ -218,9 +255,12 @@ pub struct Container {
 
 impl Container {
     /// `docker run --detach` of the image, its port 8080 published on a free
-    /// loopback port.
+    /// port of the engine's host (loopback for a local engine).
     pub fn start(image: &str, extra: &[&str]) -> Container {
-        let mut args = vec!["run", "--detach", "--publish", "127.0.0.1::8080"];
+        let publish = format!("{}::8080", engine_host());
+        let labels = labels();
+        let mut args = vec!["run", "--detach", "--publish", &publish];
+        args.extend(labels.iter().map(String::as_str));
         args.extend(extra);
         args.push(image);
         Container {
@@ -232,11 +272,9 @@ impl Container {
         read(&mut docker(&["inspect", "--format", format, &self.id]))
     }
 
-    /// The loopback address its port 8080 is published on.
+    /// The address its port 8080 is published on, on the engine's host.
     pub fn address(&self) -> String {
-        let port = read(&mut docker(&["port", &self.id, "8080/tcp"]));
-        // `127.0.0.1:49153`, possibly followed by an IPv6 line.
-        port.lines().next().unwrap().to_owned()
+        published(&self.id, "8080/tcp", engine_host())
     }
 
     /// GET `path` once the service answers, retrying for a few seconds while it starts.
@@ -262,6 +300,44 @@ impl Container {
     }
 }
 
+/// A name part no other run on a shared engine uses: this process, and the
+/// time (a job container's process ids repeat from run to run).
+pub fn unique() -> String {
+    static COUNT: AtomicUsize = AtomicUsize::new(0);
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos();
+    format!(
+        "{}-{nanos}-{}",
+        std::process::id(),
+        COUNT.fetch_add(1, Ordering::Relaxed)
+    )
+}
+
+/// `--label` arguments for every container a test creates: the GitLab job
+/// that ran it ($CI_JOB_ID, when set), so that whoever runs the job can
+/// remove what a killed test left behind, and nothing else.
+pub fn labels() -> Vec<String> {
+    let job = std::env::var("CI_JOB_ID").unwrap_or_default();
+    vec![
+        "--label".to_owned(),
+        format!("org.example.api.test.ci-job-id={job}"),
+    ]
+}
+
+/// Where `docker port` says a container's `port` is published on `host`
+/// (`127.0.0.1:49153`; it lists one line per binding).
+pub fn published(container: &str, port: &str, host: &str) -> String {
+    let ports = read(&mut docker(&["port", container, port]));
+    let prefix = format!("{host}:");
+    ports
+        .lines()
+        .find(|line| line.starts_with(&prefix))
+        .unwrap_or_else(|| panic!("{container}'s {port} is not published on {host}: {ports}"))
+        .to_owned()
+}
+
 impl Drop for Container {
     fn drop(&mut self) {
         let _ = docker(&["rm", "--force", &self.id])
@@ -271,32 +347,75 @@ impl Drop for Container {
     }
 }
 
-/// A minimal HTTP/1.1 GET over loopback: status and body.
+/// A minimal HTTP/1.1 GET: status and body.
 pub fn http_get(
     address: &str,
     path: &str,
     basic_auth: Option<&str>,
 ) -> std::io::Result<(u16, String)> {
-    let mut stream = TcpStream::connect(address)?;
+    http("GET", address, path, basic_auth, &[]).map(|r| (r.status, r.body))
+}
+
+/// What an HTTP server answered.
+pub struct Response {
+    pub status: u16,
+    /// Header lines as `name: value`, names lowercased.
+    pub headers: Vec<(String, String)>,
+    pub body: String,
+}
+
+impl Response {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+/// One HTTP/1.1 request with `Connection: close`, bounded by 5 s per read.
+pub fn http(
+    method: &str,
+    address: &str,
+    path: &str,
+    basic_auth: Option<&str>,
+    headers: &[(&str, &str)],
+) -> std::io::Result<Response> {
+    let socket = address
+        .to_socket_addrs()?
+        .next()
+        .ok_or_else(|| std::io::Error::other(format!("{address} has no address")))?;
+    let mut stream = TcpStream::connect_timeout(&socket, Duration::from_secs(5))?;
     stream.set_read_timeout(Some(Duration::from_secs(5)))?;
-    let auth = basic_auth
-        .map(|credentials| format!("Authorization: Basic {}\r\n", base64(credentials)))
-        .unwrap_or_default();
-    write!(
-        stream,
-        "GET {path} HTTP/1.1\r\nHost: {address}\r\n{auth}Connection: close\r\n\r\n"
-    )?;
+    let mut head = format!("{method} {path} HTTP/1.1\r\nHost: {address}\r\nConnection: close\r\n");
+    if let Some(credentials) = basic_auth {
+        head.push_str(&format!("Authorization: Basic {}\r\n", base64(credentials)));
+    }
+    for (name, value) in headers {
+        head.push_str(&format!("{name}: {value}\r\n"));
+    }
+    head.push_str("\r\n");
+    stream.write_all(head.as_bytes())?;
     let mut raw = String::new();
     stream.read_to_string(&mut raw)?;
     let (head, body) = raw
         .split_once("\r\n\r\n")
         .ok_or_else(|| std::io::Error::other(format!("no complete response: {raw:?}")))?;
-    let status = head
-        .split(' ')
-        .nth(1)
+    let mut lines = head.lines();
+    let status = lines
+        .next()
+        .and_then(|line| line.split(' ').nth(1))
         .and_then(|s| s.parse().ok())
         .ok_or_else(|| std::io::Error::other(format!("no status in {head:?}")))?;
-    Ok((status, body.to_owned()))
+    let headers = lines
+        .filter_map(|line| line.split_once(':'))
+        .map(|(n, v)| (n.trim().to_ascii_lowercase(), v.trim().to_owned()))
+        .collect();
+    Ok(Response {
+        status,
+        headers,
+        body: body.to_owned(),
+    })
 }
 
 fn base64(text: &str) -> String {
@@ -321,16 +440,22 @@ fn base64(text: &str) -> String {
 }
 
 /// A real registry (Debian's `docker-registry`, the CNCF distribution
-/// registry) on a free loopback port, with one htpasswd user; stopped and
-/// its storage removed when dropped. The engine treats 127.0.0.0/8 as an
-/// insecure registry, so plain HTTP is fine here.
+/// registry) with one htpasswd user, run where the engine can reach it: in a
+/// container on the engine, from the builder base image (which has the libc
+/// it links) with the binary and its configuration copied in, so that a
+/// remote engine (GitLab's dind service) runs it as well as a local one. It
+/// is published on the engine host's loopback, where the engine pushes (the
+/// engine treats 127.0.0.0/8 as an insecure registry, so plain HTTP is fine),
+/// and, for a remote engine, on the engine host's address too, where this
+/// process asks it. Removed, with its storage, when dropped.
 pub struct Registry {
+    /// Where the engine reaches it: `CI_REGISTRY` for a push.
     pub address: String,
+    /// Where this process reaches it: the same registry.
+    pub http_address: String,
     pub user: &'static str,
     pub password: &'static str,
-    process: Child,
-    /// Its storage, configuration and log, removed with it.
-    _dir: TempDir,
+    container: String,
 }
 
 pub fn needs_registry() -> bool {
@@ -360,62 +485,121 @@ impl Registry {
         let hashed = htpasswd.wait_with_output().unwrap();
         assert!(hashed.status.success());
         std::fs::write(dir.path.join("htpasswd"), hashed.stdout).unwrap();
-
-        let port = TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        let address = format!("127.0.0.1:{port}");
-        let config = format!(
-            "version: 0.1\nlog:\n  level: warn\nstorage:\n  filesystem:\n    rootdirectory: {data}\n\
-             http:\n  addr: {address}\nauth:\n  htpasswd:\n    realm: test\n    path: {htpasswd}\n",
-            data = dir.path.join("data").display(),
-            htpasswd = dir.path.join("htpasswd").display(),
-        );
+        // `info` logs each request with its status, for the tests that read it.
+        let config = "version: 0.1\nlog:\n  level: info\nstorage:\n  filesystem:\n    \
+                      rootdirectory: /var/lib/registry\nhttp:\n  addr: :5000\nauth:\n  \
+                      htpasswd:\n    realm: test\n    path: /registry/htpasswd\n";
         std::fs::write(dir.path.join("config.yml"), config).unwrap();
-        let log = std::fs::File::create(dir.path.join("registry.log")).unwrap();
-        let process = Command::new("docker-registry")
-            .arg("serve")
-            .arg(dir.path.join("config.yml"))
-            .stdout(log.try_clone().unwrap())
-            .stderr(log)
-            .spawn()
-            .expect("start docker-registry");
-        let registry = Registry {
-            address,
+        let binary = read(Command::new("sh").args(["-c", "command -v docker-registry"]));
+        std::fs::copy(binary, dir.path.join("docker-registry")).unwrap();
+
+        let name = format!("api-test-registry-{}", unique());
+        let mut create = vec!["create".to_owned(), "--name".to_owned(), name.clone()];
+        create.extend(labels());
+        create.extend(["--publish".to_owned(), "127.0.0.1::5000".to_owned()]);
+        if engine_host() != "127.0.0.1" {
+            create.extend(["--publish".to_owned(), format!("{}::5000", engine_host())]);
+        }
+        create.extend(
+            [
+                base_image().as_str(),
+                "/registry/docker-registry",
+                "serve",
+                "/registry/config.yml",
+            ]
+            .map(str::to_owned),
+        );
+        let create: Vec<&str> = create.iter().map(String::as_str).collect();
+        read(&mut docker(&create));
+        let mut registry = Registry {
+            address: String::new(),
+            http_address: String::new(),
             user,
             password,
-            process,
-            _dir: dir,
+            container: name,
         };
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while http_get(&registry.address, "/v2/", None).is_err() {
-            assert!(Instant::now() < deadline, "the registry did not start");
-            std::thread::sleep(Duration::from_millis(50));
+        let copy_from = format!("{}/.", dir.path.display());
+        let copy_to = format!("{}:/registry", registry.container);
+        read(&mut docker(&["cp", &copy_from, &copy_to]));
+        read(&mut docker(&["start", &registry.container]));
+        registry.address = published(&registry.container, "5000/tcp", "127.0.0.1");
+        registry.http_address = published(&registry.container, "5000/tcp", engine_host());
+        // Up when it answers /v2/ (401: it asks for the password).
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while http_get(&registry.http_address, "/v2/", None).is_err() {
+            assert!(
+                Instant::now() < deadline,
+                "the registry did not start:\n{}",
+                registry.logs()
+            );
+            std::thread::sleep(Duration::from_millis(100));
         }
         registry
     }
 
+    pub fn credentials(&self) -> String {
+        format!("{}:{}", self.user, self.password)
+    }
+
     /// The tags of a repository, as the registry lists them.
     pub fn tags(&self, repository: &str) -> String {
-        let credentials = format!("{}:{}", self.user, self.password);
         let (status, body) = http_get(
-            &self.address,
+            &self.http_address,
             &format!("/v2/{repository}/tags/list"),
-            Some(&credentials),
+            Some(&self.credentials()),
         )
         .unwrap();
         assert_eq!(status, 200, "{body}");
         body
     }
+
+    /// The registry's own answer for a tag's manifest: HEAD
+    /// /v2/NAME/manifests/TAG with the manifest types docker pushes, and its
+    /// Docker-Content-Digest header (distribution's registry/handlers/manifests.go).
+    pub fn manifest_digest(&self, repository: &str, tag: &str) -> String {
+        let accept = [
+            "application/vnd.docker.distribution.manifest.v2+json",
+            "application/vnd.docker.distribution.manifest.list.v2+json",
+            "application/vnd.oci.image.manifest.v1+json",
+            "application/vnd.oci.image.index.v1+json",
+        ]
+        .join(", ");
+        let response = http(
+            "HEAD",
+            &self.http_address,
+            &format!("/v2/{repository}/manifests/{tag}"),
+            Some(&self.credentials()),
+            &[("Accept", &accept)],
+        )
+        .unwrap();
+        assert_eq!(response.status, 200, "{:?}", response.headers);
+        response
+            .header("docker-content-digest")
+            .unwrap_or_else(|| panic!("no Docker-Content-Digest in {:?}", response.headers))
+            .to_owned()
+    }
+
+    pub fn logs(&self) -> String {
+        run(&mut docker(&["logs", &self.container])).both()
+    }
 }
 
 impl Drop for Registry {
     fn drop(&mut self) {
-        let _ = self.process.kill();
-        let _ = self.process.wait();
+        let _ = docker(&["rm", "--force", "--volumes", &self.container])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status();
     }
+}
+
+/// The builder base image the Dockerfile names (`ARG RUST_IMAGE=`).
+pub fn base_image() -> String {
+    read(
+        Command::new("sed")
+            .args(["-n", "s/^ARG RUST_IMAGE=//p", "Dockerfile"])
+            .current_dir(root()),
+    )
 }
 
 /// A temporary folder under the test target dir, removed when dropped.
@@ -439,6 +623,22 @@ impl Drop for TempDir {
     fn drop(&mut self) {
         let _ = std::fs::remove_dir_all(&self.path);
     }
+}
+
+#[test]
+fn the_engine_host_is_the_host_of_a_tcp_docker_host() {
+    assert_eq!(engine_host_of("").unwrap(), "127.0.0.1");
+    assert_eq!(
+        engine_host_of("unix:///var/run/docker.sock").unwrap(),
+        "127.0.0.1"
+    );
+    assert_eq!(
+        engine_host_of("tcp://172.17.0.1:2375").unwrap(),
+        "172.17.0.1"
+    );
+    assert_eq!(engine_host_of("tcp://localhost:2375").unwrap(), "127.0.0.1");
+    let refused = engine_host_of("ssh://user@host").unwrap_err();
+    assert!(refused.contains("tcp://HOST:PORT"), "{refused}");
 }
 
 #[test]
