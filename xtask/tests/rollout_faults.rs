@@ -6,9 +6,10 @@
 
 mod rollout_support;
 
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use rollout_support::{NAMESPACE, Pod, REPOSITORY, World, image, require_tool};
+use rollout_support::{NAMESPACE, Pod, REPOSITORY, Run, Spawned, World, image, require_tool};
 
 /// v1 active and served by a real api v1; the preview v2 is a real api v2, ready after 0.3s.
 fn blue_green_world() -> Option<(World, Pod, Pod)> {
@@ -24,24 +25,23 @@ fn blue_green_world() -> Option<(World, Pod, Pod)> {
     Some((world, blue, green))
 }
 
+/// `release` of image v2 expecting version v2, with short waits; `extra` flags replace these.
 fn release_v2<'a>(extra: &[&'a str]) -> Vec<&'a str> {
-    let mut args = vec![
-        "release",
-        "-n",
-        NAMESPACE,
-        "--image",
-        REPOSITORY,
-        "--tag",
-        "v2",
-        "--expect-version",
-        "v2",
-        "--poll-interval",
-        "100ms",
-        "--timeout",
-        "20s",
-        "--sanity-timeout",
-        "5s",
+    let defaults = [
+        ("-n", NAMESPACE),
+        ("--image", REPOSITORY),
+        ("--tag", "v2"),
+        ("--expect-version", "v2"),
+        ("--poll-interval", "100ms"),
+        ("--timeout", "20s"),
+        ("--sanity-timeout", "5s"),
     ];
+    let mut args = vec!["release"];
+    for (flag, value) in defaults {
+        if !extra.contains(&flag) {
+            args.extend([flag, value]);
+        }
+    }
     args.extend(extra);
     args
 }
@@ -286,4 +286,86 @@ fn release_refuses_a_duration_go_cannot_hold_before_any_change() {
     run.failed();
     assert!(run.stderr.contains("1e19s"), "{run}");
     assert!(world.changes().is_empty(), "{:?}", world.changes());
+}
+
+#[test]
+fn a_second_ctrl_c_during_a_hanging_sanity_does_not_skip_the_abort() {
+    // A person presses Ctrl-C twice; before, the second one exited 130 with the preview left up.
+    let Some((world, blue, green)) = blue_green_world() else {
+        return;
+    };
+    let silent = Pod::silent();
+    world.pods("v2", &silent.addr);
+    let child = Spawned::new(
+        world
+            .xtask(&release_v2(&["--sanity-timeout", "60s"]))
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped()),
+    );
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !rollout_support::processes_with_marker(&world.marker)
+        .iter()
+        .any(|p| p.contains("port-forward"))
+    {
+        assert!(
+            Instant::now() < deadline,
+            "sanity never started its port-forward"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    for _ in 0..2 {
+        Command::new("kill")
+            .args(["-INT", &child.id().to_string()])
+            .status()
+            .unwrap();
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let run = Run::from(child.wait_with_output());
+    run.failed();
+    assert_ne!(
+        run.code,
+        Some(130),
+        "the second signal ended it before the abort:\n{run}"
+    );
+    assert!(
+        run.error()
+            .contains("aborted rollout api, read back: Degraded - RolloutAborted"),
+        "{run}"
+    );
+    assert!(world.is_aborted());
+    assert_eq!(world.active_image(), Some(image("v1")));
+
+    drop((silent, green, blue));
+    world.assert_no_process_left();
+}
+
+#[test]
+fn a_panic_after_the_image_was_set_still_aborts() {
+    // Whatever ends release after `set image` ends it aborted: a panic too.
+    let Some((world, blue, green)) = blue_green_world() else {
+        return;
+    };
+    let run = Run::from(
+        world
+            .xtask(&release_v2(&[]))
+            .env("XTASK_TEST_PANIC_AFTER_SET_IMAGE", "1")
+            .output()
+            .unwrap(),
+    );
+    run.failed();
+    assert!(
+        run.error()
+            .contains("release stopped at step `unknown (xtask panicked)`"),
+        "{run}"
+    );
+    assert!(
+        run.error().contains("aborted rollout api, read back"),
+        "{run}"
+    );
+    assert!(world.is_aborted());
+    assert_eq!(world.active_image(), Some(image("v1")));
+
+    drop((green, blue));
+    world.assert_no_process_left();
 }

@@ -218,6 +218,12 @@ impl Release {
         image: &ImageRef,
         first_version: bool,
     ) -> Result<(), Failed> {
+        // A test hook: nothing else makes xtask panic on purpose, and the abort
+        // after a panic must be tested (absent from release builds).
+        #[cfg(debug_assertions)]
+        if std::env::var_os("XTASK_TEST_PANIC_AFTER_SET_IMAGE").is_some() {
+            panic!("XTASK_TEST_PANIC_AFTER_SET_IMAGE is set");
+        }
         let arrival = wait_for_preview(cx, cluster, image, &self.waiting)
             .map_err(Failed::at("wait for the preview"))?;
         let went_active = arrival == Some(Arrival::WentActive);
