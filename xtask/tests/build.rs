@@ -298,7 +298,7 @@ impl Drop for Checkout {
 /// moved (with its target/) builds and writes at its new place.
 #[test]
 fn a_checkout_elsewhere_than_where_xtask_was_compiled_builds_in_its_own_place() {
-    let checkout = Checkout::new("moved");
+    let mut checkout = Checkout::new("moved");
 
     let out = checkout.build("v-moved-1", None);
     assert!(out.status.success(), "{}", text(&out.stderr));
@@ -309,6 +309,24 @@ fn a_checkout_elsewhere_than_where_xtask_was_compiled_builds_in_its_own_place() 
     );
     assert_eq!(checkout.bin_api_version(), "v-moved-1");
     assert!(checkout.dir.join("target/release/api").is_file());
+
+    // Moved again, with its target/: it builds and writes at the new place.
+    let old = checkout.dir.clone();
+    checkout.dir = old.with_file_name(format!(
+        "{}-again",
+        old.file_name().unwrap().to_string_lossy()
+    ));
+    let _ = std::fs::remove_dir_all(&checkout.dir);
+    std::fs::rename(&old, &checkout.dir).unwrap();
+    let out = checkout.build("v-moved-2", None);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let bin = checkout.dir.join("bin/api");
+    assert_eq!(
+        text(&out.stdout).trim(),
+        format!("v-moved-2 {}", bin.display())
+    );
+    assert_eq!(checkout.bin_api_version(), "v-moved-2");
+    assert!(!old.exists(), "{} was written again", old.display());
 
     // Under `cargo xtask` (cargo run), CARGO_MANIFEST_DIR names the checkout,
     // wherever the current folder is.
