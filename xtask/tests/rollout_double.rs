@@ -926,6 +926,55 @@ fn with_the_api_server_hanging_the_other_commands_end_at_their_request_timeout()
 }
 
 #[test]
+fn without_discovery_cached_kubectl_takes_several_request_timeouts() {
+    // k8s.io/client-go/discovery/cached/memory/memcache.go: each retried discovery ends at --request-timeout
+    if !require_tool("kubectl") {
+        return;
+    }
+    let world = World::new(Some("v1"));
+    world.api_hangs_before_discovery();
+    // Attempts measured with the real kubectl v1.32.5 against a loopback listener that never answers.
+    for (args, attempts) in [
+        (&["get", "rollouts.argoproj.io", "api", "-o", "json"][..], 7),
+        (
+            &[
+                "get",
+                "replicasets.apps",
+                "-l",
+                "rollouts-pod-template-hash=x",
+                "-o",
+                "json",
+            ],
+            5,
+        ),
+        (&["port-forward", "service/api-preview", ":80"], 4),
+    ] {
+        let mut cmd = kubectl(&world, args);
+        cmd.args(["-n", NAMESPACE, "--request-timeout=100ms"]);
+        let run = run_within(cmd, Duration::from_secs(30))
+            .unwrap_or_else(|| panic!("{args:?} did not end"));
+        assert_eq!(run.code, Some(1), "{args:?}\n{run}");
+        assert_eq!(run.stdout, "", "{args:?}");
+        let lines: Vec<&str> = run.stderr.lines().collect();
+        assert_eq!(lines.len(), attempts + 1, "{args:?}\n{run}");
+        for line in &lines[..attempts] {
+            assert!(
+                line.contains(
+                    "memcache.go:265] \"Unhandled Error\" err=\"couldn't get current server API group list: \
+                     Get \\\"https://127.0.0.1:6443/api?timeout=100ms\\\": context deadline exceeded\""
+                ),
+                "{line}"
+            );
+        }
+        assert_eq!(
+            lines[attempts],
+            "Unable to connect to the server: context deadline exceeded"
+        );
+    }
+    world.assert_no_process_left();
+}
+
+#[test]
 fn the_watching_status_can_panic_after_it_printed_healthy() {
     // pkg/kubectl-argo-rollouts/cmd/status/status.go NewCmdStatus: defer close(rolloutUpdates) while a callback sends
     if !require_tool("kubectl") {
