@@ -669,15 +669,11 @@ fn the_controller_observes_a_template_change_late() {
     }
     let world = World::new(Some("v1"));
     world.behaviour("v2", Some(0.0), None);
-    world.observe_after(4.0);
+    // A lag longer than any test: the controller catches up when the test says so.
+    world.observe_after(600.0);
     set_image(&world, "v2").ok();
     let ro = get_rollout(&world);
     let status = rollouts(&world, &["status", "api", "--watch=false"]);
-    let late = world.rollout_object()["status"]["observedGeneration"] == "1";
-    assert!(
-        late,
-        "the machine was too slow: 4s passed before the first look"
-    );
     assert_eq!(
         ro["metadata"]["generation"],
         json!(2),
@@ -698,6 +694,7 @@ fn the_controller_observes_a_template_change_late() {
         "Progressing - waiting for rollout spec update to be observed\n"
     );
     assert_eq!(world.preview_image(), Some(image("v2")));
+    world.observe_after(0.0);
     wait_for(&world, "Paused - BlueGreenPause");
     assert_eq!(world.rollout_object()["status"]["observedGeneration"], "2");
 }
@@ -710,22 +707,28 @@ fn an_abort_sent_before_the_controller_observes_the_template_is_erased() {
     }
     let world = World::new(Some("v1"));
     world.behaviour("v2", Some(0.0), None);
-    world.observe_after(3.0);
+    world.observe_after(600.0);
     set_image(&world, "v2").ok();
     assert_eq!(
         rollouts(&world, &["abort", "api"]).ok().stdout,
         "rollout 'api' aborted\n"
     );
     let before = world.rollout_object();
+    assert_eq!(before["status"]["observedGeneration"], "1");
     assert_eq!(
-        before["status"]["observedGeneration"], "1",
-        "the machine was too slow: the controller observed before the abort"
+        before["status"]["abort"],
+        json!(true),
+        "the abort landed in status"
     );
-    assert!(world.is_aborted(), "the abort landed in status");
+    assert_eq!(
+        before["status"]["phase"], "Healthy",
+        "the controller has not acted on it"
+    );
     assert_eq!(
         status(&world).stdout,
         "Progressing - waiting for rollout spec update to be observed\n"
     );
+    world.observe_after(0.0); // the controller catches up
     wait_for(&world, "Paused - BlueGreenPause");
     assert!(
         !world.is_aborted(),
