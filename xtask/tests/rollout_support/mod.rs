@@ -200,6 +200,16 @@ impl World {
         self.edit(|s| s["faults"]["api_hangs"] = json!(true));
     }
 
+    /// As `api_hangs`, and kubectl has no discovery cache for the server (a
+    /// fresh CI runner): `kubectl get`/`port-forward` retry discovery several
+    /// times, each ended by --request-timeout, so they take a multiple of it.
+    pub fn api_hangs_before_discovery(&self) {
+        self.edit(|s| {
+            s["faults"]["api_hangs"] = json!(true);
+            s["faults"]["discovery_uncached"] = json!(true);
+        });
+    }
+
     /// The watching `status ROLLOUT` panics right after it printed `Healthy`
     /// (exit code 2), as argoproj/argo-rollouts#4372 does.
     pub fn watch_panics(&self) {
