@@ -9,7 +9,9 @@ mod rollout_support;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use rollout_support::{NAMESPACE, Pod, REPOSITORY, Run, Spawned, World, image, require_tool};
+use rollout_support::{
+    NAMESPACE, Pod, REPOSITORY, Run, Spawned, World, image, release_args, require_tool,
+};
 
 /// v1 active and served by a real api v1; the preview v2 is a real api v2, ready after 0.3s.
 fn blue_green_world() -> Option<(World, Pod, Pod)> {
@@ -25,27 +27,6 @@ fn blue_green_world() -> Option<(World, Pod, Pod)> {
     Some((world, blue, green))
 }
 
-/// `release` of image v2 expecting version v2, with short waits; `extra` flags replace these.
-fn release_v2<'a>(extra: &[&'a str]) -> Vec<&'a str> {
-    let defaults = [
-        ("-n", NAMESPACE),
-        ("--image", REPOSITORY),
-        ("--tag", "v2"),
-        ("--expect-version", "v2"),
-        ("--poll-interval", "100ms"),
-        ("--timeout", "20s"),
-        ("--sanity-timeout", "5s"),
-    ];
-    let mut args = vec!["release"];
-    for (flag, value) in defaults {
-        if !extra.contains(&flag) {
-            args.extend([flag, value]);
-        }
-    }
-    args.extend(extra);
-    args
-}
-
 #[test]
 fn release_ends_promoted_when_the_plugins_watch_would_panic_after_healthy() {
     // pkg/kubectl-argo-rollouts/cmd/status/status.go NewCmdStatus: `defer close(rolloutUpdates)` (argo-rollouts#4372).
@@ -54,7 +35,7 @@ fn release_ends_promoted_when_the_plugins_watch_would_panic_after_healthy() {
     };
     world.watch_panics();
 
-    let run = world.run(&release_v2(&[]));
+    let run = world.run(&release_args(&[]));
     run.ok();
     assert!(
         run.stderr.contains("promoted: rollout api is Healthy"),
@@ -225,7 +206,7 @@ fn a_promote_that_fails_after_its_write_landed_is_not_aborted() {
     };
     world.change_then_fail("promote");
 
-    let run = world.run(&release_v2(&[]));
+    let run = world.run(&release_args(&[]));
     run.ok();
     assert!(
         run.stderr.contains("but the rollout moved on (read back"),
@@ -254,7 +235,7 @@ fn a_set_image_that_fails_after_its_write_landed_goes_on() {
     };
     world.change_then_fail("set image");
 
-    let run = world.run(&release_v2(&[]));
+    let run = world.run(&release_args(&[]));
     run.ok();
     assert!(
         run.stderr.contains(&format!(
@@ -298,7 +279,7 @@ fn a_second_ctrl_c_during_a_hanging_sanity_does_not_skip_the_abort() {
     world.pods("v2", &silent.addr);
     let child = Spawned::new(
         world
-            .xtask(&release_v2(&["--sanity-timeout", "60s"]))
+            .xtask(&release_args(&["--sanity-timeout", "60s"]))
             .stdout(Stdio::piped())
             .stderr(Stdio::piped()),
     );
@@ -348,7 +329,7 @@ fn a_panic_after_the_image_was_set_still_aborts() {
     };
     let run = Run::from(
         world
-            .xtask(&release_v2(&[]))
+            .xtask(&release_args(&[]))
             .env("XTASK_TEST_PANIC_AFTER_SET_IMAGE", "1")
             .output()
             .unwrap(),

@@ -9,28 +9,7 @@ mod rollout_support;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use rollout_support::{NAMESPACE, Pod, REPOSITORY, Run, World, image, require_tool};
-
-/// `release` of image v2 expecting version v2, with short waits; `extra` flags replace these.
-fn release_args<'a>(extra: &[&'a str]) -> Vec<&'a str> {
-    let defaults = [
-        ("-n", NAMESPACE),
-        ("--image", REPOSITORY),
-        ("--tag", "v2"),
-        ("--expect-version", "v2"),
-        ("--poll-interval", "100ms"),
-        ("--timeout", "20s"),
-        ("--sanity-timeout", "2s"),
-    ];
-    let mut args = vec!["release"];
-    for (flag, value) in defaults {
-        if !extra.contains(&flag) {
-            args.extend([flag, value]);
-        }
-    }
-    args.extend(extra);
-    args
-}
+use rollout_support::{NAMESPACE, Pod, REPOSITORY, Run, World, image, release_args, require_tool};
 
 /// v1 active and served by a real api v1; the preview image v2 gets ready after 0.3s.
 fn blue_world() -> Option<(World, Pod)> {

@@ -794,3 +794,24 @@ impl Collected {
         Arc::try_unwrap(self.text).unwrap().into_inner().unwrap()
     }
 }
+
+/// `release` of image v2 expecting version v2, with short waits; `extra` flags replace these.
+pub fn release_args<'a>(extra: &[&'a str]) -> Vec<&'a str> {
+    let defaults = [
+        ("-n", NAMESPACE),
+        ("--image", REPOSITORY),
+        ("--tag", "v2"),
+        ("--expect-version", "v2"),
+        ("--poll-interval", "100ms"),
+        ("--timeout", "20s"),
+        ("--sanity-timeout", "2s"),
+    ];
+    let mut args = vec!["release"];
+    for (flag, value) in defaults {
+        if !extra.contains(&flag) {
+            args.extend([flag, value]);
+        }
+    }
+    args.extend(extra);
+    args
+}
