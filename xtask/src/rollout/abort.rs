@@ -5,10 +5,11 @@ use std::time::Duration;
 use anyhow::{Result, bail};
 use clap::Args;
 
-use super::promote::{Expected, confirm};
+use super::confirm::confirm;
+use super::promote::Expected;
 use super::state::{Phase, RolloutState};
 use super::wait::{self, Look};
-use super::{Cluster, Target, go_duration, interrupt};
+use super::{Cluster, RolloutArgs, go_duration, interrupt};
 use crate::context::Context;
 
 /// How many times an abort is sent when the controller erases it.
@@ -45,7 +46,7 @@ Examples:
 )]
 pub struct Abort {
     #[command(flatten)]
-    pub target: Target,
+    pub target: RolloutArgs,
 
     /// Abort only if the update in flight is the expected image
     #[arg(long)]

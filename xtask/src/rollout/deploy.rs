@@ -7,7 +7,7 @@ use clap::Args;
 
 use super::state::{Phase, RolloutState};
 use super::wait::{self, Look};
-use super::{Cluster, Target, interrupt, parse_duration};
+use super::{Cluster, RolloutArgs, interrupt, parse_duration};
 use crate::context::Context;
 use crate::image::{ImageArgs, ImageRef};
 
@@ -51,7 +51,7 @@ Examples:
 )]
 pub struct Deploy {
     #[command(flatten)]
-    pub target: Target,
+    pub target: RolloutArgs,
 
     #[command(flatten)]
     pub image: ImageArgs,
@@ -65,12 +65,12 @@ pub struct Deploy {
     pub replace: bool,
 
     #[command(flatten)]
-    pub waiting: Waiting,
+    pub waiting: WaitArgs,
 }
 
 /// How long and how often to wait on the Rollout.
 #[derive(Args, Debug, Clone)]
-pub struct Waiting {
+pub struct WaitArgs {
     /// The longest wait for the preview (in release, also for Healthy after promote), such as 5m
     #[arg(long, default_value = "300s", value_parser = parse_duration, value_name = "DURATION")]
     pub timeout: Duration,
@@ -196,7 +196,7 @@ pub fn wait_for_preview(
     cx: &Context,
     cluster: &Cluster,
     image: &ImageRef,
-    waiting: &Waiting,
+    waiting: &WaitArgs,
 ) -> Result<Option<Arrival>> {
     let what = "the preview is ready (`Paused - BlueGreenPause`, or Healthy)";
     if cx.dry_run {

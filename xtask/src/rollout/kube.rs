@@ -9,7 +9,7 @@ use anyhow::{Result, anyhow, bail};
 use camino::{Utf8Path, Utf8PathBuf};
 
 use super::state::{RolloutState, replica_set_images};
-use super::{Target, go_duration, interrupt, timing};
+use super::{RolloutArgs, go_duration, interrupt, timing};
 use crate::context::{Context, command_line};
 use crate::process::{self, Cut, Finished};
 
@@ -19,7 +19,7 @@ pub const ROLLOUT_RESOURCE: &str = "rollouts.argoproj.io";
 /// `kubectl`, bound to one Rollout (names already checked), for reading it.
 pub struct Kubectl {
     pub path: Utf8PathBuf,
-    pub target: Target,
+    pub target: RolloutArgs,
 }
 
 impl Kubectl {
@@ -82,7 +82,7 @@ pub fn call(
     program: &Utf8Path,
     args: &[String],
     asking: &str,
-    target: &Target,
+    target: &RolloutArgs,
     changes: bool,
 ) -> Result<Finished> {
     let line = command_line(program, args);
@@ -116,7 +116,7 @@ pub fn call(
 }
 
 /// What to check when the API server does not answer.
-fn unreachable(target: &Target) -> String {
+fn unreachable(target: &RolloutArgs) -> String {
     format!(
         "The API server did not answer: check the kube context ({}), that the cluster is reachable from \
          here (network, VPN, proxy), and that this identity may read and patch the Rollout (README, \
@@ -148,7 +148,7 @@ fn last_lines(text: &str) -> String {
 }
 
 /// The likely fix for what the tool said, if we know one.
-fn hint(target: &Target, stderr: &str) -> String {
+fn hint(target: &RolloutArgs, stderr: &str) -> String {
     // The plugin's lister says `rollout.argoproj.io`, the API server `rollouts.argoproj.io`.
     let missing = ["rollout", "rollouts"].iter().any(|kind| {
         stderr.contains(&format!(
@@ -190,7 +190,7 @@ fn hint(target: &Target, stderr: &str) -> String {
     String::new()
 }
 
-impl Target {
+impl RolloutArgs {
     /// `-n NS --context C --request-timeout=T`: kubectl's and the plugin's kubeconfig flags.
     pub fn kube_flags(&self) -> Vec<String> {
         let mut flags = Vec::new();
@@ -217,8 +217,8 @@ impl Target {
 mod tests {
     use super::*;
 
-    fn target() -> Target {
-        Target {
+    fn target() -> RolloutArgs {
+        RolloutArgs {
             rollout: "api".into(),
             container: "api".into(),
             namespace: Some("shop".into()),

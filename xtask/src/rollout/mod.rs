@@ -5,12 +5,16 @@
 //! Argo Rollouts") says how the controller behaves and what each task relies on.
 
 mod abort;
+mod confirm;
 mod deploy;
+mod duration;
 pub mod interrupt;
 mod kube;
 #[cfg(test)]
 mod manifest;
+mod names;
 mod plugin;
+mod port_forward;
 mod promote;
 mod release;
 mod sanity;
@@ -21,7 +25,7 @@ mod wait;
 
 use std::time::Duration;
 
-use anyhow::{Result, bail};
+use anyhow::Result;
 use clap::Args;
 
 pub use abort::Abort;
@@ -31,9 +35,13 @@ pub use release::Release;
 pub use sanity::Sanity;
 pub use status::Status;
 
+pub use duration::{go_duration, parse_duration};
+pub use names::{check_label, check_object_name};
+
 use crate::context::Context;
 use crate::tools;
 use kube::Kubectl;
+use names::check_context;
 use plugin::Plugin;
 use state::RolloutState;
 
@@ -49,7 +57,7 @@ pub const HEALTH_PATH: &str = "/health";
 
 /// Which Rollout, in which namespace and cluster: the flags every blue/green task takes.
 #[derive(Args, Debug, Clone)]
-pub struct Target {
+pub struct RolloutArgs {
     /// The Argo Rollout to act on
     #[arg(long, env = "API_ROLLOUT", default_value = DEFAULT_ROLLOUT, value_name = "NAME")]
     pub rollout: String,
@@ -79,7 +87,7 @@ pub struct Cluster {
 }
 
 impl Cluster {
-    pub fn target(&self) -> &Target {
+    pub fn target(&self) -> &RolloutArgs {
         &self.kubectl.target
     }
 
@@ -93,7 +101,7 @@ impl Cluster {
     }
 }
 
-impl Target {
+impl RolloutArgs {
     /// Checks every name, then finds the plugin and kubectl: nothing runs
     /// before all of that succeeds, and every missing tool is named at once.
     fn cluster(&self) -> Result<Cluster> {
@@ -121,7 +129,7 @@ impl Target {
     }
 
     /// The names checked, and the namespace fallback ($KUBE_NAMESPACE, GitLab's) applied.
-    fn checked(&self) -> Result<Target> {
+    fn checked(&self) -> Result<RolloutArgs> {
         let namespace = self.namespace.clone().or_else(|| {
             std::env::var("KUBE_NAMESPACE")
                 .ok()
@@ -135,265 +143,9 @@ impl Target {
         if let Some(context) = &self.context {
             check_context(context)?;
         }
-        Ok(Target {
+        Ok(RolloutArgs {
             namespace,
             ..self.clone()
         })
-    }
-}
-
-/// A DNS-1123 label: what Kubernetes allows for namespaces, Services and container names.
-pub fn check_label(what: &str, name: &str) -> Result<()> {
-    if !is_label(name) {
-        bail!(
-            "invalid {what} name {name:?}: a Kubernetes name (DNS-1123 label) is 1 to 63 lowercase letters, \
-             digits and '-', starting and ending with a letter or digit"
-        );
-    }
-    Ok(())
-}
-
-/// A DNS-1123 subdomain: what Kubernetes allows for most object names, a Rollout's among them.
-pub fn check_object_name(what: &str, name: &str) -> Result<()> {
-    if name.is_empty() || name.len() > 253 || !name.split('.').all(is_label) {
-        bail!(
-            "invalid {what} name {name:?}: a Kubernetes object name (DNS-1123 subdomain) is at most 253 \
-             characters of lowercase letters, digits, '-' and '.', each dot-separated part starting and \
-             ending with a letter or digit"
-        );
-    }
-    Ok(())
-}
-
-fn is_label(name: &str) -> bool {
-    let bytes = name.as_bytes();
-    !bytes.is_empty()
-        && bytes.len() <= 63
-        && bytes
-            .iter()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || *b == b'-')
-        && bytes[0] != b'-'
-        && bytes[bytes.len() - 1] != b'-'
-}
-
-/// kubeconfig context names are free-form (`gke_project_zone_name`,
-/// `arn:aws:eks:...`), but one must not be empty, look like a flag, or hold
-/// whitespace or control characters.
-fn check_context(context: &str) -> Result<()> {
-    if context.is_empty()
-        || context.starts_with('-')
-        || context.chars().any(|c| c.is_whitespace() || c.is_control())
-    {
-        bail!(
-            "invalid kubeconfig context {context:?}: give a context name from `kubectl config get-contexts -o name` \
-             (not empty, not starting with '-', no spaces)"
-        );
-    }
-    Ok(())
-}
-
-/// The longest duration the plugin accepts: Go's `time.Duration` is an i64 of nanoseconds.
-const GO_MAX_DURATION_NANOS: u128 = i64::MAX as u128;
-/// [`GO_MAX_DURATION_NANOS`] as Go writes it.
-const GO_MAX_DURATION_TEXT: &str = "2562047h47m16.854775807s";
-
-/// A duration as the plugin takes it (Go's `time.ParseDuration` units): `300s`, `5m`, `1m30s`, `500ms`, `1h`.
-/// Exact integer arithmetic, as Go's: anything longer than Go's `time.Duration`
-/// holds is refused here rather than overflowing later.
-pub fn parse_duration(text: &str) -> Result<Duration, String> {
-    let invalid = || {
-        format!(
-            "invalid duration {text:?}: use a number with a unit, h, m, s or ms, such as 300s, 5m or 1m30s"
-        )
-    };
-    let too_long = || {
-        format!(
-            "invalid duration {text:?}: it is longer than the longest the plugin accepts \
-             ({GO_MAX_DURATION_TEXT}, Go's time.Duration); use a shorter one, such as 300s or 1h"
-        )
-    };
-    if text.is_empty() {
-        return Err(invalid());
-    }
-    let mut total: u128 = 0;
-    let mut rest = text;
-    while !rest.is_empty() {
-        let number_len = rest
-            .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-            .ok_or_else(invalid)?;
-        let (whole, fraction) = rest[..number_len]
-            .split_once('.')
-            .unwrap_or((&rest[..number_len], ""));
-        if (whole.is_empty() && fraction.is_empty()) || fraction.contains('.') {
-            return Err(invalid());
-        }
-        rest = &rest[number_len..];
-        let unit_len = rest
-            .find(|c: char| c.is_ascii_digit() || c == '.')
-            .unwrap_or(rest.len());
-        let unit_nanos: u128 = match &rest[..unit_len] {
-            "h" => 3_600_000_000_000,
-            "m" => 60_000_000_000,
-            "s" => 1_000_000_000,
-            "ms" => 1_000_000,
-            _ => return Err(invalid()),
-        };
-        rest = &rest[unit_len..];
-        // Leading zeros make no number longer; more than 30 digits always are too long.
-        let whole = whole.trim_start_matches('0');
-        if whole.len() > 30 {
-            return Err(too_long());
-        }
-        let whole: u128 = match whole {
-            "" => 0,
-            digits => digits.parse().map_err(|_| invalid())?,
-        };
-        // Digits beyond the 18th are below a nanosecond even for hours: dropped, as Go does.
-        let fraction = &fraction[..fraction.len().min(18)];
-        let fraction_nanos = match fraction {
-            "" => 0,
-            digits => {
-                let value: u128 = digits.parse().map_err(|_| invalid())?;
-                value * unit_nanos / 10u128.pow(digits.len() as u32)
-            }
-        };
-        total = whole
-            .checked_mul(unit_nanos)
-            .and_then(|n| n.checked_add(fraction_nanos))
-            .and_then(|n| n.checked_add(total))
-            .filter(|n| *n <= GO_MAX_DURATION_NANOS)
-            .ok_or_else(too_long)?;
-    }
-    if total < 1_000_000 {
-        // The plugin reads a zero --timeout as "wait forever".
-        return Err(format!(
-            "invalid duration {text:?}: it must be at least 1ms, such as 300s or 5m"
-        ));
-    }
-    let total = u64::try_from(total).map_err(|_| too_long())?;
-    Ok(Duration::from_nanos(total))
-}
-
-/// A duration written the way the plugin's `--timeout` parses it: `300s`,
-/// `1500ms`, and in nanoseconds when nothing coarser is exact.
-pub fn go_duration(duration: Duration) -> String {
-    let nanos = duration.as_nanos();
-    if nanos % 1_000_000_000 == 0 {
-        format!("{}s", nanos / 1_000_000_000)
-    } else if nanos % 1_000_000 == 0 {
-        format!("{}ms", nanos / 1_000_000)
-    } else {
-        format!("{nanos}ns")
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn labels_follow_dns_1123() {
-        for ok in ["api", "a", "api-preview", "a1-b2", &"x".repeat(63)] {
-            check_label("namespace", ok).unwrap_or_else(|e| panic!("{ok}: {e:#}"));
-        }
-        for bad in [
-            "",
-            "API",
-            "-api",
-            "api-",
-            "a_b",
-            "a.b",
-            "a b",
-            &"x".repeat(64),
-        ] {
-            let err = check_label("namespace", bad).expect_err(bad).to_string();
-            assert!(err.contains("DNS-1123 label"), "{bad}: {err}");
-            assert!(err.contains("namespace"), "{bad}: {err}");
-        }
-    }
-
-    #[test]
-    fn object_names_may_have_dots() {
-        check_object_name("rollout", "api.v2").unwrap();
-        for bad in ["", "api..v2", ".api", "Api", "api_v2"] {
-            let err = check_object_name("rollout", bad)
-                .expect_err(bad)
-                .to_string();
-            assert!(err.contains("DNS-1123 subdomain"), "{bad}: {err}");
-        }
-    }
-
-    #[test]
-    fn contexts_are_free_form_but_not_flags() {
-        check_context("arn:aws:eks:eu-west-1:123:cluster/prod").unwrap();
-        check_context("gke_project_zone_name").unwrap();
-        for bad in ["", "--kubeconfig=/etc/x", "a b"] {
-            assert!(check_context(bad).is_err(), "{bad}");
-        }
-    }
-
-    #[test]
-    fn durations_take_go_units() {
-        assert_eq!(parse_duration("300s"), Ok(Duration::from_secs(300)));
-        assert_eq!(parse_duration("5m"), Ok(Duration::from_secs(300)));
-        assert_eq!(parse_duration("1m30s"), Ok(Duration::from_secs(90)));
-        assert_eq!(parse_duration("1h"), Ok(Duration::from_secs(3600)));
-        assert_eq!(parse_duration("250ms"), Ok(Duration::from_millis(250)));
-        assert_eq!(parse_duration("1.5s"), Ok(Duration::from_millis(1500)));
-        for bad in ["", "300", "5x", "s", "m5", "-5s"] {
-            let err = parse_duration(bad).expect_err(bad);
-            assert!(err.contains("300s, 5m or 1m30s"), "{bad}: {err}");
-        }
-        let err = parse_duration("0s").unwrap_err();
-        assert!(err.contains("at least 1ms"), "{err}");
-    }
-
-    #[test]
-    fn durations_go_cannot_hold_are_refused_when_parsed() {
-        let max = Duration::from_nanos(i64::MAX as u64);
-        assert_eq!(parse_duration("2562047h47m16.854775807s"), Ok(max));
-        for bad in [
-            "2562047h47m16.854775808s",
-            "2562048h",
-            "9223372036855s",
-            "10000000000000000000s",
-            "18446744073709551616s",
-            "99999999999999999999999999999999999999999h",
-            "2562047h2562047h",
-        ] {
-            let err = parse_duration(bad).expect_err(bad);
-            assert!(err.contains("2562047h47m16.854775807s"), "{bad}: {err}");
-            assert!(err.contains("use a shorter one"), "{bad}: {err}");
-        }
-    }
-
-    #[test]
-    fn durations_are_exact_not_rounded_through_a_float() {
-        assert_eq!(parse_duration("0.1s"), Ok(Duration::from_millis(100)));
-        assert_eq!(parse_duration(".5s"), Ok(Duration::from_millis(500)));
-        assert_eq!(
-            parse_duration("1.0000001s"),
-            Ok(Duration::from_nanos(1_000_000_100))
-        );
-        assert_eq!(
-            parse_duration("0000000000000000000000000000000000000001s"),
-            Ok(Duration::from_secs(1))
-        );
-        for bad in [".s", "1..5s", "1.5.5s", "."] {
-            let err = parse_duration(bad).expect_err(bad);
-            assert!(err.contains("300s, 5m or 1m30s"), "{bad}: {err}");
-        }
-    }
-
-    #[test]
-    fn durations_are_written_as_the_plugin_parses_them() {
-        assert_eq!(go_duration(Duration::from_secs(300)), "300s");
-        assert_eq!(go_duration(Duration::from_millis(1500)), "1500ms");
-        let max = Duration::from_nanos(i64::MAX as u64);
-        assert_eq!(go_duration(max), "9223372036854775807ns");
-        assert_eq!(
-            go_duration(Duration::from_nanos(1_000_000_100)),
-            "1000000100ns"
-        );
     }
 }

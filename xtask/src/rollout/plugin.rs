@@ -7,7 +7,7 @@
 use anyhow::Result;
 use camino::Utf8PathBuf;
 
-use super::Target;
+use super::RolloutArgs;
 use super::kube::call;
 use crate::context::Context;
 use crate::context::command_line;
@@ -16,11 +16,11 @@ use crate::image::ImageRef;
 /// The plugin, bound to one Rollout (names already checked).
 pub struct Plugin {
     path: Utf8PathBuf,
-    pub target: Target,
+    pub target: RolloutArgs,
 }
 
 impl Plugin {
-    pub fn new(path: Utf8PathBuf, target: Target) -> Plugin {
+    pub fn new(path: Utf8PathBuf, target: RolloutArgs) -> Plugin {
         Plugin { path, target }
     }
 

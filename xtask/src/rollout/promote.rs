@@ -1,14 +1,14 @@
 //! `cargo xtask promote`: switch traffic to the preview, if it is the image we expect.
 
-use std::io::{BufRead, IsTerminal, Write};
 use std::time::Duration;
 
 use anyhow::{Context as _, Result, bail};
 use clap::Args;
 
+use super::confirm::confirm;
 use super::state::{Phase, RolloutState};
 use super::wait::{self, Look};
-use super::{Cluster, Target, interrupt, parse_duration};
+use super::{Cluster, RolloutArgs, interrupt, parse_duration};
 use crate::context::Context;
 use crate::image::{ImageArgs, ImageRef};
 
@@ -42,7 +42,7 @@ Examples:
 )]
 pub struct Promote {
     #[command(flatten)]
-    pub target: Target,
+    pub target: RolloutArgs,
 
     #[command(flatten)]
     pub expected: Expected,
@@ -197,17 +197,4 @@ pub fn promote_and_wait(
         cluster.rollout(),
     ));
     Ok(())
-}
-
-/// Asks on the terminal; `true` without asking when stdin is not a terminal.
-pub fn confirm(question: &str) -> Result<bool> {
-    let stdin = std::io::stdin();
-    if !stdin.is_terminal() {
-        return Ok(true);
-    }
-    eprint!("{question} [y/N] ");
-    std::io::stderr().flush()?;
-    let mut answer = String::new();
-    stdin.lock().read_line(&mut answer)?;
-    Ok(matches!(answer.trim(), "y" | "Y" | "yes" | "YES" | "Yes"))
 }

@@ -9,12 +9,12 @@ use camino::Utf8PathBuf;
 use clap::Args;
 
 use super::abort::abort;
-use super::deploy::{self, Arrival, WENT_ACTIVE, Waiting, wait_for_preview};
+use super::deploy::{self, Arrival, WENT_ACTIVE, WaitArgs, wait_for_preview};
 use super::promote::{check_promotable, promote_and_wait};
-use super::sanity::{CheckArgs, Place, check};
+use super::sanity::{Endpoint, SanityArgs, check_preview};
 use super::{
-    Cluster, DEFAULT_ACTIVE_SERVICE, Target, check_label, go_duration, interrupt, parse_duration,
-    timing,
+    Cluster, DEFAULT_ACTIVE_SERVICE, RolloutArgs, check_label, go_duration, interrupt,
+    parse_duration, timing,
 };
 use crate::context::Context;
 use crate::image::{ImageArgs, ImageRef};
@@ -63,16 +63,16 @@ Examples:
 )]
 pub struct Release {
     #[command(flatten)]
-    pub target: Target,
+    pub target: RolloutArgs,
 
     #[command(flatten)]
     pub image: ImageArgs,
 
     #[command(flatten)]
-    pub waiting: Waiting,
+    pub waiting: WaitArgs,
 
     #[command(flatten)]
-    pub check: CheckArgs,
+    pub check: SanityArgs,
 
     /// The Service in front of the active pods (checked instead of the preview on a Rollout's first image)
     #[arg(long, env = "API_ACTIVE_SERVICE", default_value = DEFAULT_ACTIVE_SERVICE, value_name = "NAME")]
@@ -238,14 +238,16 @@ impl Release {
             false => &self.check.preview_service,
         };
         let place = match (&self.check.url, kubectl) {
-            (Some(url), _) => Place::Url(url.clone()),
-            (None, Some(kubectl)) => Place::Service {
+            (Some(url), _) => Endpoint::Url(url.clone()),
+            (None, Some(kubectl)) => Endpoint::Service {
                 kubectl,
                 name: service.clone(),
             },
-            (None, None) => unreachable!("CheckArgs::prepare finds kubectl when there is no --url"),
+            (None, None) => {
+                unreachable!("SanityArgs::prepare finds kubectl when there is no --url")
+            }
         };
-        check(cx, cluster.target(), &place, expected, self.sanity_timeout)
+        check_preview(cx, cluster.target(), &place, expected, self.sanity_timeout)
             .map_err(Failed::at("sanity"))?;
         if went_active {
             return Ok(());

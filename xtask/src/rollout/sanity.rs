@@ -1,17 +1,15 @@
 //! `cargo xtask sanity`: is the preview the version we built, and does it answer?
 
-use std::io::{BufRead, BufReader};
-use std::sync::Arc;
-use std::sync::mpsc::{Receiver, RecvTimeoutError, channel};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, Result, bail};
 use camino::Utf8PathBuf;
 use clap::Args;
 
+use super::port_forward;
 use super::{
-    DEFAULT_PREVIEW_SERVICE, HEALTH_PATH, SERVICE_PORT, Target, check_label, go_duration,
-    interrupt, parse_duration, timing,
+    DEFAULT_PREVIEW_SERVICE, HEALTH_PATH, RolloutArgs, check_label, go_duration, interrupt,
+    parse_duration, timing,
 };
 use crate::context::{Context, command_line};
 use crate::{http, tools, version};
@@ -48,10 +46,10 @@ Examples:
 )]
 pub struct Sanity {
     #[command(flatten)]
-    pub target: Target,
+    pub target: RolloutArgs,
 
     #[command(flatten)]
-    pub check: CheckArgs,
+    pub check: SanityArgs,
 
     /// The longest time to retry the checks, such as 60s
     #[arg(long, default_value = "60s", value_parser = parse_duration, value_name = "DURATION")]
@@ -60,7 +58,7 @@ pub struct Sanity {
 
 /// What `sanity` checks and where; shared with `release`.
 #[derive(Args, Debug, Clone)]
-pub struct CheckArgs {
+pub struct SanityArgs {
     /// Check this base URL (http://HOST[:PORT]) instead of port-forwarding to the preview Service
     #[arg(long, value_name = "URL", value_parser = CheckUrl)]
     pub url: Option<http::BaseUrl>,
@@ -74,7 +72,7 @@ pub struct CheckArgs {
     pub expect_version: Option<String>,
 }
 
-impl CheckArgs {
+impl SanityArgs {
     /// The version the preview must report.
     pub fn expected_version(&self, cx: &Context) -> Result<String> {
         match &self.expect_version {
@@ -103,28 +101,28 @@ impl Sanity {
         let expected = self.check.expected_version(cx)?;
         interrupt::install();
         let place = match &self.check.url {
-            Some(url) => Place::Url(url.clone()),
-            None => Place::Service {
+            Some(url) => Endpoint::Url(url.clone()),
+            None => Endpoint::Service {
                 kubectl: kubectl.expect("prepare finds kubectl when there is no --url"),
                 name: self.check.preview_service.clone(),
             },
         };
-        check(cx, &target, &place, &expected, self.timeout)?;
+        check_preview(cx, &target, &place, &expected, self.timeout)?;
         Ok(())
     }
 }
 
 /// Where the pods under test answer.
-pub enum Place {
+pub enum Endpoint {
     Url(http::BaseUrl),
     Service { kubectl: Utf8PathBuf, name: String },
 }
 
 /// Checks `/health` and `/` at `place`, retrying until `timeout`.
-pub fn check(
+pub fn check_preview(
     cx: &Context,
-    target: &Target,
-    place: &Place,
+    target: &RolloutArgs,
+    place: &Endpoint,
     expected: &str,
     timeout: Duration,
 ) -> Result<()> {
@@ -135,7 +133,7 @@ pub fn check(
     let deadline = start + timeout;
     let forward_line;
     let (_forward, base) = match place {
-        Place::Url(url) => {
+        Endpoint::Url(url) => {
             if cx.dry_run {
                 println!(
                     "# check {url}: {what}; retried for at most {}",
@@ -145,8 +143,8 @@ pub fn check(
             }
             (None, url.base())
         }
-        Place::Service { kubectl, name } => {
-            let args = port_forward_args(target, name, pod_running_timeout(timeout));
+        Endpoint::Service { kubectl, name } => {
+            let args = port_forward::args(target, name, port_forward::pod_running_timeout(timeout));
             forward_line = command_line(kubectl, &args);
             if cx.dry_run {
                 println!("# {forward_line}   (in the background, stopped afterwards)");
@@ -156,8 +154,8 @@ pub fn check(
                 );
                 return Ok(());
             }
-            let forward =
-                forward_within(cx, kubectl, target, name, deadline).with_context(|| {
+            let forward = port_forward::start_within(cx, kubectl, target, name, deadline)
+                .with_context(|| {
                     format!(
                         "sanity failed: no port-forward to {name} within {}",
                         go_duration(timeout)
@@ -201,59 +199,6 @@ pub fn check(
             )
         })?;
     }
-}
-
-/// Starts the port-forward, retrying until `deadline`: right after a deploy
-/// the Service may have no running pod yet, and kubectl then refuses. Each
-/// try waits at most what is left for a pod (`--pod-running-timeout`).
-fn forward_within(
-    cx: &Context,
-    kubectl: &Utf8PathBuf,
-    target: &Target,
-    service: &str,
-    deadline: Instant,
-) -> Result<PortForward> {
-    loop {
-        let left = deadline.saturating_duration_since(Instant::now());
-        let pod_wait = pod_running_timeout(left);
-        let args = port_forward_args(target, service, pod_wait);
-        let line = command_line(kubectl, &args);
-        match timing::in_tools(|| PortForward::start(kubectl, &args, &line, pod_wait)) {
-            Ok(forward) => return Ok(forward),
-            Err(err) if interrupt::is_interrupted(&err) || Instant::now() >= deadline => {
-                return Err(err);
-            }
-            Err(err) => cx.say(format!("  not yet: {err:#}")),
-        }
-        let remaining = deadline.saturating_duration_since(Instant::now());
-        timing::waiting(|| interrupt::sleep(Duration::from_secs(1).min(remaining)))?;
-    }
-}
-
-/// How long one port-forward waits for a pod behind the Service: what is
-/// left, whole seconds, between 1s and 30s; kubectl's own default (60s) would
-/// outlast our bound and hide its reason.
-fn pod_running_timeout(left: Duration) -> Duration {
-    Duration::from_secs(left.as_secs().clamp(1, 30))
-}
-
-/// Not `--request-timeout`: it would cut the forwarding stream itself.
-fn port_forward_args(target: &Target, service: &str, pod_wait: Duration) -> Vec<String> {
-    let mut args = vec![
-        "port-forward".to_owned(),
-        format!("service/{service}"),
-        format!(":{SERVICE_PORT}"),
-        "--address".to_owned(),
-        "127.0.0.1".to_owned(),
-        format!("--pod-running-timeout={}", go_duration(pod_wait)),
-    ];
-    if let Some(ns) = &target.namespace {
-        args.extend(["-n".to_owned(), ns.clone()]);
-    }
-    if let Some(context) = &target.context {
-        args.extend(["--context".to_owned(), context.clone()]);
-    }
-    args
 }
 
 /// One round of checks; the error says what was expected and what came back.
@@ -343,136 +288,9 @@ impl clap::builder::TypedValueParser for CheckUrl {
     }
 }
 
-/// `kubectl port-forward` in the background; killed when dropped, so it
-/// stops on success, on failure, and when Ctrl-C unwinds the task.
-struct PortForward {
-    handle: Arc<duct::ReaderHandle>,
-    lines: Receiver<Option<String>>,
-    port: u16,
-}
-
-impl PortForward {
-    /// Its stderr joins its stdout, so kubectl's reason for ending is ours to show.
-    fn start(
-        kubectl: &Utf8PathBuf,
-        args: &[String],
-        line: &str,
-        pod_wait: Duration,
-    ) -> Result<PortForward> {
-        eprintln!("$ {line} &");
-        let handle = Arc::new(
-            duct::cmd(kubectl.as_std_path(), args)
-                .stdin_null()
-                .stderr_to_stdout()
-                .unchecked()
-                .reader()
-                .with_context(|| format!("start {line}"))?,
-        );
-        let (send, lines) = channel();
-        let reader = Arc::clone(&handle);
-        // Keeps reading, so kubectl never blocks on a full pipe; None marks the end.
-        std::thread::spawn(move || {
-            for line in BufReader::new(&*reader).lines() {
-                let Ok(line) = line else { break };
-                if send.send(Some(line)).is_err() {
-                    break;
-                }
-            }
-            let _ = send.send(None);
-        });
-        let mut forward = PortForward {
-            handle,
-            lines,
-            port: 0,
-        };
-        // kubectl gives up on its own after pod_wait; this bound is for one that hangs.
-        let bound = pod_wait + Duration::from_secs(10);
-        forward.port = forward.wait_for_port(line, bound)?;
-        Ok(forward)
-    }
-
-    /// kubectl prints `Forwarding from 127.0.0.1:PORT -> TARGET` once it
-    /// listens; anything before that is its reason for not forwarding.
-    fn wait_for_port(&self, line: &str, bound: Duration) -> Result<u16> {
-        let deadline = Instant::now() + bound;
-        let mut said: Vec<String> = Vec::new();
-        loop {
-            interrupt::check()?;
-            let remaining = deadline.saturating_duration_since(Instant::now());
-            match self
-                .lines
-                .recv_timeout(remaining.min(Duration::from_millis(100)))
-            {
-                Ok(Some(text)) => {
-                    if let Some(port) = forwarded_port(&text) {
-                        eprintln!("{text}");
-                        return Ok(port);
-                    }
-                    said.push(text);
-                }
-                Ok(None) | Err(RecvTimeoutError::Disconnected) => {
-                    let reason = match said.iter().rev().find(|l| !l.trim().is_empty()) {
-                        Some(last) => format!("kubectl said: {}", last.trim()),
-                        None => "kubectl said nothing".to_owned(),
-                    };
-                    bail!("{line} ended before it forwarded a port; {reason}")
-                }
-                Err(RecvTimeoutError::Timeout) if Instant::now() >= deadline => {
-                    bail!(
-                        "{line} did not start forwarding within {} and was stopped",
-                        go_duration(bound)
-                    )
-                }
-                Err(RecvTimeoutError::Timeout) => {}
-            }
-        }
-    }
-}
-
-impl Drop for PortForward {
-    fn drop(&mut self) {
-        timing::in_tools(|| self.stop());
-    }
-}
-
-impl PortForward {
-    fn stop(&mut self) {
-        let _ = self.handle.kill();
-        // The reader thread sees the end of the pipe; then the child is reaped.
-        let deadline = Instant::now() + Duration::from_secs(5);
-        while Instant::now() < deadline {
-            match self.lines.recv_timeout(Duration::from_millis(100)) {
-                Ok(Some(_)) | Err(RecvTimeoutError::Timeout) => {}
-                Ok(None) | Err(RecvTimeoutError::Disconnected) => break,
-            }
-        }
-        while Instant::now() < deadline {
-            if let Ok(Some(_)) = self.handle.try_wait() {
-                break;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-}
-
-fn forwarded_port(line: &str) -> Option<u16> {
-    let rest = line.strip_prefix("Forwarding from 127.0.0.1:")?;
-    rest.split_whitespace().next()?.parse().ok()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn the_forwarded_port_is_read_from_kubectls_line() {
-        assert_eq!(
-            forwarded_port("Forwarding from 127.0.0.1:41234 -> 8080"),
-            Some(41234)
-        );
-        assert_eq!(forwarded_port("Forwarding from [::1]:41234 -> 8080"), None);
-        assert_eq!(forwarded_port("Handling connection for 41234"), None);
-    }
 
     #[test]
     fn long_bodies_are_cut() {

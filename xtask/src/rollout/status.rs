@@ -5,7 +5,7 @@ use std::process::ExitCode;
 use anyhow::Result;
 use clap::Args;
 
-use super::Target;
+use super::RolloutArgs;
 use super::kube::Kubectl;
 use super::state::{Phase, PhaseLine, RolloutState};
 use crate::context::Context;
@@ -32,7 +32,7 @@ Examples:
 )]
 pub struct Status {
     #[command(flatten)]
-    pub target: Target,
+    pub target: RolloutArgs,
 
     /// Print one JSON object: rollout, namespace, context, phase, message, line, active, preview,
     /// stable_pod_hash, promotion_waiting, aborted, observed
