@@ -350,3 +350,83 @@ fn a_panic_after_the_image_was_set_still_aborts() {
     drop((green, blue));
     world.assert_no_process_left();
 }
+
+/// A kubeconfig whose one cluster is at `server`, for the real kubectl.
+fn kubeconfig(world: &World, server: &str) -> std::path::PathBuf {
+    let path = world.dir.join("kubeconfig");
+    std::fs::write(
+        &path,
+        format!(
+            "apiVersion: v1\nkind: Config\nclusters:\n- name: c\n  cluster:\n    server: {server}\n    \
+             insecure-skip-tls-verify: true\nusers:\n- name: u\n  user:\n    token: x\ncontexts:\n- name: ctx\n  \
+             context:\n    cluster: c\n    user: u\ncurrent-context: ctx\n"
+        ),
+    )
+    .unwrap();
+    path
+}
+
+/// The built xtask with the machine's own tools (the real kubectl), no doubles.
+fn real_kubectl_xtask(world: &World, kubeconfig: &std::path::Path, args: &[&str]) -> Run {
+    let mut cmd = world.xtask(args);
+    cmd.env("PATH", std::env::var_os("PATH").unwrap_or_default())
+        .env("KUBECONFIG", kubeconfig)
+        .env("HOME", &world.dir);
+    Run::from(cmd.output().unwrap())
+}
+
+#[test]
+fn status_with_the_real_kubectl_and_no_api_server_says_what_to_check() {
+    // The real kubectl: nothing listens at the kubeconfig's server.
+    if !require_tool("kubectl") {
+        return;
+    }
+    let world = World::new(Some("v1"));
+    let config = kubeconfig(&world, "https://127.0.0.1:1");
+    let run = real_kubectl_xtask(&world, &config, &["status", "-n", NAMESPACE]);
+    run.failed();
+    assert!(
+        run.error().contains("connection refused") || run.error().contains("was refused"),
+        "{run}"
+    );
+    assert!(
+        run.error()
+            .contains("The API server did not answer: check the kube context"),
+        "{run}"
+    );
+    world.assert_no_process_left();
+}
+
+#[test]
+fn status_with_the_real_kubectl_and_a_silent_api_server_ends_within_its_bound() {
+    // The real kubectl against a server that accepts and never answers: it retries
+    // discovery, each try ended by --request-timeout, for longer than one timeout.
+    if !require_tool("kubectl") {
+        return;
+    }
+    let world = World::new(Some("v1"));
+    let silent = Pod::silent();
+    let config = kubeconfig(&world, &format!("https://{}", silent.addr));
+    let start = Instant::now();
+    let run = real_kubectl_xtask(
+        &world,
+        &config,
+        &["status", "-n", NAMESPACE, "--request-timeout", "1s"],
+    );
+    let took = start.elapsed();
+    run.failed();
+    let error = run.error();
+    assert!(
+        error.contains("got no answer within 3s and was stopped")
+            || error.contains("Unable to connect to the server"),
+        "{run}"
+    );
+    assert!(
+        error.contains("The API server did not answer: check the kube context"),
+        "{run}"
+    );
+    // A generous bound: it only proves the task ended by itself.
+    assert!(took < Duration::from_secs(60), "took {took:?}");
+    drop(silent);
+    world.assert_no_process_left();
+}

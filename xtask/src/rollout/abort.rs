@@ -33,7 +33,7 @@ of the expected image (--expect-image, else this commit's), so an old pipeline's
 newer one's preview. Asks for confirmation when stdin is a terminal (not with --yes).
 
 Runs:
-  kubectl get rollouts.argoproj.io ROLLOUT -o json [-n NAMESPACE] [--context CONTEXT] --request-timeout=10s
+  kubectl get rollouts.argoproj.io ROLLOUT -o json [-n NS] [--context CTX] --request-timeout=10s
   kubectl-argo-rollouts abort ROLLOUT ...    (if an update is in flight)
   kubectl get rollouts.argoproj.io ROLLOUT -o json ...    (until the abort holds, at most 6 times --request-timeout)",
     after_long_help = "Environment:

@@ -31,7 +31,7 @@ never had pods, does not pause: its first image goes straight to active, and the
 Healthy. If the plugin fails, the Rollout is read back to say whether the image was set.
 
 Runs:
-  kubectl get rollouts.argoproj.io ROLLOUT -o json [-n NAMESPACE] [--context CONTEXT] --request-timeout=10s
+  kubectl get rollouts.argoproj.io ROLLOUT -o json [-n NS] [--context CTX] --request-timeout=10s
   kubectl-argo-rollouts set image ROLLOUT CONTAINER=IMAGE:TAG[@DIGEST] ...
   kubectl get rollouts.argoproj.io ROLLOUT -o json ...    (with --wait, every --poll-interval)
 Prints the image reference on stdout.",

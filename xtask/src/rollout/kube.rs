@@ -137,14 +137,19 @@ fn said(done: &Finished) -> String {
     }
 }
 
-/// The end of a long message (a panic's goroutine dump is not the news).
+/// The end of a long message: kubectl and the plugin put their summary
+/// (`Error: ...`, `The connection to the server ... was refused`) last, after
+/// any retries they logged.
 fn last_lines(text: &str) -> String {
-    let lines: Vec<&str> = text.lines().collect();
-    if lines.len() <= 6 {
-        return text.trim().to_owned();
+    let lines: Vec<&str> = text.lines().filter(|l| !l.trim().is_empty()).collect();
+    if lines.len() <= 3 {
+        return lines.join("\n");
     }
-    let head: Vec<&str> = lines.iter().take(3).copied().collect();
-    format!("{} [... {} more lines]", head.join("\n"), lines.len() - 3)
+    format!(
+        "[{} earlier lines] {}",
+        lines.len() - 1,
+        lines[lines.len() - 1]
+    )
 }
 
 /// The likely fix for what the tool said, if we know one.

@@ -26,7 +26,7 @@ So an older pipeline's promote never ships a newer preview, nor one that failed 
 confirmation when stdin is a terminal (not with --yes); never prompts otherwise, so CI never hangs.
 
 Runs:
-  kubectl get rollouts.argoproj.io ROLLOUT -o json [-n NAMESPACE] [--context CONTEXT] --request-timeout=10s
+  kubectl get rollouts.argoproj.io ROLLOUT -o json [-n NS] [--context CTX] --request-timeout=10s
   kubectl-argo-rollouts promote ROLLOUT ...    (if the preview is ready and expected)
   kubectl get rollouts.argoproj.io ROLLOUT -o json ...    (every --poll-interval, until Healthy)",
     after_long_help = "Environment:

@@ -36,7 +36,7 @@ at Healthy, release says so, and checks the active Service instead of the previe
 return to, a failure there is reported but not aborted. Never prompts.
 
 Runs:
-  kubectl get rollouts.argoproj.io ROLLOUT -o json [-n NAMESPACE] [--context CONTEXT] --request-timeout=10s
+  kubectl get rollouts.argoproj.io ROLLOUT -o json [-n NS] [--context CTX] --request-timeout=10s
   kubectl-argo-rollouts set image ROLLOUT CONTAINER=IMAGE:TAG[@DIGEST] ...
   kubectl get rollouts.argoproj.io ROLLOUT -o json ...    (every --poll-interval, to the pause)
   kubectl port-forward service/api-preview :80 --address 127.0.0.1 ...    (unless --url)

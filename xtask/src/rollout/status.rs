@@ -21,7 +21,7 @@ with --json. Changes nothing (it also runs under --dry-run).
 Exits 1 when the rollout is Degraded (aborted, or a preview that never became ready), 0 otherwise.
 
 Runs (read-only):
-  kubectl get rollouts.argoproj.io ROLLOUT -o json [-n NAMESPACE] [--context CONTEXT] --request-timeout=10s
+  kubectl get rollouts.argoproj.io ROLLOUT -o json [-n NS] [--context CTX] --request-timeout=10s
   kubectl get replicasets.apps -l rollouts-pod-template-hash=HASH -o json ...    (the active image, when it is not the current template's)",
     after_long_help = "Environment:
   API_ROLLOUT, API_CONTAINER, API_NAMESPACE (then KUBE_NAMESPACE), API_KUBE_CONTEXT: as the flags
