@@ -195,7 +195,8 @@ fn the_build_context_holds_only_what_the_build_needs() {
     // The real .dockerignore at work: a throwaway Dockerfile lists what reached the engine.
     let tag = format!("api-context-test:{}", unique());
     let _image = RemoveImages(vec![tag.clone()]);
-    let mut list = docker(&["build", "--no-cache", "--tag", &tag, "--file", "-", "."]);
+    let mut list = docker(&["build", "--no-cache", "--tag", &tag, "--file", "-"]);
+    list.args(labels()).arg(".");
     // Read as text: BuildKit's plain progress (on stderr), or the classic builder's (stdout).
     list.env("BUILDKIT_PROGRESS", "plain");
     list.current_dir(root()).stdin(std::process::Stdio::piped());
@@ -267,7 +268,8 @@ fn a_source_only_change_reuses_the_dependency_layer() {
         git(&["describe", "--tags", "--always", "--dirty"])
     );
     let build = |tag: &str| {
-        let mut cmd = docker(&["build", "--tag", tag, "--build-arg", &version, "."]);
+        let mut cmd = docker(&["build", "--tag", tag, "--build-arg", &version]);
+        cmd.args(labels()).arg(".");
         cmd.current_dir(&context.path)
             .env("BUILDKIT_PROGRESS", "plain");
         let ran = run(&mut serialised(&cmd));
