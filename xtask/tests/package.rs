@@ -193,7 +193,12 @@ fn the_build_context_holds_only_what_the_build_needs() {
         return;
     }
     // The real .dockerignore at work: a throwaway Dockerfile lists what reached the engine.
-    let mut list = docker(&["build", "--no-cache", "--file", "-", "."]);
+    let tag = format!("api-context-test:{}", unique());
+    let _image = RemoveImages(vec![tag.clone()]);
+    let mut list = docker(&["build", "--no-cache", "--tag", &tag, "--file", "-"]);
+    list.args(labels()).arg(".");
+    // Read as text: BuildKit's plain progress (on stderr), or the classic builder's (stdout).
+    list.env("BUILDKIT_PROGRESS", "plain");
     list.current_dir(root()).stdin(std::process::Stdio::piped());
     list.stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped());
@@ -207,9 +212,17 @@ fn the_build_context_holds_only_what_the_build_needs() {
     .unwrap();
     drop(child.stdin.take());
     let output = child.wait_with_output().unwrap();
-    let text = without_colours(&String::from_utf8_lossy(&output.stdout));
+    let text = without_colours(&format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    ));
     assert!(output.status.success(), "{text}");
-    let files: Vec<&str> = text.lines().filter(|l| l.starts_with("./")).collect();
+    let files: Vec<&str> = text
+        .lines()
+        .map(step_output)
+        .filter(|l| l.starts_with("./"))
+        .collect();
     assert!(files.contains(&"./Cargo.lock"), "{files:?}");
     assert!(files.contains(&"./api/src/main.rs"), "{files:?}");
     assert!(files.contains(&"./xtask/Cargo.toml"), "{files:?}");
@@ -255,8 +268,10 @@ fn a_source_only_change_reuses_the_dependency_layer() {
         git(&["describe", "--tags", "--always", "--dirty"])
     );
     let build = |tag: &str| {
-        let mut cmd = docker(&["build", "--tag", tag, "--build-arg", &version, "."]);
-        cmd.current_dir(&context.path);
+        let mut cmd = docker(&["build", "--tag", tag, "--build-arg", &version]);
+        cmd.args(labels()).arg(".");
+        cmd.current_dir(&context.path)
+            .env("BUILDKIT_PROGRESS", "plain");
         let ran = run(&mut serialised(&cmd));
         assert!(ran.ok, "docker build failed:\n{}", ran.both());
         without_colours(&ran.both())
@@ -289,6 +304,32 @@ fn a_source_only_change_reuses_the_dependency_layer() {
         !output.contains("Compiling tokio"),
         "dependencies were compiled again:\n{output}"
     );
+}
+
+/// What a build step printed, without BuildKit's `#N SECONDS ` in front of
+/// each line (the classic builder prints it as it is).
+fn step_output(line: &str) -> &str {
+    let Some(rest) = line.strip_prefix('#') else {
+        return line;
+    };
+    let mut words = rest.splitn(3, ' ');
+    let (step, time, said) = (words.next(), words.next(), words.next());
+    let is_number = |w: Option<&str>, extra: &[u8]| {
+        w.is_some_and(|w| {
+            !w.is_empty() && w.bytes().all(|b| b.is_ascii_digit() || extra.contains(&b))
+        })
+    };
+    match said {
+        Some(said) if is_number(step, b"") && is_number(time, b".") => said,
+        _ => line,
+    }
+}
+
+#[test]
+fn buildkit_step_prefixes_are_removed_from_build_output() {
+    assert_eq!(step_output("#8 0.215 ./Cargo.lock"), "./Cargo.lock");
+    assert_eq!(step_output("./Cargo.lock"), "./Cargo.lock");
+    assert_eq!(step_output("#8 DONE 0.3s"), "#8 DONE 0.3s");
 }
 
 /// The classic builder colours the build's stderr in chunks that may split a

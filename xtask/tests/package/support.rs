@@ -315,7 +315,7 @@ pub fn unique() -> String {
     )
 }
 
-/// `--label` arguments for every container a test creates: the GitLab job
+/// `--label` arguments for every container and image a test creates: the GitLab job
 /// that ran it ($CI_JOB_ID, when set), so that whoever runs the job can
 /// remove what a killed test left behind, and nothing else.
 pub fn labels() -> Vec<String> {
