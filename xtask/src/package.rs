@@ -10,9 +10,9 @@ use camino::{Utf8Path, Utf8PathBuf};
 use clap::Args;
 use xshell::{Cmd, cmd};
 
-use crate::context::Context;
+use crate::context::{Context, command_line};
 use crate::image::{ImageArgs, ImageRef};
-use crate::{tools, version};
+use crate::{process, tools, version};
 
 /// GitLab's predefined variables for the project's registry and its credentials.
 const CI_REGISTRY: &str = "CI_REGISTRY";
@@ -191,25 +191,23 @@ fn write_dotenv(file: &Utf8Path, digest: &str) -> Result<()> {
 
 /// `docker version` asks the engine; the CLI alone answers `docker --version`.
 fn check_engine(cx: &Context) -> Result<()> {
-    let sh = &cx.sh;
     let format = "{{.Server.Version}}";
-    let probe = cmd!(sh, "docker version --format {format}");
+    let args = ["version", "--format", format];
     if cx.verbose {
-        eprintln!("$ {probe}");
+        eprintln!("$ {}", command_line("docker", args));
     }
-    let output = probe
-        .quiet()
-        .ignore_status()
-        .output()
-        .context("run `docker version`")?;
-    if output.status.success() {
-        return Ok(());
-    }
-    let said = String::from_utf8_lossy(&output.stderr);
-    let said = said.trim();
     let host = match std::env::var("DOCKER_HOST") {
         Ok(host) if !host.is_empty() => format!("DOCKER_HOST={host}"),
         _ => "the default socket (DOCKER_HOST is not set)".to_owned(),
+    };
+    let mut probe = Command::new("docker");
+    probe.args(args);
+    // An engine behind a dead TCP address can leave the CLI waiting for minutes.
+    let limit = Duration::from_secs(30);
+    let said = match process::run_within(probe, limit).context("run `docker version`")? {
+        Ok(done) if done.status.success() => return Ok(()),
+        Ok(done) => done.stderr.trim().to_owned(),
+        Err(_) => format!("no answer within {}s", limit.as_secs()),
     };
     bail!(
         "the docker CLI is installed, but no Docker engine answers at {host}: {said}\n\
