@@ -34,6 +34,8 @@ impl Api {
         command
             .env("PORT", "0")
             .env("HOST", "127.0.0.1")
+            // Tests that are not about the drain delay stop at once.
+            .env("DRAIN_DELAY_SECS", "0")
             .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
