@@ -16,15 +16,16 @@ pub const ENV_HELP: &str =
   HEADER_READ_TIMEOUT_SECS  a connection that completes no request head for this long is closed:
                             a silent or trickling client after 1x, an idle keep-alive one or one
                             that never reads its answers after 1-2x (default 10)
-  MAX_CONNECTIONS           connections served at once; more wait in the kernel's listen queue,
-                            unaccepted, and cost the service nothing (default 16384; lowered to
-                            fit the open-file limit)
-  MAX_ACTIVE_CONNECTIONS    of those, connections that have sent bytes and hold buffers (~25 KiB
-                            each); the others wait, with their bytes in the kernel (default 2048)
+  MAX_CONNECTIONS           connections served at once (a silent one costs ~4 KiB, kernel
+                            included); more wait in the kernel's listen queue, unaccepted
+                            (default 8192; lowered to fit the open-file limit)
+  MAX_ACTIVE_CONNECTIONS    of those, connections that have sent bytes and hold buffers (up to
+                            ~42 KiB each, kernel included); the others wait (default 2048)
   LISTEN_BACKLOG            the kernel's queue of connections not yet accepted (default 4096;
                             the kernel caps it at net.core.somaxconn)
-  SOCKET_BUFFER_BYTES       kernel send and receive buffer asked per connection; caps what a
-                            client that never reads can park in the service's memory (default 16384)
+  SOCKET_BUFFER_BYTES       kernel send and receive buffer asked per connection (the kernel
+                            doubles it); caps what a client that pipelines and never reads can
+                            park in the service's memory (default 4096)
   MAX_HEAD_BYTES            largest request head (request line and headers); a larger one gets 431
                             (default 8192, the least hyper allows)
   DRAIN_DELAY_SECS          on SIGTERM/SIGINT, keep accepting and serving this long, /ready
@@ -50,12 +51,15 @@ pub struct Config {
     pub drain_delay: Duration,
 }
 
-/// Defaults, chosen by measurement (`cargo xtask bench --abuse`) to fit the
-/// 128 MiB memory limit of rollout.yaml.
-pub const DEFAULT_MAX_CONNECTIONS: u64 = 16_384;
+/// Defaults, chosen by measurement (`cargo xtask bench --abuse`, in a container
+/// with rollout.yaml's 128 MiB): a silent connection costs ~4.4 KiB, an active
+/// one that pipelines and never reads ~42 KiB (17 in the process, 22 in TCP
+/// buffers). The worst mix the limits admit, 2048 active and 6144 silent, is
+/// ~113 MiB.
+pub const DEFAULT_MAX_CONNECTIONS: u64 = 8_192;
 pub const DEFAULT_MAX_ACTIVE_CONNECTIONS: u64 = 2_048;
 pub const DEFAULT_LISTEN_BACKLOG: u64 = 4_096;
-pub const DEFAULT_SOCKET_BUFFER_BYTES: u64 = 16_384;
+pub const DEFAULT_SOCKET_BUFFER_BYTES: u64 = 4_096;
 pub const DEFAULT_MAX_HEAD_BYTES: u64 = 8_192;
 pub const DEFAULT_DRAIN_DELAY_SECS: u64 = 5;
 
@@ -290,10 +294,10 @@ mod tests {
         assert_eq!(c.shutdown_timeout, Duration::from_secs(10));
         assert_eq!(c.header_read_timeout, Duration::from_secs(10));
         assert!(c.workers >= 1);
-        assert_eq!(c.max_connections, 16_384);
+        assert_eq!(c.max_connections, 8_192);
         assert_eq!(c.max_active_connections, 2_048);
         assert_eq!(c.listen_backlog, 4_096);
-        assert_eq!(c.socket_buffer_bytes, 16_384);
+        assert_eq!(c.socket_buffer_bytes, 4_096);
         assert_eq!(c.max_head_bytes, 8_192);
         assert_eq!(c.drain_delay, Duration::from_secs(5));
     }
