@@ -117,7 +117,10 @@ fn probes_ask_the_health_path_on_the_api_port() {
         Some(API_PORT)
     );
     // Liveness on /health, which stays 200 while draining; readiness on /ready.
-    for (probe, path) in [("readinessProbe", READY_PATH), ("livenessProbe", HEALTH_PATH)] {
+    for (probe, path) in [
+        ("readinessProbe", READY_PATH),
+        ("livenessProbe", HEALTH_PATH),
+    ] {
         let get = &container[probe]["httpGet"];
         assert_eq!(get["path"], path, "{probe}");
         assert_eq!(target_port(&docs, &get["port"]), API_PORT, "{probe}");
@@ -151,8 +154,8 @@ fn the_grace_period_outlasts_the_drain_and_readiness_fails_within_the_delay() {
         "grace {grace}s <= delay {delay}s + drain {bound}s"
     );
     let ready = &container(&docs)["readinessProbe"];
-    let unready_after = ready["periodSeconds"].as_u64().unwrap()
-        * ready["failureThreshold"].as_u64().unwrap();
+    let unready_after =
+        ready["periodSeconds"].as_u64().unwrap() * ready["failureThreshold"].as_u64().unwrap();
     assert!(
         delay > 0 && unready_after <= delay,
         "readiness turns after {unready_after}s, the delay is {delay}s"
