@@ -309,6 +309,9 @@ fn bad_configuration_is_one_error_line_and_nothing_starts() {
         ("SHUTDOWN_TIMEOUT_SECS", "soon"),
         ("HEADER_READ_TIMEOUT_SECS", "0"),
         ("WORKERS", "0"),
+        ("WORKERS", "abc"),
+        ("MAX_CONNECTIONS", "0"),
+        ("DRAIN_DELAY_SECS", "soon"),
     ] {
         let port = free_port().to_string();
         let mut env = vec![("PORT", port.as_str()), ("HOST", "127.0.0.1")];
@@ -365,6 +368,13 @@ fn help_lists_the_modes_and_the_environment() {
         "HOST",
         "LOG_LEVEL",
         "SHUTDOWN_TIMEOUT_SECS",
+        "MAX_CONNECTIONS",
+        "MAX_ACTIVE_CONNECTIONS",
+        "LISTEN_BACKLOG",
+        "SOCKET_BUFFER_BYTES",
+        "MAX_HEAD_BYTES",
+        "DRAIN_DELAY_SECS",
+        "/ready",
     ] {
         assert!(text.contains(word), "help mentions {word}: {text}");
     }

@@ -65,15 +65,29 @@ Runs:
 and reads VmRSS and VmHWM from /proc/<pid>/status, utime and stime from /proc/<pid>/stat.
 
 CPU time per request is the fairest speed figure when wrk, which has one CPU too, \
-cannot saturate the server: `server CPU busy` well under 100% says so.",
+cannot saturate the server: `server CPU busy` well under 100% says so.
+
+With --abuse, instead: the service under abuse, each kind against a fresh server in a \
+container of the static binary with rollout.yaml's memory limit (docker run --memory 128m \
+--network host, listening on 127.0.0.1 only; a plain process when there is no Docker \
+engine): --silent connections that send nothing, --slowloris ones that send a request \
+head a byte a second, --pipeliners that send pipelined requests and never read, each held \
+--hold seconds while a well-behaved client measures GET /health on a keep-alive connection \
+(every 2 ms) and on a new connection (every 100 ms, as a kubelet probe); then a --burst of \
+connections and RSS each second for --settle seconds. It reports connections opened and \
+held, RSS, the container's memory cgroup (TCP buffers included), the latencies, and \
+whether the server survived. The client needs an open-file limit above the connection \
+counts: they are cut to fit it, and the cut is said.",
     after_long_help = "Environment:
   API_VERSION  the version to compile in, instead of git describe's
-  LOG_LEVEL, WORKERS, HEADER_READ_TIMEOUT_SECS, ...
+  LOG_LEVEL, WORKERS, HEADER_READ_TIMEOUT_SECS, MAX_CONNECTIONS, ...
                passed through to the servers (Go's reads only PORT and HOST), so
                `LOG_LEVEL=debug cargo xtask bench` shows what per-request logging costs
 
 Examples:
   cargo xtask bench
+  cargo xtask bench --abuse
+  MAX_CONNECTIONS=4096 cargo xtask bench --abuse --silent 10000 --hold 5
   cargo xtask bench --json > bench.json
   cargo xtask bench --duration 10 --rounds 5 --connections 128
   cargo xtask --dry-run bench"
@@ -128,6 +142,10 @@ pub struct Bench {
     #[arg(long, default_value_t = 8, value_parser = clap::value_parser!(u64).range(1..=60))]
     pub hold: u64,
 
+    /// --abuse: seconds RSS is followed after the burst
+    #[arg(long, default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..=300))]
+    pub settle: u64,
+
     /// --abuse: run the server as a plain process even when the Docker engine is there
     #[arg(long)]
     pub no_container: bool,
@@ -146,9 +164,6 @@ const SERVICE_SETTINGS: &[&str] = &[
     "DRAIN_DELAY_SECS",
     "SHUTDOWN_TIMEOUT_SECS",
 ];
-
-/// Seconds RSS is followed after the burst: the goal's bound.
-const SETTLE_SECS: u64 = 30;
 
 /// The image and build folder of one --abuse run, removed when dropped.
 struct AbuseImage {
@@ -419,6 +434,8 @@ impl Bench {
                 ));
                 None
             }
+            // A dry run only locates docker: it runs nothing, not even `docker version`.
+            (false, Some(docker)) if cx.dry_run => Some(docker),
             (false, Some(docker)) => {
                 match abuse::docker_run(&docker, &["version", "--format", "{{.Server.Version}}"]) {
                     Ok(_) => Some(docker),
@@ -456,8 +473,8 @@ impl Bench {
             }
             println!(
                 "# phases, each on a fresh server: {} silent, {} slowloris, {} pipelining non-readers, \
-                 held {} s each; then a burst of {} and RSS for {SETTLE_SECS} s",
-                self.silent, self.slowloris, self.pipeliners, self.hold, self.burst
+                 held {} s each; then a burst of {} and RSS for {} s",
+                self.silent, self.slowloris, self.pipeliners, self.hold, self.burst, self.settle
             );
             return Ok(());
         }
@@ -537,7 +554,7 @@ impl Bench {
             let mut target = start("burst")?;
             // Idle means after the first requests' allocations settle.
             std::thread::sleep(Duration::from_millis(500));
-            let result = abuse::burst(&target, clamp(self.burst), Duration::from_secs(SETTLE_SECS));
+            let result = abuse::burst(&target, clamp(self.burst), Duration::from_secs(self.settle));
             target.stop(docker.as_deref());
             Some(result?)
         } else {
@@ -551,7 +568,7 @@ impl Bench {
                 pipeliners: self.pipeliners as usize,
                 burst: self.burst as usize,
                 hold_secs: self.hold,
-                settle_secs: SETTLE_SECS,
+                settle_secs: self.settle,
                 container: docker.is_some(),
             },
             where_: match &docker {
