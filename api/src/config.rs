@@ -8,13 +8,31 @@ use std::time::Duration;
 use crate::log::Level;
 
 /// The variables, their defaults and meanings: `api --help` prints this.
-pub const ENV_HELP: &str = "  PORT                      port to listen on (default 8080; 0 picks a free one)
+pub const ENV_HELP: &str =
+    "  PORT                      port to listen on (default 8080; 0 picks a free one)
   HOST                      IP address to bind (default 0.0.0.0, every IPv4 interface)
   LOG_LEVEL                 error, warn, info or debug (default info; debug logs every request)
-  SHUTDOWN_TIMEOUT_SECS     on SIGTERM/SIGINT, how long in-flight requests may take to finish (default 10)
+  WORKERS                   threads that serve requests (default: the CPUs this process may use)
   HEADER_READ_TIMEOUT_SECS  a connection that completes no request head for this long is closed:
-                            a silent client after 1x, an idle keep-alive one after 1-2x (default 10)
-  WORKERS                   threads that serve requests (default: the CPUs this process may use)";
+                            a silent or trickling client after 1x, an idle keep-alive one or one
+                            that never reads its answers after 1-2x (default 10)
+  MAX_CONNECTIONS           connections served at once (a silent one costs ~4 KiB, kernel
+                            included); more wait in the kernel's listen queue, unaccepted
+                            (default 8192; lowered to fit the open-file limit)
+  MAX_ACTIVE_CONNECTIONS    of those, connections that have sent bytes and hold buffers (up to
+                            ~42 KiB each, kernel included); the others wait (default 2048)
+  LISTEN_BACKLOG            the kernel's queue of connections not yet accepted (default 4096;
+                            the kernel caps it at net.core.somaxconn)
+  SOCKET_BUFFER_BYTES       kernel send and receive buffer asked per connection (the kernel
+                            doubles it); caps what a client that pipelines and never reads can
+                            park in the service's memory (default 4096)
+  MAX_HEAD_BYTES            largest request head (request line and headers); a larger one gets 431
+                            (default 8192, the least hyper allows)
+  DRAIN_DELAY_SECS          on SIGTERM/SIGINT, keep accepting and serving this long, /ready
+                            answering 503 and every answer saying Connection: close, while the
+                            endpoints are taken out of rotation (default 5)
+  SHUTDOWN_TIMEOUT_SECS     then stop accepting: how long open connections may take to finish their
+                            request; idle ones are closed at once (default 10)";
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Config {
@@ -25,7 +43,25 @@ pub struct Config {
     pub header_read_timeout: Duration,
     /// 1 runs everything on the main thread (a current-thread runtime).
     pub workers: usize,
+    pub max_connections: usize,
+    pub max_active_connections: usize,
+    pub listen_backlog: u32,
+    pub socket_buffer_bytes: u32,
+    pub max_head_bytes: usize,
+    pub drain_delay: Duration,
 }
+
+/// Defaults, chosen by measurement (`cargo xtask bench --abuse`, in a container
+/// with rollout.yaml's 128 MiB): a silent connection costs ~4.4 KiB, an active
+/// one that pipelines and never reads ~42 KiB (17 in the process, 22 in TCP
+/// buffers). The worst mix the limits admit, 2048 active and 6144 silent, is
+/// ~113 MiB.
+pub const DEFAULT_MAX_CONNECTIONS: u64 = 8_192;
+pub const DEFAULT_MAX_ACTIVE_CONNECTIONS: u64 = 2_048;
+pub const DEFAULT_LISTEN_BACKLOG: u64 = 4_096;
+pub const DEFAULT_SOCKET_BUFFER_BYTES: u64 = 4_096;
+pub const DEFAULT_MAX_HEAD_BYTES: u64 = 8_192;
+pub const DEFAULT_DRAIN_DELAY_SECS: u64 = 5;
 
 impl Config {
     /// Reads the process environment.
@@ -45,7 +81,8 @@ impl Config {
                 None => Level::Info,
                 Some(value) => Level::parse(&value).ok_or_else(|| {
                     format!(
-                        "LOG_LEVEL={value:?} is not a log level: use one of {}",
+                        "LOG_LEVEL={} is not a log level: use one of {}",
+                        shown(&value),
                         Level::NAMES
                     )
                 })?,
@@ -71,6 +108,48 @@ impl Config {
                 1..=1024,
                 "a number of threads from 1 to 1024",
             )? as usize,
+            max_connections: number(
+                &get,
+                "MAX_CONNECTIONS",
+                DEFAULT_MAX_CONNECTIONS,
+                1..=1_000_000,
+                "a number of connections from 1 to 1000000",
+            )? as usize,
+            max_active_connections: number(
+                &get,
+                "MAX_ACTIVE_CONNECTIONS",
+                DEFAULT_MAX_ACTIVE_CONNECTIONS,
+                1..=1_000_000,
+                "a number of connections from 1 to 1000000",
+            )? as usize,
+            listen_backlog: number(
+                &get,
+                "LISTEN_BACKLOG",
+                DEFAULT_LISTEN_BACKLOG,
+                1..=65_535,
+                "a number of connections from 1 to 65535",
+            )? as u32,
+            socket_buffer_bytes: number(
+                &get,
+                "SOCKET_BUFFER_BYTES",
+                DEFAULT_SOCKET_BUFFER_BYTES,
+                4_096..=16_777_216,
+                "a number of bytes from 4096 to 16777216",
+            )? as u32,
+            max_head_bytes: number(
+                &get,
+                "MAX_HEAD_BYTES",
+                DEFAULT_MAX_HEAD_BYTES,
+                8_192..=1_048_576,
+                "a number of bytes from 8192 to 1048576",
+            )? as usize,
+            drain_delay: Duration::from_secs(number(
+                &get,
+                "DRAIN_DELAY_SECS",
+                DEFAULT_DRAIN_DELAY_SECS,
+                0..=3600,
+                "a whole number of seconds from 0 to 3600",
+            )?),
         })
     }
 
@@ -111,6 +190,12 @@ pub fn healthcheck_addr_from(
         shutdown_timeout: Duration::ZERO,
         header_read_timeout: Duration::ZERO,
         workers: 1,
+        max_connections: 1,
+        max_active_connections: 1,
+        listen_backlog: 1,
+        socket_buffer_bytes: 0,
+        max_head_bytes: 0,
+        drain_delay: Duration::ZERO,
     };
     Ok(config.health_url_addr())
 }
@@ -120,7 +205,8 @@ fn lookup_env(name: &str) -> Result<Option<String>, String> {
         Ok(value) => Ok(Some(value)),
         Err(std::env::VarError::NotPresent) => Ok(None),
         Err(std::env::VarError::NotUnicode(value)) => Err(format!(
-            "{name}={value:?} is not valid UTF-8: set it to plain text"
+            "{name}={} is not valid UTF-8: set it to plain text",
+            shown(&value.to_string_lossy())
         )),
     }
 }
@@ -130,8 +216,9 @@ fn host(get: &impl Fn(&str) -> Result<Option<String>, String>) -> Result<IpAddr,
         None => Ok(IpAddr::V4(Ipv4Addr::UNSPECIFIED)),
         Some(value) => value.parse().map_err(|_| {
             format!(
-                "HOST={value:?} is not an IP address: use one such as 0.0.0.0 (every IPv4 \
-                 interface), :: (every interface) or 127.0.0.1 (this machine only)"
+                "HOST={} is not an IP address: use one such as 0.0.0.0 (every IPv4 \
+                 interface), :: (every interface) or 127.0.0.1 (this machine only)",
+                shown(&value)
             )
         }),
     }
@@ -141,7 +228,10 @@ fn port(get: &impl Fn(&str) -> Result<Option<String>, String>) -> Result<u16, St
     match get("PORT")? {
         None => Ok(8080),
         Some(value) => value.parse().map_err(|_| {
-            format!("PORT={value:?} is not a port number: use a whole number from 1 to 65535 (0 picks a free one)")
+            format!(
+                "PORT={} is not a port number: use a whole number from 1 to 65535 (0 picks a free one)",
+                shown(&value)
+            )
         }),
     }
 }
@@ -156,10 +246,31 @@ fn number(
     let Some(value) = get(name)? else {
         return Ok(default);
     };
+    let value_shown = shown(&value);
     match value.parse::<u64>() {
         Ok(n) if allowed.contains(&n) => Ok(n),
-        _ => Err(format!("{name}={value:?} is out of range: use {what}")),
+        Ok(_) => Err(format!("{name}={value_shown} is out of range: use {what}")),
+        // Digits only, but too many for a u64: out of range all the same.
+        Err(_) if !value.is_empty() && value.bytes().all(|b| b.is_ascii_digit()) => {
+            Err(format!("{name}={value_shown} is out of range: use {what}"))
+        }
+        Err(_) => Err(format!("{name}={value_shown} is not a number: use {what}")),
     }
+}
+
+/// The most of a bad value an error shows: enough to recognise it, not so much
+/// that one line fills a screen (or a log store).
+const SHOWN_CHARS: usize = 64;
+
+/// `value` quoted as Rust's `{:?}` does, cut to its first [`SHOWN_CHARS`]
+/// characters with the length said when it is longer.
+fn shown(value: &str) -> String {
+    let chars = value.chars().count();
+    if chars <= SHOWN_CHARS {
+        return format!("{value:?}");
+    }
+    let head: String = value.chars().take(SHOWN_CHARS).collect();
+    format!("{head:?}... ({} bytes in all)", value.len())
 }
 
 #[cfg(test)]
@@ -183,6 +294,57 @@ mod tests {
         assert_eq!(c.shutdown_timeout, Duration::from_secs(10));
         assert_eq!(c.header_read_timeout, Duration::from_secs(10));
         assert!(c.workers >= 1);
+        assert_eq!(c.max_connections, 8_192);
+        assert_eq!(c.max_active_connections, 2_048);
+        assert_eq!(c.listen_backlog, 4_096);
+        assert_eq!(c.socket_buffer_bytes, 4_096);
+        assert_eq!(c.max_head_bytes, 8_192);
+        assert_eq!(c.drain_delay, Duration::from_secs(5));
+    }
+
+    #[test]
+    fn every_limit_is_read() {
+        let c = config(&[
+            ("MAX_CONNECTIONS", "100"),
+            ("MAX_ACTIVE_CONNECTIONS", "10"),
+            ("LISTEN_BACKLOG", "64"),
+            ("SOCKET_BUFFER_BYTES", "8192"),
+            ("MAX_HEAD_BYTES", "16384"),
+            ("DRAIN_DELAY_SECS", "0"),
+        ])
+        .unwrap();
+        assert_eq!(
+            (
+                c.max_connections,
+                c.max_active_connections,
+                c.listen_backlog
+            ),
+            (100, 10, 64)
+        );
+        assert_eq!((c.socket_buffer_bytes, c.max_head_bytes), (8192, 16384));
+        assert_eq!(c.drain_delay, Duration::ZERO);
+    }
+
+    #[test]
+    fn text_where_a_number_belongs_is_not_a_number() {
+        for (var, value) in [("WORKERS", "abc"), ("MAX_CONNECTIONS", "-1"), ("PORT", "x")] {
+            let err = config(&[(var, value)]).unwrap_err();
+            assert!(err.contains("not a") && !err.contains("range"), "{err}");
+        }
+        for (var, value) in [("WORKERS", "0"), ("WORKERS", "99999999999999999999999")] {
+            let err = config(&[(var, value)]).unwrap_err();
+            assert!(err.contains("out of range"), "{var}={value}: {err}");
+        }
+    }
+
+    #[test]
+    fn a_long_bad_value_is_cut_in_the_error() {
+        let long = "x".repeat(100_000);
+        for var in ["LOG_LEVEL", "WORKERS", "HOST", "PORT"] {
+            let err = config(&[(var, long.as_str())]).unwrap_err();
+            assert!(err.len() < 300, "{var}: {} bytes", err.len());
+            assert!(err.contains("100000 bytes in all"), "{err}");
+        }
     }
 
     #[test]
@@ -216,6 +378,13 @@ mod tests {
             ("SHUTDOWN_TIMEOUT_SECS", "99999", "from 0 to 3600"),
             ("HEADER_READ_TIMEOUT_SECS", "0", "from 1 to 3600"),
             ("WORKERS", "0", "from 1 to 1024"),
+            ("WORKERS", "abc", "from 1 to 1024"),
+            ("MAX_CONNECTIONS", "0", "from 1 to 1000000"),
+            ("MAX_ACTIVE_CONNECTIONS", "many", "from 1 to 1000000"),
+            ("LISTEN_BACKLOG", "70000", "from 1 to 65535"),
+            ("SOCKET_BUFFER_BYTES", "100", "from 4096"),
+            ("MAX_HEAD_BYTES", "4096", "from 8192"),
+            ("DRAIN_DELAY_SECS", "5s", "from 0 to 3600"),
         ] {
             let err = config(&[(var, value)]).unwrap_err();
             assert!(

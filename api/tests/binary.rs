@@ -34,6 +34,8 @@ impl Api {
         command
             .env("PORT", "0")
             .env("HOST", "127.0.0.1")
+            // Tests that are not about the drain delay stop at once.
+            .env("DRAIN_DELAY_SECS", "0")
             .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
@@ -307,6 +309,9 @@ fn bad_configuration_is_one_error_line_and_nothing_starts() {
         ("SHUTDOWN_TIMEOUT_SECS", "soon"),
         ("HEADER_READ_TIMEOUT_SECS", "0"),
         ("WORKERS", "0"),
+        ("WORKERS", "abc"),
+        ("MAX_CONNECTIONS", "0"),
+        ("DRAIN_DELAY_SECS", "soon"),
     ] {
         let port = free_port().to_string();
         let mut env = vec![("PORT", port.as_str()), ("HOST", "127.0.0.1")];
@@ -363,6 +368,13 @@ fn help_lists_the_modes_and_the_environment() {
         "HOST",
         "LOG_LEVEL",
         "SHUTDOWN_TIMEOUT_SECS",
+        "MAX_CONNECTIONS",
+        "MAX_ACTIVE_CONNECTIONS",
+        "LISTEN_BACKLOG",
+        "SOCKET_BUFFER_BYTES",
+        "MAX_HEAD_BYTES",
+        "DRAIN_DELAY_SECS",
+        "/ready",
     ] {
         assert!(text.contains(word), "help mentions {word}: {text}");
     }
@@ -656,4 +668,335 @@ fn sigterm_under_keep_alive_load_answers_every_accepted_request_in_full() {
         "{before} answered before SIGTERM, {} after it; exit {took:?} after SIGTERM",
         answered_after_signal.load(Ordering::Relaxed)
     );
+}
+
+// ---- abuse: limits, floods, memory, drain ----
+
+fn vm_rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .unwrap()
+        .trim()
+        .trim_end_matches("kB")
+        .trim()
+        .parse()
+        .unwrap()
+}
+
+#[test]
+fn past_the_connection_limit_clients_wait_unaccepted_and_are_served_when_room_frees() {
+    let mut api = Api::start(&[
+        ("MAX_CONNECTIONS", "20"),
+        ("HEADER_READ_TIMEOUT_SECS", "30"),
+    ]);
+    // A well-behaved client, connected before the flood.
+    let mut kept = api.connect();
+    assert_eq!(get(&mut kept, "GET", "/health").status, 200);
+    // 200 silent clients: 19 are accepted, the rest wait in the listen queue.
+    let silent: Vec<TcpStream> = (0..200).map(|_| api.connect()).collect();
+    std::thread::sleep(Duration::from_millis(300));
+    for _ in 0..20 {
+        assert_eq!(
+            get(&mut kept, "GET", "/health").status,
+            200,
+            "served through the flood"
+        );
+    }
+    let mut waiting = api.connect();
+    waiting
+        .write_all(b"GET /health HTTP/1.1\r\nHost: test\r\n\r\n")
+        .unwrap();
+    waiting
+        .set_read_timeout(Some(Duration::from_millis(500)))
+        .unwrap();
+    let mut byte = [0u8; 1];
+    assert!(
+        matches!(waiting.read(&mut byte), Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut)),
+        "not answered while the limit is reached"
+    );
+    let limit = api.wait_for_log(
+        "at the connection limit: new clients wait unaccepted",
+        Duration::from_secs(5),
+    );
+    assert_eq!(limit["max_connections"], 20);
+    drop(silent);
+    waiting
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let answer = read_response(&mut waiting, false).expect("answered once room freed");
+    assert_eq!(answer.status, 200);
+    api.signal("TERM");
+    api.wait_for_log("stopped", Duration::from_secs(10));
+    let limit_lines = api
+        .seen
+        .iter()
+        .filter(|l| l["msg"] == "at the connection limit: new clients wait unaccepted")
+        .count();
+    assert_eq!(limit_lines, 1, "one line, not one per waiting client");
+}
+
+#[test]
+fn the_connection_limit_is_lowered_to_fit_the_open_file_limit() {
+    // util-linux's prlimit lowers the limit for the one process it starts.
+    let prlimit = Command::new("prlimit").arg("--version").output();
+    assert!(
+        prlimit.is_ok_and(|o| o.status.success()),
+        "this test needs prlimit (util-linux): apt-get install util-linux"
+    );
+    let mut child = Command::new("prlimit")
+        .args(["--nofile=200:200", API])
+        .env("PORT", "0")
+        .env("HOST", "127.0.0.1")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let first: Value = serde_json::from_str(&lines.next().unwrap().unwrap()).unwrap();
+    let _ = child.kill();
+    let _ = child.wait();
+    assert_eq!(
+        first["msg"],
+        "connection limit lowered to fit the open-file limit"
+    );
+    assert_eq!(first["open_file_limit"], 200);
+    assert_eq!(first["max_connections"], 136);
+}
+
+#[test]
+fn a_client_that_pipelines_and_never_reads_is_closed_and_others_are_served() {
+    let api = Api::start(&[("HEADER_READ_TIMEOUT_SECS", "1")]);
+    let mut hog = api.connect();
+    hog.set_nonblocking(true).unwrap();
+    let requests = b"GET /health HTTP/1.1\r\nHost: test\r\n\r\n".repeat(400);
+    let mut sent = 0;
+    // Bounded: as much as the sockets take, 16 MiB at most.
+    while sent < 16 << 20 {
+        match hog.write(&requests) {
+            Ok(n) => sent += n,
+            Err(e) if e.kind() == ErrorKind::WouldBlock => break,
+            Err(e) => panic!("closed before its buffers filled: {e}"),
+        }
+    }
+    assert!(sent > 0);
+    let mut kept = api.connect();
+    for _ in 0..20 {
+        assert_eq!(get(&mut kept, "GET", "/health").status, 200);
+    }
+    // Stuck on answers it does not read: no request completes, so within two
+    // header timeouts it is closed (give a loaded machine room).
+    std::thread::sleep(Duration::from_secs(3));
+    // Reading would unblock it; a write sees the reset once it is closed.
+    let waited = Instant::now();
+    let closed = loop {
+        match hog.write(b"G") {
+            Err(e) if e.kind() != ErrorKind::WouldBlock => break true,
+            _ if waited.elapsed() > Duration::from_secs(10) => break false,
+            _ => std::thread::sleep(Duration::from_millis(50)),
+        }
+    };
+    eprintln!(
+        "sent {sent} bytes; closed: {closed}, {:?} after the 3 s",
+        waited.elapsed()
+    );
+    assert!(closed, "a pipelining non-reader is closed");
+    // (The kept connection idled past the header timeout meanwhile.)
+    let mut fresh = api.connect();
+    assert_eq!(
+        get(&mut fresh, "GET", "/health").status,
+        200,
+        "still serving"
+    );
+}
+
+#[test]
+fn memory_freed_by_a_burst_of_connections_is_returned() {
+    const BURST: usize = 2_000;
+    let mut api = Api::start(&[]);
+    let pid = api.child.id();
+    let mut warm = api.connect();
+    get(&mut warm, "GET", "/health");
+    drop(warm);
+    std::thread::sleep(Duration::from_millis(300));
+    let idle = vm_rss_kib(pid);
+    let mut burst: Vec<TcpStream> = (0..BURST).map(|_| api.connect()).collect();
+    for stream in &mut burst {
+        stream
+            .write_all(b"GET /health HTTP/1.1\r\nHost: test\r\n\r\n")
+            .unwrap();
+    }
+    for stream in &mut burst {
+        stream
+            .set_read_timeout(Some(Duration::from_secs(20)))
+            .unwrap();
+        assert_eq!(read_response(stream, false).unwrap().status, 200);
+    }
+    let peak = vm_rss_kib(pid);
+    drop(burst);
+    // The service looks every 5 s; allow a loaded machine three looks.
+    let deadline = Instant::now() + Duration::from_secs(16);
+    let mut now = peak;
+    while Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(500));
+        now = vm_rss_kib(pid);
+        if now <= idle * 2 + 1024 {
+            break;
+        }
+    }
+    eprintln!("RSS idle {idle} KiB, after {BURST} connections {peak} KiB, then {now} KiB");
+    // Loose on purpose: glibc alone kept ~10 KiB per connection (20 MB here).
+    assert!(
+        now <= idle * 2 + 1024,
+        "RSS {now} KiB after the burst, idle {idle} KiB, peak {peak} KiB"
+    );
+    assert!(api.child.try_wait().unwrap().is_none());
+    api.signal("TERM");
+}
+
+#[test]
+fn no_host_or_two_hosts_is_a_400_on_the_wire() {
+    let api = Api::start(&[]);
+    for (request, error) in [
+        ("GET /health HTTP/1.1\r\n\r\n", "no Host header"),
+        (
+            "GET /health HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n",
+            "more than one Host header",
+        ),
+    ] {
+        let mut stream = api.connect();
+        stream.write_all(request.as_bytes()).unwrap();
+        let response = read_response(&mut stream, false).expect("an answer");
+        assert_eq!(response.status, 400, "{request:?}");
+        assert_eq!(response.body, format!(r#"{{"error":"{error}"}}"#));
+        assert_eq!(response.header("connection"), Some("close"));
+    }
+}
+
+#[test]
+fn during_the_drain_delay_ready_is_503_health_is_200_and_every_answer_closes() {
+    let mut api = Api::start(&[("DRAIN_DELAY_SECS", "2"), ("SHUTDOWN_TIMEOUT_SECS", "5")]);
+    let mut before = api.connect();
+    assert_eq!(get(&mut before, "GET", "/ready").status, 200);
+    let signalled = Instant::now();
+    api.signal("TERM");
+    let stopping = api.wait_for_log("stopping", Duration::from_secs(5));
+    assert_eq!(stopping["drain_delay_secs"], 2);
+    // A new connection is still accepted and answered during the delay.
+    let mut during = api.connect();
+    let ready = get(&mut during, "GET", "/ready");
+    assert_eq!(ready.status, 503);
+    assert!(
+        ready.body.contains(r#""status":"draining""#),
+        "{}",
+        ready.body
+    );
+    assert_eq!(ready.header("connection"), Some("close"));
+    let mut during = api.connect();
+    let health = get(&mut during, "GET", "/health");
+    assert_eq!(health.status, 200, "liveness holds while draining");
+    assert_eq!(health.header("connection"), Some("close"));
+    // The connection from before: its next answer closes it.
+    let last = get(&mut before, "GET", "/health");
+    assert_eq!(last.header("connection"), Some("close"));
+    let status = api.wait_exit(Duration::from_secs(10));
+    let took = signalled.elapsed();
+    assert!(status.success(), "{status}");
+    assert!(
+        took >= Duration::from_millis(1900),
+        "served through the delay: exited {took:?} after SIGTERM"
+    );
+    let stopped = api.wait_for_log("stopped", Duration::from_secs(1));
+    assert_eq!(stopped["drained"], true);
+}
+
+#[test]
+fn sigterm_with_a_drain_delay_under_keep_alive_load_fails_no_request() {
+    const CLIENTS: usize = 8;
+    let mut api = Api::start(&[("DRAIN_DELAY_SECS", "2"), ("SHUTDOWN_TIMEOUT_SECS", "5")]);
+    let addr = api.addr;
+    let answered = Arc::new(AtomicUsize::new(0));
+    let after_signal = Arc::new(AtomicUsize::new(0));
+    let signalled = Arc::new(AtomicBool::new(false));
+    // As a Kubernetes Service would: shortly after SIGTERM the endpoint is
+    // removed and no new connection comes here; open ones keep going.
+    let removed = Arc::new(AtomicBool::new(false));
+    let failures = Arc::new(Mutex::new(Vec::<String>::new()));
+    let clients: Vec<_> = (0..CLIENTS)
+        .map(|_| {
+            let (answered, after_signal, signalled, removed, failures) = (
+                answered.clone(),
+                after_signal.clone(),
+                signalled.clone(),
+                removed.clone(),
+                failures.clone(),
+            );
+            std::thread::spawn(move || {
+                let deadline = Instant::now() + Duration::from_secs(20);
+                while Instant::now() < deadline && !removed.load(Ordering::Relaxed) {
+                    let Ok(mut stream) = TcpStream::connect(addr) else {
+                        failures
+                            .lock()
+                            .unwrap()
+                            .push("connect refused before the delay ended".into());
+                        return;
+                    };
+                    stream
+                        .set_read_timeout(Some(Duration::from_secs(10)))
+                        .unwrap();
+                    loop {
+                        if let Err(e) =
+                            stream.write_all(b"GET /health HTTP/1.1\r\nHost: test\r\n\r\n")
+                        {
+                            failures.lock().unwrap().push(format!("send: {e}"));
+                            return;
+                        }
+                        match read_response(&mut stream, false) {
+                            Ok(response) => {
+                                if response.status != 200 {
+                                    failures.lock().unwrap().push(format!("{response:?}"));
+                                }
+                                answered.fetch_add(1, Ordering::Relaxed);
+                                if signalled.load(Ordering::Relaxed) {
+                                    after_signal.fetch_add(1, Ordering::Relaxed);
+                                }
+                                if response.header("connection") == Some("close") {
+                                    break;
+                                }
+                            }
+                            Err(end) => {
+                                // A request sent on an open connection and not answered.
+                                failures.lock().unwrap().push(format!("{end:?}"));
+                                return;
+                            }
+                        }
+                    }
+                }
+            })
+        })
+        .collect();
+    let warmup = Instant::now();
+    while answered.load(Ordering::Relaxed) < 200 {
+        assert!(warmup.elapsed() < Duration::from_secs(10), "no load");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    signalled.store(true, Ordering::Relaxed);
+    api.signal("TERM");
+    std::thread::sleep(Duration::from_millis(500));
+    removed.store(true, Ordering::Relaxed);
+    let status = api.wait_exit(Duration::from_secs(12));
+    for client in clients {
+        client.join().unwrap();
+    }
+    let failures = failures.lock().unwrap();
+    assert!(failures.is_empty(), "failed requests: {failures:?}");
+    assert!(status.success(), "{status}");
+    assert!(
+        after_signal.load(Ordering::Relaxed) > 0,
+        "served after SIGTERM"
+    );
+    let stopped = api.wait_for_log("stopped", Duration::from_secs(1));
+    assert_eq!(stopped["drained"], true);
 }

@@ -11,6 +11,8 @@ use super::{
 
 /// The port the api listens on by default (its PORT), which the pods must expose.
 const API_PORT: u64 = 8080;
+/// The api's readiness path: 503 once it drains (`api --help`).
+const READY_PATH: &str = "/ready";
 
 fn documents() -> Vec<Value> {
     let path = crate::context::workspace_root().join("rollout.yaml");
@@ -114,11 +116,65 @@ fn probes_ask_the_health_path_on_the_api_port() {
         container["ports"][0]["containerPort"].as_u64(),
         Some(API_PORT)
     );
-    for probe in ["readinessProbe", "livenessProbe"] {
+    // Liveness on /health, which stays 200 while draining; readiness on /ready.
+    for (probe, path) in [
+        ("readinessProbe", READY_PATH),
+        ("livenessProbe", HEALTH_PATH),
+    ] {
         let get = &container[probe]["httpGet"];
-        assert_eq!(get["path"], HEALTH_PATH, "{probe}");
+        assert_eq!(get["path"], path, "{probe}");
         assert_eq!(target_port(&docs, &get["port"]), API_PORT, "{probe}");
     }
+}
+
+/// A setting of the container's `env`, as a number.
+fn env_secs(docs: &[Value], name: &str) -> u64 {
+    container(docs)["env"]
+        .as_sequence()
+        .unwrap()
+        .iter()
+        .find(|e| e["name"] == name)
+        .unwrap_or_else(|| panic!("the container does not set {name}"))["value"]
+        .as_str()
+        .unwrap()
+        .parse()
+        .unwrap()
+}
+
+#[test]
+fn the_grace_period_outlasts_the_drain_and_readiness_fails_within_the_delay() {
+    let docs = documents();
+    let delay = env_secs(&docs, "DRAIN_DELAY_SECS");
+    let bound = env_secs(&docs, "SHUTDOWN_TIMEOUT_SECS");
+    let grace = rollout(&docs)["spec"]["template"]["spec"]["terminationGracePeriodSeconds"]
+        .as_u64()
+        .unwrap();
+    assert!(
+        grace > delay + bound,
+        "grace {grace}s <= delay {delay}s + drain {bound}s"
+    );
+    let ready = &container(&docs)["readinessProbe"];
+    let unready_after =
+        ready["periodSeconds"].as_u64().unwrap() * ready["failureThreshold"].as_u64().unwrap();
+    assert!(
+        delay > 0 && unready_after <= delay,
+        "readiness turns after {unready_after}s, the delay is {delay}s"
+    );
+}
+
+#[test]
+fn the_pod_runs_as_the_user_of_the_image() {
+    let path = crate::context::workspace_root().join("Dockerfile");
+    let dockerfile = std::fs::read_to_string(&path).unwrap();
+    let user = dockerfile
+        .lines()
+        .find_map(|l| l.strip_prefix("USER "))
+        .expect("the Dockerfile names a USER");
+    let (uid, gid) = user.trim().split_once(':').expect("USER uid:gid");
+    let docs = documents();
+    let pod = &rollout(&docs)["spec"]["template"]["spec"]["securityContext"];
+    assert_eq!(pod["runAsUser"].as_u64(), Some(uid.parse().unwrap()));
+    assert_eq!(pod["runAsGroup"].as_u64(), Some(gid.parse().unwrap()));
 }
 
 #[test]
