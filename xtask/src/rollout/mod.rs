@@ -52,7 +52,7 @@ pub const DEFAULT_ACTIVE_SERVICE: &str = "api-active";
 pub const DEFAULT_PREVIEW_SERVICE: &str = "api-preview";
 /// The port both Services expose (their targetPort is the container's 8080).
 pub const SERVICE_PORT: u16 = 80;
-/// What the readiness and liveness probes ask, and what `sanity` checks first.
+/// What the liveness probe asks, and what `sanity` checks first (readiness asks `/ready`).
 pub const HEALTH_PATH: &str = "/health";
 
 /// Which Rollout, in which namespace and cluster: the flags every blue/green task takes.
