@@ -6,7 +6,7 @@
 
 mod rollout_support;
 
-use rollout_support::{NAMESPACE, Pod, REPOSITORY, Run, World, image, require_tool};
+use rollout_support::{NAMESPACE, Pod, REPOSITORY, Run, World, image, release_args, require_tool};
 
 const DIGEST_A: &str = "sha256:aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa";
 const DIGEST_B: &str = "sha256:bbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbb";
@@ -150,23 +150,7 @@ fn the_pipelines_deploy_job_aborts_its_own_preview_when_the_checks_fail() {
     let stale = Pod::api(&world, "v1");
     world.pods("v2", &stale.addr);
 
-    let run = world.run(&[
-        "release",
-        "--no-promote",
-        "--replace",
-        "-n",
-        NAMESPACE,
-        "--image",
-        REPOSITORY,
-        "--tag",
-        "v2",
-        "--expect-version",
-        "v2",
-        "--poll-interval",
-        "100ms",
-        "--sanity-timeout",
-        "2s",
-    ]);
+    let run = world.run(&release_args(&["--no-promote", "--replace"]));
     run.failed();
     assert!(
         run.error()
@@ -189,20 +173,7 @@ fn release_no_promote_leaves_a_checked_preview_for_the_manual_promote() {
     let green = Pod::api(&world, "v2");
     world.pods("v2", &green.addr);
 
-    let run = world.run(&[
-        "release",
-        "--no-promote",
-        "-n",
-        NAMESPACE,
-        "--image",
-        REPOSITORY,
-        "--tag",
-        "v2",
-        "--expect-version",
-        "v2",
-        "--poll-interval",
-        "100ms",
-    ]);
+    let run = world.run(&release_args(&["--no-promote"]));
     run.ok();
     assert!(
         run.stderr

@@ -95,9 +95,9 @@ fn every_task_ends_within_its_bound_when_the_api_server_never_answers() {
     world.assert_no_process_left();
 }
 
-#[test]
-fn sanity_shows_kubectls_reason_when_no_pod_exists_behind_the_preview() {
-    // pkg/polymorphichelpers/helpers.go GetPodList: watch for a pod until --pod-running-timeout.
+/// `sanity` of a ready preview v2 whose pods are made `missing` or `pending`
+/// (by `hide`), for 2s: it fails, and its error quotes kubectl's own reason.
+fn sanity_quotes_kubectl(hide: impl FnOnce(&World), reason: &str) {
     let Some((world, blue, green)) = blue_green_world() else {
         return;
     };
@@ -106,7 +106,7 @@ fn sanity_shows_kubectls_reason_when_no_pod_exists_behind_the_preview() {
             "deploy", "-n", NAMESPACE, "--image", REPOSITORY, "--tag", "v2", "--wait",
         ])
         .ok();
-    world.pods_missing("v2");
+    hide(&world);
     let run = world.run(&[
         "sanity",
         "-n",
@@ -118,8 +118,7 @@ fn sanity_shows_kubectls_reason_when_no_pod_exists_behind_the_preview() {
     ]);
     run.failed();
     assert!(
-        run.error()
-            .contains("kubectl said: error: timed out waiting for the condition"),
+        run.error().contains(&format!("kubectl said: {reason}")),
         "{run}"
     );
     assert!(run.stderr.contains("--pod-running-timeout="), "{run}");
@@ -129,36 +128,21 @@ fn sanity_shows_kubectls_reason_when_no_pod_exists_behind_the_preview() {
 }
 
 #[test]
+fn sanity_shows_kubectls_reason_when_no_pod_exists_behind_the_preview() {
+    // pkg/polymorphichelpers/helpers.go GetPodList: watch for a pod until --pod-running-timeout.
+    sanity_quotes_kubectl(
+        |world| world.pods_missing("v2"),
+        "error: timed out waiting for the condition",
+    );
+}
+
+#[test]
 fn sanity_shows_kubectls_reason_when_the_pod_is_pending() {
     // pkg/cmd/portforward/portforward.go RunPortForwardContext: a pod not Running is refused at once.
-    let Some((world, blue, green)) = blue_green_world() else {
-        return;
-    };
-    world
-        .run(&[
-            "deploy", "-n", NAMESPACE, "--image", REPOSITORY, "--tag", "v2", "--wait",
-        ])
-        .ok();
-    world.pods_pending("v2");
-    let run = world.run(&[
-        "sanity",
-        "-n",
-        NAMESPACE,
-        "--expect-version",
-        "v2",
-        "--timeout",
-        "2s",
-    ]);
-    run.failed();
-    assert!(
-        run.error().contains(
-            "kubectl said: error: unable to forward port because pod is not running. Current status=Pending"
-        ),
-        "{run}"
+    sanity_quotes_kubectl(
+        |world| world.pods_pending("v2"),
+        "error: unable to forward port because pod is not running. Current status=Pending",
     );
-
-    drop((green, blue));
-    world.assert_no_process_left();
 }
 
 #[test]
@@ -283,18 +267,7 @@ fn a_second_ctrl_c_during_a_hanging_sanity_does_not_skip_the_abort() {
             .stdout(Stdio::piped())
             .stderr(Stdio::piped()),
     );
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while !rollout_support::processes_with_marker(&world.marker)
-        .iter()
-        .any(|p| p.contains("port-forward"))
-    {
-        assert!(
-            Instant::now() < deadline,
-            "sanity never started its port-forward"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    std::thread::sleep(Duration::from_millis(300));
+    world.wait_for_port_forward();
     for _ in 0..2 {
         Command::new("kill")
             .args(["-INT", &child.id().to_string()])

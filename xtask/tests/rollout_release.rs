@@ -277,19 +277,7 @@ fn ctrl_c_during_sanity_stops_the_port_forward_and_aborts() {
             .stdout(Stdio::piped())
             .stderr(Stdio::piped()),
     );
-    // The port-forward runs once the double's kubectl is forwarding to the silent pod.
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while !rollout_support::processes_with_marker(&world.marker)
-        .iter()
-        .any(|p| p.contains("port-forward"))
-    {
-        assert!(
-            Instant::now() < deadline,
-            "sanity never started its port-forward"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    std::thread::sleep(Duration::from_millis(300));
+    world.wait_for_port_forward();
     Command::new("kill")
         .args(["-INT", &child.id().to_string()])
         .status()

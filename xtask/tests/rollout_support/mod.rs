@@ -350,6 +350,23 @@ impl World {
         Run::from(self.xtask(args).output().unwrap())
     }
 
+    /// Waits until a `kubectl port-forward` this world started runs (sanity
+    /// is then checking through it), and a moment more for it to forward.
+    pub fn wait_for_port_forward(&self) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !processes_with_marker(&self.marker)
+            .iter()
+            .any(|p| p.contains("port-forward"))
+        {
+            assert!(
+                Instant::now() < deadline,
+                "sanity never started its port-forward"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        std::thread::sleep(Duration::from_millis(300));
+    }
+
     /// Fails if any process this world started (xtask, the doubles, a
     /// port-forward, an api) is still there. Waits a moment for ones being killed.
     pub fn assert_no_process_left(&self) {
