@@ -324,13 +324,13 @@ fn run_on_stderr(
     stdin: Option<&str>,
     limit: Duration,
 ) -> Result<String> {
-    let line = cmd.to_string();
+    let mut command = Command::from(cmd);
+    let line = command_line(command.get_program(), command.get_args());
     if cx.dry_run {
         println!("{line}");
         return Ok(String::new());
     }
     eprintln!("$ {line}");
-    let mut command = Command::from(cmd);
     command.stdout(Stdio::piped());
     command.stdin(match stdin {
         Some(_) => Stdio::piped(),
