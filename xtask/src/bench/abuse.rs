@@ -1,0 +1,777 @@
+//! `cargo xtask bench --abuse`: the service under the floods it must survive
+//! in its manifest's memory limit, and the figures that say how well.
+
+use std::collections::BTreeMap;
+use std::io::{ErrorKind, Read as _, Write as _};
+use std::net::{SocketAddr, TcpStream};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context as _, Result, bail};
+use camino::Utf8Path;
+use serde::Serialize;
+
+/// rollout.yaml's memory limit, as `docker run --memory` takes it.
+pub const MEMORY_LIMIT: &str = "128m";
+pub const MEMORY_LIMIT_BYTES: u64 = 128 * 1024 * 1024;
+/// What every docker command may take.
+const DOCKER_DEADLINE: Duration = Duration::from_secs(120);
+/// A well-behaved client's deadline per request: a kubelet probe's timeoutSeconds.
+const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
+/// The goal for the well-behaved client's p99 during a flood.
+pub const GOAL_HEALTH_P99_US: u64 = 10_000;
+
+/// How many abusive clients of each kind, and how long each phase lasts.
+#[derive(Debug, Clone, Serialize)]
+pub struct Plan {
+    pub silent: usize,
+    pub slowloris: usize,
+    pub pipeliners: usize,
+    pub burst: usize,
+    pub hold_secs: u64,
+    pub settle_secs: u64,
+    /// Run the server in a container with `--memory 128m` (else a plain process).
+    pub container: bool,
+}
+
+#[derive(Debug, Default, Serialize)]
+pub struct Latency {
+    pub requests: usize,
+    pub errors: usize,
+    pub p50_us: u64,
+    pub p99_us: u64,
+    pub max_us: u64,
+}
+
+#[derive(Debug, Serialize)]
+pub struct Phase {
+    pub name: String,
+    /// Abusive connections opened / how many the client asked for.
+    pub opened: usize,
+    pub asked: usize,
+    /// Connections the server held (its open sockets), the most during the hold.
+    pub held_by_server: Option<usize>,
+    /// Of the abusive connections, those the server had closed by the end.
+    pub closed_by_server: usize,
+    pub rss_idle_kib: u64,
+    pub rss_peak_kib: u64,
+    pub rss_end_kib: u64,
+    /// The container's memory cgroup: its usage (plus TCP buffers, which
+    /// cgroup v1 counts apart) at the end, and its peak.
+    pub cgroup_peak_bytes: Option<u64>,
+    pub cgroup_tcp_bytes: Option<u64>,
+    /// A keep-alive client opened before the flood, one GET /health every 2 ms.
+    pub keep_alive: Latency,
+    /// A new connection per GET /health every 100 ms, as a kubelet probe.
+    pub new_connection: Latency,
+    pub alive: bool,
+    pub oom_killed: bool,
+}
+
+#[derive(Debug, Serialize)]
+pub struct Burst {
+    pub connections: usize,
+    pub rss_idle_kib: u64,
+    pub rss_peak_kib: u64,
+    /// RSS every second after the burst's connections closed.
+    pub rss_after_kib: Vec<u64>,
+    pub ratio_to_idle: f64,
+}
+
+#[derive(Debug, Serialize)]
+pub struct Report {
+    pub plan: Plan,
+    pub where_: String,
+    pub server_env: BTreeMap<String, String>,
+    pub phases: Vec<Phase>,
+    pub burst: Option<Burst>,
+}
+
+/// The server under abuse: a process, or a container of the static binary.
+pub struct Target {
+    child: Option<Child>,
+    container: Option<String>,
+    pub pid: u32,
+    pub addr: SocketAddr,
+    cgroup: Option<std::path::PathBuf>,
+}
+
+impl Target {
+    pub fn process(binary: &Utf8Path, port: u16, env: &BTreeMap<String, String>) -> Result<Target> {
+        let mut command = Command::new(binary.as_std_path());
+        command
+            .envs(env)
+            .env("PORT", port.to_string())
+            .env("HOST", "127.0.0.1")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
+        let child = command.spawn().with_context(|| format!("start {binary}"))?;
+        let pid = child.id();
+        let target = Target {
+            child: Some(child),
+            container: None,
+            pid,
+            addr: SocketAddr::from(([127, 0, 0, 1], port)),
+            cgroup: None,
+        };
+        target.wait_ready()?;
+        Ok(target)
+    }
+
+    /// `docker run --network host --memory 128m` of `image`, listening on
+    /// 127.0.0.1 only, named `name`.
+    pub fn container(
+        docker: &Utf8Path,
+        image: &str,
+        name: &str,
+        port: u16,
+        env: &BTreeMap<String, String>,
+    ) -> Result<Target> {
+        let mut args: Vec<String> = vec![
+            "run".into(),
+            "--detach".into(),
+            "--name".into(),
+            name.into(),
+            "--network".into(),
+            "host".into(),
+            "--memory".into(),
+            MEMORY_LIMIT.into(),
+            "--memory-swap".into(),
+            MEMORY_LIMIT.into(),
+            "--env".into(),
+            format!("PORT={port}"),
+            "--env".into(),
+            "HOST=127.0.0.1".into(),
+        ];
+        for (key, value) in env {
+            args.push("--env".into());
+            args.push(format!("{key}={value}"));
+        }
+        args.push(image.into());
+        docker_run(docker, &args)?;
+        let mut target = Target {
+            child: None,
+            container: Some(name.to_owned()),
+            pid: 0,
+            addr: SocketAddr::from(([127, 0, 0, 1], port)),
+            cgroup: None,
+        };
+        let pid = docker_run(docker, &["inspect", "--format", "{{.State.Pid}}", name])
+            .and_then(|pid| pid.trim().parse().context("the container's pid"));
+        target.pid = match pid {
+            Ok(pid) => pid,
+            Err(err) => {
+                target.stop(Some(docker));
+                return Err(err);
+            }
+        };
+        target.cgroup = memory_cgroup(target.pid);
+        if let Some(dir) = &target.cgroup {
+            // cgroup v1 counts TCP buffers only once they have a limit: give
+            // them the same one, so that they are counted at all.
+            let _ = std::fs::write(
+                dir.join("memory.kmem.tcp.limit_in_bytes"),
+                MEMORY_LIMIT_BYTES.to_string(),
+            );
+        }
+        if let Err(err) = target.wait_ready() {
+            target.stop(Some(docker));
+            return Err(err);
+        }
+        Ok(target)
+    }
+
+    fn wait_ready(&self) -> Result<()> {
+        let started = Instant::now();
+        loop {
+            if get_once(self.addr, PROBE_TIMEOUT).is_ok() {
+                return Ok(());
+            }
+            if started.elapsed() > Duration::from_secs(10) {
+                bail!("the server on {} did not answer within 10 s", self.addr);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    pub fn rss_kib(&self) -> u64 {
+        rss_kib(self.pid)
+    }
+
+    fn cgroup_read(&self, file: &str) -> Option<u64> {
+        let text = std::fs::read_to_string(self.cgroup.as_ref()?.join(file)).ok()?;
+        text.trim().parse().ok()
+    }
+
+    pub fn cgroup_peak(&self) -> Option<u64> {
+        self.cgroup_read("memory.max_usage_in_bytes")
+            .or_else(|| self.cgroup_read("memory.peak"))
+    }
+
+    pub fn cgroup_tcp(&self) -> Option<u64> {
+        self.cgroup_read("memory.kmem.tcp.usage_in_bytes")
+    }
+
+    /// Still running; for a container, and whether the kernel OOM-killed it.
+    pub fn alive(&mut self, docker: Option<&Utf8Path>) -> (bool, bool) {
+        if let Some(child) = &mut self.child {
+            return (matches!(child.try_wait(), Ok(None)), false);
+        }
+        let (Some(name), Some(docker)) = (&self.container, docker) else {
+            return (false, false);
+        };
+        match docker_run(
+            docker,
+            &[
+                "inspect",
+                "--format",
+                "{{.State.Running}} {{.State.OOMKilled}}",
+                name,
+            ],
+        ) {
+            Ok(out) => {
+                let mut words = out.split_whitespace();
+                (words.next() == Some("true"), words.next() == Some("true"))
+            }
+            Err(_) => (false, false),
+        }
+    }
+
+    pub fn stop(&mut self, docker: Option<&Utf8Path>) {
+        if let Some(child) = &mut self.child {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        if let (Some(name), Some(docker)) = (self.container.take(), docker) {
+            let _ = docker_run(docker, &["rm", "--force", &name]);
+        }
+    }
+}
+
+fn rss_kib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| super::status_field_kib(&s, "VmRSS").ok())
+        .unwrap_or(0)
+}
+
+/// Open sockets of `pid`: its open file descriptors that are sockets.
+fn sockets(pid: u32) -> Option<usize> {
+    let dir = std::fs::read_dir(format!("/proc/{pid}/fd")).ok()?;
+    Some(
+        dir.filter_map(|e| std::fs::read_link(e.ok()?.path()).ok())
+            .filter(|l| l.to_string_lossy().starts_with("socket:"))
+            .count(),
+    )
+}
+
+/// Samples a server's sockets and RSS every 250 ms until stopped: the most of each.
+struct Sampler {
+    stop: Arc<AtomicBool>,
+    thread: JoinHandle<(Option<usize>, u64)>,
+}
+
+impl Sampler {
+    fn start(pid: u32) -> Sampler {
+        let stop = Arc::new(AtomicBool::new(false));
+        let stopped = Arc::clone(&stop);
+        let thread = std::thread::spawn(move || {
+            let (mut held, mut rss) = (None::<usize>, 0);
+            while !stopped.load(Ordering::Relaxed) {
+                if let Some(n) = sockets(pid) {
+                    // Less the listener and the well-behaved client's connection.
+                    held = Some(held.unwrap_or(0).max(n.saturating_sub(2)));
+                }
+                rss = rss.max(rss_kib(pid));
+                std::thread::sleep(Duration::from_millis(250));
+            }
+            (held, rss)
+        });
+        Sampler { stop, thread }
+    }
+
+    fn finish(self) -> (Option<usize>, u64) {
+        self.stop.store(true, Ordering::Relaxed);
+        self.thread.join().unwrap_or((None, 0))
+    }
+}
+
+/// The memory cgroup directory of `pid`, v1 or v2.
+fn memory_cgroup(pid: u32) -> Option<std::path::PathBuf> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).ok()?;
+    for line in text.lines() {
+        let mut parts = line.splitn(3, ':');
+        let (_, controllers, path) = (parts.next()?, parts.next()?, parts.next()?);
+        if controllers.split(',').any(|c| c == "memory") {
+            return Some(format!("/sys/fs/cgroup/memory{path}").into());
+        }
+        if controllers.is_empty() {
+            let dir = std::path::PathBuf::from(format!("/sys/fs/cgroup{path}"));
+            if dir.join("memory.current").exists() {
+                return Some(dir);
+            }
+        }
+    }
+    None
+}
+
+/// Runs `docker args...` within [`DOCKER_DEADLINE`]; its stdout.
+pub fn docker_run(docker: &Utf8Path, args: &[impl AsRef<str>]) -> Result<String> {
+    let args: Vec<&str> = args.iter().map(AsRef::as_ref).collect();
+    let line = format!("{docker} {}", args.join(" "));
+    let child = Command::new(docker.as_std_path())
+        .args(&args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .with_context(|| format!("run {line}"))?;
+    let output = wait_within(child, DOCKER_DEADLINE).with_context(|| format!("run {line}"))?;
+    if !output.status.success() {
+        bail!(
+            "`{line}` failed ({}): {}",
+            output.status,
+            String::from_utf8_lossy(&output.stderr).trim()
+        );
+    }
+    Ok(String::from_utf8_lossy(&output.stdout).into_owned())
+}
+
+/// Waits for `child` at most `limit`, then kills it; its output either way.
+pub fn wait_within(mut child: Child, limit: Duration) -> Result<Output> {
+    let mut pipes = (child.stdout.take(), child.stderr.take());
+    let read = |pipe: Option<Box<dyn std::io::Read + Send>>| {
+        std::thread::spawn(move || {
+            let mut buf = Vec::new();
+            if let Some(mut pipe) = pipe {
+                let _ = pipe.read_to_end(&mut buf);
+            }
+            buf
+        })
+    };
+    let out = read(pipes.0.take().map(|p| Box::new(p) as _));
+    let err = read(pipes.1.take().map(|p| Box::new(p) as _));
+    let deadline = Instant::now() + limit;
+    let status = loop {
+        if let Some(status) = child.try_wait()? {
+            break status;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            bail!("still running after {limit:?}: killed");
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    Ok(Output {
+        status,
+        stdout: out.join().unwrap_or_default(),
+        stderr: err.join().unwrap_or_default(),
+    })
+}
+
+/// Raises this process's open-file limit to `want` with util-linux's
+/// `prlimit` (root, or a hard limit that allows it); the limit in force after.
+pub fn raise_nofile(want: u64) -> u64 {
+    let pid = std::process::id().to_string();
+    let nofile = format!("--nofile={want}:{want}");
+    if let Ok(child) = Command::new("prlimit")
+        .args(["--pid", &pid, &nofile])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+    {
+        let _ = wait_within(child, Duration::from_secs(5));
+    }
+    std::fs::read_to_string("/proc/self/limits")
+        .ok()
+        .and_then(|l| {
+            let line = l
+                .lines()
+                .find(|l| l.starts_with("Max open files"))?
+                .to_owned();
+            line["Max open files".len()..]
+                .split_whitespace()
+                .next()?
+                .parse()
+                .ok()
+        })
+        .unwrap_or(1024)
+}
+
+/// One GET /health on a new connection, `Connection: close`.
+fn get_once(addr: SocketAddr, timeout: Duration) -> Result<()> {
+    let mut stream = TcpStream::connect_timeout(&addr, timeout)?;
+    stream.set_read_timeout(Some(timeout))?;
+    stream.set_write_timeout(Some(timeout))?;
+    stream.write_all(b"GET /health HTTP/1.1\r\nHost: bench\r\nConnection: close\r\n\r\n")?;
+    read_answer(&mut stream)
+}
+
+/// Reads one answer to a GET (Content-Length framed); an error unless 200.
+fn read_answer(stream: &mut TcpStream) -> Result<()> {
+    let mut head = Vec::with_capacity(256);
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        if stream.read(&mut byte)? == 0 {
+            bail!("closed before a whole answer");
+        }
+        head.push(byte[0]);
+        if head.len() > 8192 {
+            bail!("answer head too long");
+        }
+    }
+    let head = String::from_utf8_lossy(&head);
+    if !head.starts_with("HTTP/1.1 200 ") {
+        bail!("not a 200: {}", head.lines().next().unwrap_or_default());
+    }
+    let length: usize = head
+        .lines()
+        .find_map(|l| {
+            let (name, value) = l.split_once(':')?;
+            name.eq_ignore_ascii_case("content-length")
+                .then(|| value.trim().parse().ok())?
+        })
+        .context("no Content-Length")?;
+    let mut body = vec![0u8; length];
+    stream.read_exact(&mut body)?;
+    Ok(())
+}
+
+/// A well-behaved client measuring while the abuse goes on.
+struct Prober {
+    stop: Arc<AtomicBool>,
+    threads: Vec<JoinHandle<Latency>>,
+}
+
+impl Prober {
+    /// Opens the keep-alive connection now (before any flood), then measures
+    /// on it and on a new connection each 100 ms until stopped.
+    fn start(addr: SocketAddr) -> Result<Prober> {
+        let stop = Arc::new(AtomicBool::new(false));
+        let kept = TcpStream::connect_timeout(&addr, PROBE_TIMEOUT)
+            .context("the well-behaved client's connection")?;
+        kept.set_read_timeout(Some(PROBE_TIMEOUT))?;
+        kept.set_write_timeout(Some(PROBE_TIMEOUT))?;
+        let _ = kept.set_nodelay(true);
+        let keep_alive = {
+            let stop = Arc::clone(&stop);
+            std::thread::spawn(move || {
+                let mut times = Vec::new();
+                let mut errors = 0;
+                let mut stream = Some(kept);
+                while !stop.load(Ordering::Relaxed) {
+                    let started = Instant::now();
+                    let result = match &mut stream {
+                        Some(s) => s
+                            .write_all(b"GET /health HTTP/1.1\r\nHost: bench\r\n\r\n")
+                            .map_err(anyhow::Error::from)
+                            .and_then(|()| read_answer(s)),
+                        None => TcpStream::connect_timeout(&addr, PROBE_TIMEOUT)
+                            .map_err(anyhow::Error::from)
+                            .map(|s| {
+                                let _ = s.set_read_timeout(Some(PROBE_TIMEOUT));
+                                let _ = s.set_nodelay(true);
+                                stream = Some(s);
+                            }),
+                    };
+                    match result {
+                        Ok(()) if stream.is_some() => times.push(started.elapsed()),
+                        Ok(()) => {}
+                        Err(_) => {
+                            errors += 1;
+                            stream = None;
+                        }
+                    }
+                    std::thread::sleep(Duration::from_millis(2));
+                }
+                latency(times, errors)
+            })
+        };
+        let fresh = {
+            let stop = Arc::clone(&stop);
+            std::thread::spawn(move || {
+                let mut times = Vec::new();
+                let mut errors = 0;
+                while !stop.load(Ordering::Relaxed) {
+                    let started = Instant::now();
+                    match get_once(addr, PROBE_TIMEOUT) {
+                        Ok(()) => times.push(started.elapsed()),
+                        Err(_) => errors += 1,
+                    }
+                    std::thread::sleep(Duration::from_millis(100));
+                }
+                latency(times, errors)
+            })
+        };
+        Ok(Prober {
+            stop,
+            threads: vec![keep_alive, fresh],
+        })
+    }
+
+    fn finish(self) -> (Latency, Latency) {
+        self.stop.store(true, Ordering::Relaxed);
+        let mut results = self
+            .threads
+            .into_iter()
+            .map(|t| t.join().unwrap_or_default());
+        let keep_alive = results.next().unwrap_or_default();
+        let fresh = results.next().unwrap_or_default();
+        (keep_alive, fresh)
+    }
+}
+
+fn latency(mut times: Vec<Duration>, errors: usize) -> Latency {
+    times.sort();
+    let at = |q: f64| -> u64 {
+        if times.is_empty() {
+            return 0;
+        }
+        let i = ((times.len() as f64 * q).ceil() as usize).clamp(1, times.len()) - 1;
+        times[i].as_micros() as u64
+    };
+    Latency {
+        requests: times.len(),
+        errors,
+        p50_us: at(0.50),
+        p99_us: at(0.99),
+        max_us: times.last().map_or(0, |t| t.as_micros() as u64),
+    }
+}
+
+/// Opens up to `n` connections, stopping early when the server stops
+/// taking them (20 connects in a row time out) or after `limit`.
+fn open_many(addr: SocketAddr, n: usize, limit: Duration) -> Vec<TcpStream> {
+    let started = Instant::now();
+    let mut streams = Vec::with_capacity(n);
+    let mut failed_in_a_row = 0;
+    while streams.len() < n && failed_in_a_row < 20 && started.elapsed() < limit {
+        match TcpStream::connect_timeout(&addr, Duration::from_millis(500)) {
+            Ok(stream) => {
+                failed_in_a_row = 0;
+                streams.push(stream);
+            }
+            Err(_) => failed_in_a_row += 1,
+        }
+    }
+    streams
+}
+
+/// Whether the server has closed `stream` (EOF or reset), without blocking.
+fn closed_by_server(stream: &TcpStream) -> bool {
+    if stream.set_nonblocking(true).is_err() {
+        return true;
+    }
+    let mut buf = [0u8; 4096];
+    let mut s = stream;
+    loop {
+        match s.read(&mut buf) {
+            Ok(0) => return true,
+            Ok(_) => continue,
+            Err(e) if e.kind() == ErrorKind::WouldBlock => return false,
+            Err(_) => return true,
+        }
+    }
+}
+
+/// The abuse of one phase: what it does to the connections it opened.
+pub enum Kind {
+    /// Connect and send nothing.
+    Silent,
+    /// Send a request head one byte a second, never finishing it.
+    Slowloris,
+    /// Send pipelined requests as fast as the socket takes them; never read.
+    Pipeliner,
+}
+
+const PIPELINED: &[u8] = b"GET /health HTTP/1.1\r\nHost: bench\r\n\r\n";
+const SLOW_HEAD: &[u8] = b"GET /health HTTP/1.1\r\nHost: bench\r\nX-Slow: ";
+
+/// One phase against a running target.
+pub fn phase(
+    target: &mut Target,
+    docker: Option<&Utf8Path>,
+    kind: Kind,
+    n: usize,
+    hold: Duration,
+) -> Result<Phase> {
+    let name = match kind {
+        Kind::Silent => "silent",
+        Kind::Slowloris => "slowloris",
+        Kind::Pipeliner => "pipelining non-readers",
+    };
+    eprintln!(
+        "# {name}: {n} connections, held {} s, a well-behaved client measuring",
+        hold.as_secs()
+    );
+    let rss_idle_kib = target.rss_kib();
+    let prober = Prober::start(target.addr)?;
+    let sampler = Sampler::start(target.pid);
+    // Let the well-behaved client take a few calm measurements first.
+    std::thread::sleep(Duration::from_millis(200));
+    let mut streams = open_many(target.addr, n, Duration::from_secs(30));
+    let opened = streams.len();
+    let chunk: Vec<u8> = PIPELINED.repeat(16_384 / PIPELINED.len());
+    let mut sent = vec![0usize; streams.len()];
+    let started = Instant::now();
+    while started.elapsed() < hold {
+        for (stream, sent) in streams.iter_mut().zip(&mut sent) {
+            match kind {
+                Kind::Silent => {}
+                Kind::Slowloris => {
+                    let byte = SLOW_HEAD.get(*sent).copied().unwrap_or(b'a');
+                    if stream.write(&[byte]).is_ok() {
+                        *sent += 1;
+                    }
+                }
+                Kind::Pipeliner => {
+                    let _ = stream.set_nonblocking(true);
+                    // Bounded: at most 1 MiB per connection in all.
+                    while *sent < 1 << 20 {
+                        match stream.write(&chunk) {
+                            Ok(0) | Err(_) => break,
+                            Ok(k) => *sent += k,
+                        }
+                    }
+                }
+            }
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    let rss_end_kib = target.rss_kib();
+    let (held_by_server, rss_peak_kib) = sampler.finish();
+    let rss_peak_kib = rss_peak_kib.max(rss_end_kib);
+    let cgroup_tcp_bytes = target.cgroup_tcp();
+    let cgroup_peak_bytes = target.cgroup_peak();
+    let (keep_alive, new_connection) = prober.finish();
+    let closed = streams.iter().filter(|s| closed_by_server(s)).count();
+    drop(streams);
+    let (alive, oom_killed) = target.alive(docker);
+    Ok(Phase {
+        name: name.to_owned(),
+        opened,
+        asked: n,
+        held_by_server,
+        closed_by_server: closed,
+        rss_idle_kib,
+        rss_peak_kib,
+        rss_end_kib,
+        cgroup_peak_bytes,
+        cgroup_tcp_bytes,
+        keep_alive,
+        new_connection,
+        alive,
+        oom_killed,
+    })
+}
+
+/// `n` connections, each answered once and held until all are, then all
+/// closed; RSS each second for `settle` after.
+pub fn burst(target: &Target, n: usize, settle: Duration) -> Result<Burst> {
+    eprintln!(
+        "# burst: {n} connections at once, one GET /health each, each closed once answered, \
+         then RSS each second for {} s",
+        settle.as_secs()
+    );
+    let rss_idle_kib = target.rss_kib();
+    let mut streams = open_many(target.addr, n, Duration::from_secs(30));
+    for stream in &mut streams {
+        let _ = stream.set_write_timeout(Some(PROBE_TIMEOUT));
+        let _ = stream.write_all(PIPELINED);
+    }
+    let mut answered = 0;
+    let sampler = Sampler::start(target.pid);
+    // Each closed once answered: past the active limit, the rest wait for those.
+    for mut stream in streams {
+        let _ = stream.set_read_timeout(Some(Duration::from_secs(10)));
+        if read_answer(&mut stream).is_ok() {
+            answered += 1;
+        }
+    }
+    let (_, rss_peak_kib) = sampler.finish();
+    let mut rss_after_kib = Vec::new();
+    for _ in 0..settle.as_secs() {
+        std::thread::sleep(Duration::from_secs(1));
+        rss_after_kib.push(target.rss_kib());
+    }
+    let last = rss_after_kib.last().copied().unwrap_or(rss_peak_kib);
+    Ok(Burst {
+        connections: answered,
+        rss_idle_kib,
+        rss_peak_kib,
+        ratio_to_idle: last as f64 / rss_idle_kib.max(1) as f64,
+        rss_after_kib,
+    })
+}
+
+/// The report for a person.
+pub fn table(report: &Report) -> String {
+    let mut out = format!(
+        "bench --abuse: the server {}, /health p99 goal {} ms\n",
+        report.where_,
+        GOAL_HEALTH_P99_US / 1000
+    );
+    out.push_str(&format!(
+        "{:<24} {:>13} {:>8} {:>8} {:>9} {:>9} {:>9} {:>17} {:>17} {:>6}\n",
+        "phase",
+        "opened/asked",
+        "held",
+        "closed",
+        "RSS idle",
+        "RSS peak",
+        "cgroup",
+        "keep-alive p99",
+        "new conn p99",
+        "alive"
+    ));
+    let mib = |kib: u64| format!("{:.1}M", kib as f64 / 1024.0);
+    for p in &report.phases {
+        let cgroup = p
+            .cgroup_peak_bytes
+            .map(|b| {
+                format!(
+                    "{:.1}M",
+                    (b + p.cgroup_tcp_bytes.unwrap_or(0)) as f64 / 1048576.0
+                )
+            })
+            .unwrap_or_else(|| "-".into());
+        let ms = |l: &Latency| format!("{:.2} ms ({} err)", l.p99_us as f64 / 1000.0, l.errors);
+        out.push_str(&format!(
+            "{:<24} {:>13} {:>8} {:>8} {:>9} {:>9} {:>9} {:>17} {:>17} {:>6}\n",
+            p.name,
+            format!("{}/{}", p.opened, p.asked),
+            p.held_by_server.map_or("-".into(), |h| h.to_string()),
+            p.closed_by_server,
+            mib(p.rss_idle_kib),
+            mib(p.rss_peak_kib),
+            cgroup,
+            ms(&p.keep_alive),
+            ms(&p.new_connection),
+            if p.oom_killed {
+                "OOM"
+            } else if p.alive {
+                "yes"
+            } else {
+                "NO"
+            },
+        ));
+    }
+    if let Some(b) = &report.burst {
+        let after: Vec<String> = b.rss_after_kib.iter().step_by(5).map(|k| mib(*k)).collect();
+        out.push_str(&format!(
+            "burst of {} connections: RSS idle {}, peak {}, after (every 5 s) {}; last/idle {:.2}x (goal <= 2x)\n",
+            b.connections,
+            mib(b.rss_idle_kib),
+            mib(b.rss_peak_kib),
+            after.join(" "),
+            b.ratio_to_idle
+        ));
+    }
+    out
+}

@@ -1,0 +1,936 @@
+//! `cargo xtask bench`: the service under load, side by side with an
+//! equivalent Go `net/http` server, and the figures the goals are judged by.
+
+use std::collections::BTreeMap;
+use std::io::Read as _;
+use std::net::TcpListener;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context as _, Result, bail};
+use camino::{Utf8Path, Utf8PathBuf};
+use clap::Args;
+use serde::{Deserialize, Serialize};
+use xshell::{Cmd, Shell, cmd};
+
+pub mod abuse;
+mod procfs;
+mod table;
+
+use procfs::{USER_HZ, stat_cpu_ticks, status_field_kib, two_cpus};
+use table::table;
+
+use crate::build::Build;
+use crate::context::{Context, shell_quote};
+use crate::{http, tools};
+
+/// The path under load.
+const LOAD_PATH: &str = "/health";
+/// Startups timed per server; the median is reported.
+const STARTS: usize = 20;
+/// wrk's warm-up before each measured run.
+const WARMUP_SECS: u32 = 1;
+/// The Go comparison server: its source and where it is built.
+const GO_SOURCE: &str = "xtask/bench/main.go";
+const GO_BINARY: &str = "target/bench/api-go";
+/// The wrk script that prints wrk's figures as JSON.
+const WRK_SCRIPT: &str = "xtask/bench/report.lua";
+/// The line the wrk script prints its JSON on.
+const WRK_MARKER: &str = "XTASK-BENCH ";
+
+/// The goals of issue 2, in bytes and ratios.
+const GOAL_RPS_RATIO: f64 = 1.8;
+const GOAL_BINARY_BYTES: u64 = 2_000_000;
+const GOAL_IDLE_RSS_BYTES: u64 = 2_000_000;
+
+/// Measure the service: requests/s, latency, memory, start time, size
+#[derive(Args, Debug)]
+#[command(
+    long_about = "Measure the service: requests/s and p50/p99 latency on GET /health under wrk \
+load, the server's CPU time per request, RSS at idle and after the load, time from exec to \
+the first 200 (median of 20), and the size of the release binary. When `go` is installed, an equivalent Go net/http server \
+(xtask/bench/main.go) is measured the same way in the same run, and the ratios are shown.
+
+The server is pinned to one CPU and wrk to another (taskset), so they do not compete; \
+with one CPU the service runs on its current-thread runtime. The servers take turns in \
+each round (after a warm-up); the medians over the rounds are reported, and the best \
+round beside them. Close other work first: the figures are only as quiet as the \
+machine (other work slows rounds down, never up, so a best round far above the median \
+means the machine was busy). This is a measurement, not a test: it does not fail when \
+a goal is missed, but says so.
+
+Runs:
+  API_VERSION=<v> RUSTFLAGS='-C target-feature=+crt-static' cargo build --release
+    --package api --target x86_64-unknown-linux-gnu       (as `build --static`; --dynamic: `build`)
+  go build -trimpath '-ldflags=-s -w -X main.version=<v>'
+    -o target/bench/api-go xtask/bench/main.go
+  PORT=<port> HOST=127.0.0.1 bin/api                        (20 times, each until its first 200)
+  PORT=<port> HOST=127.0.0.1 taskset -c <cpu0> bin/api
+  taskset -c <cpu1> wrk -t1 -c<n> -d1s http://127.0.0.1:<port>/health                  (warm-up)
+  taskset -c <cpu1> wrk -t1 -c<n> -d<secs>s --latency -s xtask/bench/report.lua
+    http://127.0.0.1:<port>/health
+and reads VmRSS and VmHWM from /proc/<pid>/status, utime and stime from /proc/<pid>/stat.
+
+CPU time per request is the fairest speed figure when wrk, which has one CPU too, \
+cannot saturate the server: `server CPU busy` well under 100% says so.
+
+With --abuse, instead: the service under abuse, each kind against a fresh server in a \
+container of the static binary with rollout.yaml's memory limit (docker run --memory 128m \
+--network host, listening on 127.0.0.1 only; a plain process when there is no Docker \
+engine): --silent connections that send nothing, --slowloris ones that send a request \
+head a byte a second, --pipeliners that send pipelined requests and never read, each held \
+--hold seconds while a well-behaved client measures GET /health on a keep-alive connection \
+(every 2 ms) and on a new connection (every 100 ms, as a kubelet probe); then a --burst of \
+connections and RSS each second for --settle seconds. It reports connections opened and \
+held, RSS, the container's memory cgroup (TCP buffers included), the latencies, and \
+whether the server survived. The client needs an open-file limit above the connection \
+counts: they are cut to fit it, and the cut is said.",
+    after_long_help = "Environment:
+  API_VERSION  the version to compile in, instead of git describe's
+  LOG_LEVEL, WORKERS, HEADER_READ_TIMEOUT_SECS, MAX_CONNECTIONS, ...
+               passed through to the servers (Go's reads only PORT and HOST), so
+               `LOG_LEVEL=debug cargo xtask bench` shows what per-request logging costs
+
+Examples:
+  cargo xtask bench
+  cargo xtask bench --abuse
+  MAX_CONNECTIONS=4096 cargo xtask bench --abuse --silent 10000 --hold 5
+  cargo xtask bench --json > bench.json
+  cargo xtask bench --duration 10 --rounds 5 --connections 128
+  cargo xtask --dry-run bench"
+)]
+pub struct Bench {
+    /// Print the figures as JSON on stdout (progress stays on stderr)
+    #[arg(long)]
+    pub json: bool,
+
+    /// Seconds of measured load per round and server
+    #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u32).range(1..=600))]
+    pub duration: u32,
+
+    /// Rounds of load; the servers take turns in each; medians and the best round are reported
+    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..=50))]
+    pub rounds: u32,
+
+    /// Connections wrk keeps open (keep-alive)
+    #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u32).range(1..=10_000))]
+    pub connections: u32,
+
+    /// Measure the dynamically linked build (`cargo xtask build`) instead of the static one the image ships
+    #[arg(long)]
+    pub dynamic: bool,
+
+    /// Leave the Go comparison out even when go is installed
+    #[arg(long)]
+    pub no_go: bool,
+
+    /// Instead: the service under abuse (silent, slowloris and pipelining
+    /// floods, then a burst), in a container with rollout.yaml's memory limit
+    #[arg(long)]
+    pub abuse: bool,
+
+    /// --abuse: silent connections to open
+    #[arg(long, default_value_t = 20_000, value_parser = clap::value_parser!(u32).range(1..=25_000))]
+    pub silent: u32,
+
+    /// --abuse: slowloris connections (a request head a byte a second)
+    #[arg(long, default_value_t = 5_000, value_parser = clap::value_parser!(u32).range(0..=25_000))]
+    pub slowloris: u32,
+
+    /// --abuse: connections that pipeline requests and never read
+    #[arg(long, default_value_t = 1_000, value_parser = clap::value_parser!(u32).range(0..=25_000))]
+    pub pipeliners: u32,
+
+    /// --abuse: connections in the burst after which RSS must come back
+    #[arg(long, default_value_t = 5_000, value_parser = clap::value_parser!(u32).range(0..=25_000))]
+    pub burst: u32,
+
+    /// --abuse: seconds each flood is held
+    #[arg(long, default_value_t = 8, value_parser = clap::value_parser!(u64).range(1..=60))]
+    pub hold: u64,
+
+    /// --abuse: seconds RSS is followed after the burst
+    #[arg(long, default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..=300))]
+    pub settle: u64,
+
+    /// --abuse: run the server as a plain process even when the Docker engine is there
+    #[arg(long)]
+    pub no_container: bool,
+}
+
+/// The service's settings, passed through to the server under --abuse.
+const SERVICE_SETTINGS: &[&str] = &[
+    "LOG_LEVEL",
+    "WORKERS",
+    "HEADER_READ_TIMEOUT_SECS",
+    "MAX_CONNECTIONS",
+    "MAX_ACTIVE_CONNECTIONS",
+    "LISTEN_BACKLOG",
+    "SOCKET_BUFFER_BYTES",
+    "MAX_HEAD_BYTES",
+    "DRAIN_DELAY_SECS",
+    "SHUTDOWN_TIMEOUT_SECS",
+];
+
+/// The image and build folder of one --abuse run, removed when dropped.
+struct AbuseImage {
+    docker: Utf8PathBuf,
+    tag: String,
+    dir: Utf8PathBuf,
+}
+
+impl Drop for AbuseImage {
+    fn drop(&mut self) {
+        let _ = abuse::docker_run(&self.docker, &["rmi", "--force", &self.tag]);
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// A server under measurement.
+struct Server {
+    name: &'static str,
+    binary: Utf8PathBuf,
+}
+
+/// wrk's figures for one run, as xtask/bench/report.lua prints them.
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+pub struct WrkRun {
+    pub requests: u64,
+    pub duration_us: u64,
+    pub bytes: u64,
+    pub p50_us: u64,
+    pub p90_us: u64,
+    pub p99_us: u64,
+    pub max_us: u64,
+    pub errors_connect: u64,
+    pub errors_read: u64,
+    pub errors_write: u64,
+    pub errors_status: u64,
+    pub errors_timeout: u64,
+}
+
+impl WrkRun {
+    fn requests_per_sec(&self) -> f64 {
+        self.requests as f64 / (self.duration_us.max(1) as f64 / 1e6)
+    }
+
+    fn errors(&self) -> u64 {
+        self.errors_connect
+            + self.errors_read
+            + self.errors_write
+            + self.errors_status
+            + self.errors_timeout
+    }
+}
+
+#[derive(Debug, Serialize)]
+struct Round {
+    requests_per_sec: f64,
+    /// The server's CPU time (user + system) per request during the measured
+    /// run: what a request costs, whether or not wrk could saturate the server.
+    cpu_us_per_request: f64,
+    /// Share of the run the server spent on its CPU; well under 100% means
+    /// wrk, not the server, set the pace.
+    server_busy_percent: f64,
+    rss_idle_kib: u64,
+    rss_after_load_kib: u64,
+    rss_peak_kib: u64,
+    wrk: WrkRun,
+}
+
+/// Everything measured for one server.
+#[derive(Debug, Serialize)]
+struct Figures {
+    name: &'static str,
+    binary: String,
+    binary_bytes: u64,
+    /// Medians over the rounds.
+    requests_per_sec: f64,
+    p50_us: u64,
+    p99_us: u64,
+    /// The best round (highest requests/s, lowest p99): on a shared machine,
+    /// other work only ever slows a round down.
+    requests_per_sec_best: f64,
+    p99_us_best: u64,
+    cpu_us_per_request: f64,
+    server_busy_percent: f64,
+    rss_idle_kib: u64,
+    rss_after_load_kib: u64,
+    /// The highest VmHWM of any round.
+    rss_peak_kib: u64,
+    errors: u64,
+    startup_ms_median: f64,
+    startup_ms_min: f64,
+    startup_ms_max: f64,
+    rounds: Vec<Round>,
+}
+
+#[derive(Debug, Serialize)]
+struct Ratios {
+    /// api / go: higher is better.
+    requests_per_sec: f64,
+    requests_per_sec_best: f64,
+    /// api / go: lower is better.
+    p50: f64,
+    p99: f64,
+    p99_best: f64,
+    /// go / api: how many times more requests one core serves (higher is better).
+    requests_per_cpu_second: f64,
+    rss_idle: f64,
+    rss_after_load: f64,
+    startup: f64,
+    binary_size: f64,
+}
+
+#[derive(Debug, Serialize)]
+struct Goals {
+    requests_per_sec_at_least_1_8x_go: Option<bool>,
+    p99_no_worse_than_go: Option<bool>,
+    idle_rss_at_most_2_mb: bool,
+    binary_under_2_mb: bool,
+}
+
+#[derive(Debug, Serialize)]
+struct Report {
+    version: String,
+    linking: &'static str,
+    path: &'static str,
+    duration_secs: u32,
+    rounds: u32,
+    connections: u32,
+    server_cpu: usize,
+    wrk_cpu: usize,
+    api: Figures,
+    go: Option<Figures>,
+    /// Why there is no Go comparison, when there is none.
+    go_skipped: Option<String>,
+    ratios: Option<Ratios>,
+    goals: Goals,
+}
+
+impl Bench {
+    pub fn run(self, cx: &Context) -> Result<()> {
+        if self.abuse {
+            return self.run_abuse(cx);
+        }
+        tools::require(&[&tools::CARGO, &tools::WRK, &tools::TASKSET])?;
+        let (go, go_skipped) = match (self.no_go, tools::locate(tools::GO.name)) {
+            (true, _) => (None, Some("--no-go".to_owned())),
+            (false, Some(go)) => (Some(go), None),
+            (false, None) => {
+                let why = format!("go is not installed: {}", tools::GO.install);
+                cx.say(format_args!("note: no Go comparison: {why}"));
+                (None, Some(why))
+            }
+        };
+        let status =
+            std::fs::read_to_string("/proc/self/status").context("read /proc/self/status")?;
+        let (server_cpu, wrk_cpu) = two_cpus(&status)?;
+
+        let built = Build {
+            static_link: !self.dynamic,
+        }
+        .compile(cx)?;
+        let mut servers = vec![Server {
+            name: "api",
+            binary: built.binary.clone(),
+        }];
+        if let Some(go) = go {
+            let sh = &cx.sh;
+            let out = cx.path(GO_BINARY);
+            let source = cx.path(GO_SOURCE);
+            // The same version in both bodies, so both answer the same bytes.
+            let ldflags = format!("-ldflags=-s -w -X main.version={}", built.version);
+            cx.run(cmd!(sh, "{go} build -trimpath {ldflags} -o {out} {source}"))
+                .context("build the Go comparison server")?;
+            servers.push(Server {
+                name: "go",
+                binary: out,
+            });
+        }
+
+        if cx.dry_run {
+            for line in self.plan(cx, &servers, server_cpu, wrk_cpu) {
+                println!("{line}");
+            }
+            return Ok(());
+        }
+
+        let mut startups: Vec<Vec<Duration>> = vec![Vec::new(); servers.len()];
+        cx.say(format_args!(
+            "# timing {STARTS} startups of each server, exec to first 200 on {LOAD_PATH}"
+        ));
+        for i in 0..STARTS {
+            for (server, times) in servers.iter().zip(&mut startups) {
+                let mut running = Running::start(cx, server, None, i == 0)?;
+                times.push(running.wait_ready(Duration::from_secs(10))?);
+            }
+        }
+
+        let mut rounds: Vec<Vec<Round>> = servers.iter().map(|_| Vec::new()).collect();
+        for round in 1..=self.rounds {
+            for (server, results) in servers.iter().zip(&mut rounds) {
+                cx.say(format_args!(
+                    "# round {round}/{}: {} on CPU {server_cpu}, wrk on CPU {wrk_cpu}",
+                    self.rounds, server.name
+                ));
+                results.push(self.load_round(cx, server, server_cpu, wrk_cpu)?);
+            }
+        }
+
+        let mut figures = servers
+            .iter()
+            .zip(startups)
+            .zip(rounds)
+            .map(|((server, startups), rounds)| summarize(server, &startups, rounds))
+            .collect::<Result<Vec<_>>>()?
+            .into_iter();
+        let api = figures.next().expect("api is always measured");
+        let go = figures.next();
+        let ratios = go.as_ref().map(|go| ratios(&api, go));
+        let goals = Goals {
+            requests_per_sec_at_least_1_8x_go: ratios
+                .as_ref()
+                .map(|r| r.requests_per_sec >= GOAL_RPS_RATIO),
+            p99_no_worse_than_go: go.as_ref().map(|go| api.p99_us <= go.p99_us),
+            idle_rss_at_most_2_mb: api.rss_idle_kib * 1024 <= GOAL_IDLE_RSS_BYTES,
+            binary_under_2_mb: api.binary_bytes < GOAL_BINARY_BYTES,
+        };
+        let report = Report {
+            version: built.version,
+            linking: if self.dynamic { "dynamic" } else { "static" },
+            path: LOAD_PATH,
+            duration_secs: self.duration,
+            rounds: self.rounds,
+            connections: self.connections,
+            server_cpu,
+            wrk_cpu,
+            api,
+            go,
+            go_skipped,
+            ratios,
+            goals,
+        };
+        for figures in std::iter::once(&report.api).chain(&report.go) {
+            if figures.errors > 0 {
+                cx.say(format_args!(
+                    "warning: wrk counted {} errors against {}: see the rounds in --json",
+                    figures.errors, figures.name
+                ));
+            }
+        }
+        if self.json {
+            cx.result(serde_json::to_string_pretty(&report)?);
+        } else {
+            cx.result(table(&report));
+        }
+        Ok(())
+    }
+
+    /// `--abuse`: each flood against a fresh server, then the burst.
+    fn run_abuse(&self, cx: &Context) -> Result<()> {
+        tools::require(&[&tools::CARGO])?;
+        let docker = match (self.no_container, tools::locate(tools::DOCKER.name)) {
+            (true, _) => None,
+            (false, None) => {
+                cx.say(format_args!(
+                    "note: no container with --memory {}: docker is not installed ({}); \
+                     the server runs as a plain process",
+                    abuse::MEMORY_LIMIT,
+                    tools::DOCKER.install
+                ));
+                None
+            }
+            // A dry run only locates docker: it runs nothing, not even `docker version`.
+            (false, Some(docker)) if cx.dry_run => Some(docker),
+            (false, Some(docker)) => {
+                match abuse::docker_run(&docker, &["version", "--format", "{{.Server.Version}}"]) {
+                    Ok(_) => Some(docker),
+                    Err(err) => {
+                        cx.say(format_args!(
+                        "note: no container with --memory {}: the Docker engine does not answer ({err:#}); \
+                         the server runs as a plain process",
+                        abuse::MEMORY_LIMIT
+                    ));
+                        None
+                    }
+                }
+            }
+        };
+        let built = Build { static_link: true }.compile(cx)?;
+        let pid = std::process::id();
+        let tag = format!("api-abuse-{pid}:bench");
+        if cx.dry_run {
+            println!(
+                "# raise this process's open-file limit: prlimit --pid {pid} --nofile=65536:65536"
+            );
+            if let Some(docker) = &docker {
+                println!(
+                    "# an image FROM scratch with {} as /api, USER 65534:65534",
+                    built.binary
+                );
+                println!("{docker} build --tag {tag} target/bench/abuse-{pid}");
+                println!(
+                    "{docker} run --detach --name api-abuse-{pid}-<phase> --network host --memory {m} \
+                     --memory-swap {m} --env PORT=<port> --env HOST=127.0.0.1 {tag}",
+                    m = abuse::MEMORY_LIMIT
+                );
+            } else {
+                println!("PORT=<port> HOST=127.0.0.1 {}", built.binary);
+            }
+            println!(
+                "# phases, each on a fresh server: {} silent, {} slowloris, {} pipelining non-readers, \
+                 held {} s each; then a burst of {} and RSS for {} s",
+                self.silent, self.slowloris, self.pipeliners, self.hold, self.burst, self.settle
+            );
+            return Ok(());
+        }
+
+        let want = u64::from(
+            self.silent
+                .max(self.slowloris)
+                .max(self.pipeliners)
+                .max(self.burst),
+        ) + 1_000;
+        let nofile = abuse::raise_nofile(want.max(65_536));
+        let room = nofile.saturating_sub(100) as usize;
+        let clamp = |n: u32| {
+            let n = n as usize;
+            if n > room {
+                cx.say(format_args!(
+                    "note: {n} connections do not fit this process's open-file limit ({nofile}): {room} instead"
+                ));
+            }
+            n.min(room)
+        };
+        let env: BTreeMap<String, String> = SERVICE_SETTINGS
+            .iter()
+            .filter_map(|k| Some((k.to_string(), std::env::var(k).ok()?)))
+            .collect();
+
+        let image = match &docker {
+            Some(docker) => {
+                let dir = cx.path(&format!("target/bench/abuse-{pid}"));
+                std::fs::create_dir_all(&dir).with_context(|| format!("create {dir}"))?;
+                std::fs::copy(&built.binary, dir.join("api"))
+                    .with_context(|| format!("copy {} to {dir}", built.binary))?;
+                std::fs::write(
+                    dir.join("Dockerfile"),
+                    "FROM scratch\nUSER 65534:65534\nCOPY api /api\nENTRYPOINT [\"/api\"]\n",
+                )?;
+                let image = AbuseImage {
+                    docker: docker.clone(),
+                    tag: tag.clone(),
+                    dir: dir.clone(),
+                };
+                eprintln!("$ {docker} build --tag {tag} {dir}");
+                abuse::docker_run(docker, &["build", "--tag", &tag, dir.as_str()])?;
+                Some(image)
+            }
+            None => None,
+        };
+        let start = |phase: &str| -> Result<abuse::Target> {
+            let port = free_port()?;
+            match &docker {
+                Some(docker) => abuse::Target::container(
+                    docker,
+                    &tag,
+                    &format!("api-abuse-{pid}-{phase}"),
+                    port,
+                    &env,
+                ),
+                None => abuse::Target::process(&built.binary, port, &env),
+            }
+        };
+        let hold = Duration::from_secs(self.hold);
+        let mut phases = Vec::new();
+        for (name, kind, n) in [
+            ("silent", abuse::Kind::Silent, self.silent),
+            ("slowloris", abuse::Kind::Slowloris, self.slowloris),
+            ("pipeliners", abuse::Kind::Pipeliner, self.pipeliners),
+        ] {
+            if n == 0 {
+                continue;
+            }
+            let mut target = start(name)?;
+            let result = abuse::phase(&mut target, docker.as_deref(), kind, clamp(n), hold);
+            target.stop(docker.as_deref());
+            phases.push(result?);
+        }
+        let burst = if self.burst > 0 {
+            let mut target = start("burst")?;
+            // Idle means after the first requests' allocations settle.
+            std::thread::sleep(Duration::from_millis(500));
+            let result = abuse::burst(&target, clamp(self.burst), Duration::from_secs(self.settle));
+            target.stop(docker.as_deref());
+            Some(result?)
+        } else {
+            None
+        };
+        drop(image);
+        let report = abuse::Report {
+            plan: abuse::Plan {
+                silent: self.silent as usize,
+                slowloris: self.slowloris as usize,
+                pipeliners: self.pipeliners as usize,
+                burst: self.burst as usize,
+                hold_secs: self.hold,
+                settle_secs: self.settle,
+                container: docker.is_some(),
+            },
+            where_: match &docker {
+                Some(_) => format!(
+                    "in a container, --memory {}, --network host",
+                    abuse::MEMORY_LIMIT
+                ),
+                None => "as a plain process (no memory limit)".to_owned(),
+            },
+            server_env: env,
+            phases,
+            burst,
+        };
+        if self.json {
+            cx.result(serde_json::to_string_pretty(&report)?);
+        } else {
+            cx.result(abuse::table(&report));
+        }
+        Ok(())
+    }
+
+    /// One round for one server: start it pinned, read its idle RSS, warm up,
+    /// measure, read its RSS again, stop it.
+    fn load_round(
+        &self,
+        cx: &Context,
+        server: &Server,
+        server_cpu: usize,
+        wrk_cpu: usize,
+    ) -> Result<Round> {
+        let mut running = Running::start(cx, server, Some(server_cpu), true)?;
+        running.wait_ready(Duration::from_secs(10))?;
+        // Let the first request's allocations settle before reading "idle".
+        std::thread::sleep(Duration::from_millis(200));
+        let rss_idle_kib = running.status_kib("VmRSS")?;
+        let url = running.url();
+        self.wrk(cx, wrk_cpu, WARMUP_SECS, &url, false)?;
+        let cpu_before = running.cpu_ticks()?;
+        let wrk = self
+            .wrk(cx, wrk_cpu, self.duration, &url, true)?
+            .expect("a measured run reports");
+        // wrk's own start and stop fall inside this span too: a slight overestimate.
+        let cpu_secs = (running.cpu_ticks()? - cpu_before) as f64 / USER_HZ;
+        Ok(Round {
+            requests_per_sec: wrk.requests_per_sec(),
+            cpu_us_per_request: cpu_secs * 1e6 / wrk.requests.max(1) as f64,
+            server_busy_percent: cpu_secs * 100.0 / (wrk.duration_us.max(1) as f64 / 1e6),
+            rss_after_load_kib: running.status_kib("VmRSS")?,
+            rss_peak_kib: running.status_kib("VmHWM")?,
+            rss_idle_kib,
+            wrk,
+        })
+    }
+
+    fn wrk_cmd<'a>(
+        &self,
+        sh: &'a Shell,
+        cpu: usize,
+        secs: u32,
+        url: &str,
+        measured: bool,
+    ) -> Cmd<'a> {
+        let cpu = cpu.to_string();
+        let connections = format!("-c{}", self.connections);
+        let duration = format!("-d{secs}s");
+        let report: &[&str] = if measured {
+            &["--latency", "-s", WRK_SCRIPT]
+        } else {
+            &[]
+        };
+        cmd!(
+            sh,
+            "taskset -c {cpu} wrk -t1 {connections} {duration} {report...} {url}"
+        )
+    }
+
+    fn wrk(
+        &self,
+        cx: &Context,
+        cpu: usize,
+        secs: u32,
+        url: &str,
+        measured: bool,
+    ) -> Result<Option<WrkRun>> {
+        let cmd = self.wrk_cmd(&cx.sh, cpu, secs, url, measured);
+        let line = echo(&[], &cmd);
+        eprintln!("$ {line}");
+        let output = Command::from(cmd)
+            .stdin(Stdio::null())
+            .output()
+            .with_context(|| format!("run {line}"))?;
+        if !output.status.success() {
+            bail!(
+                "`{line}` failed ({}): {}",
+                output.status,
+                String::from_utf8_lossy(&output.stderr).trim()
+            );
+        }
+        if !measured {
+            return Ok(None);
+        }
+        let stdout = String::from_utf8_lossy(&output.stdout);
+        if cx.verbose {
+            eprint!("{stdout}");
+        }
+        parse_wrk(&stdout)
+            .with_context(|| format!("read the figures of `{line}`"))
+            .map(Some)
+    }
+
+    /// The commands a run would make, for `--dry-run`.
+    fn plan(
+        &self,
+        cx: &Context,
+        servers: &[Server],
+        server_cpu: usize,
+        wrk_cpu: usize,
+    ) -> Vec<String> {
+        let sh = &cx.sh;
+        let url = format!("http://127.0.0.1:<port>{LOAD_PATH}");
+        let mut lines = vec![format!(
+            "# {STARTS} times each, unpinned: start, GET {LOAD_PATH} until 200, stop"
+        )];
+        for server in servers {
+            let (env, cmd) = server_cmd(sh, &server.binary, None, "<port>");
+            lines.push(echo(&env, &cmd));
+        }
+        lines.push(format!(
+            "# {} rounds, the servers in turn: start pinned, read /proc/<pid>/status VmRSS, \
+             warm up, measure (with /proc/<pid>/stat CPU time), read VmRSS and VmHWM, stop",
+            self.rounds
+        ));
+        for server in servers {
+            let (env, cmd) = server_cmd(sh, &server.binary, Some(server_cpu), "<port>");
+            lines.push(echo(&env, &cmd));
+            lines.push(echo(
+                &[],
+                &self.wrk_cmd(sh, wrk_cpu, WARMUP_SECS, &url, false),
+            ));
+            lines.push(echo(
+                &[],
+                &self.wrk_cmd(sh, wrk_cpu, self.duration, &url, true),
+            ));
+        }
+        lines
+    }
+}
+
+/// The command that starts a server: on `port`, on loopback only, pinned to
+/// `cpu` if given. Its other configuration comes from our environment.
+fn server_cmd<'a>(
+    sh: &'a Shell,
+    binary: &Utf8Path,
+    cpu: Option<usize>,
+    port: &str,
+) -> (Vec<(&'static str, String)>, Cmd<'a>) {
+    let env = vec![("PORT", port.to_owned()), ("HOST", "127.0.0.1".to_owned())];
+    let cmd = match cpu {
+        Some(cpu) => {
+            let cpu = cpu.to_string();
+            cmd!(sh, "taskset -c {cpu} {binary}")
+        }
+        None => cmd!(sh, "{binary}"),
+    };
+    (env, cmd)
+}
+
+/// `K=v ... program args`, as Context echoes a command.
+fn echo(env: &[(&str, String)], cmd: &Cmd<'_>) -> String {
+    let mut line = String::new();
+    for (key, value) in env {
+        line.push_str(&format!("{key}={} ", shell_quote(value)));
+    }
+    line.push_str(&cmd.to_string());
+    line
+}
+
+/// A server process, killed when dropped: no bench leaves one running.
+struct Running {
+    child: Child,
+    port: u16,
+    started: Instant,
+    line: String,
+}
+
+impl Running {
+    fn start(cx: &Context, server: &Server, cpu: Option<usize>, say: bool) -> Result<Running> {
+        let port = free_port()?;
+        let (env, cmd) = server_cmd(&cx.sh, &server.binary, cpu, &port.to_string());
+        let line = echo(&env, &cmd);
+        if say || cx.verbose {
+            eprintln!("$ {line}");
+        }
+        let mut command = Command::from(cmd);
+        for (key, value) in &env {
+            command.env(key, value);
+        }
+        let started = Instant::now();
+        let child = command
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .with_context(|| format!("start {line}"))?;
+        Ok(Running {
+            child,
+            port,
+            started,
+            line,
+        })
+    }
+
+    fn url(&self) -> String {
+        format!("http://127.0.0.1:{}{LOAD_PATH}", self.port)
+    }
+
+    /// Polls until the server answers 200; returns the time since exec.
+    fn wait_ready(&mut self, limit: Duration) -> Result<Duration> {
+        let url = self.url();
+        loop {
+            if let Ok(response) = http::get(&url, Duration::from_secs(1))
+                && response.status == 200
+            {
+                return Ok(self.started.elapsed());
+            }
+            if let Some(status) = self.child.try_wait()? {
+                let mut stderr = String::new();
+                if let Some(mut pipe) = self.child.stderr.take() {
+                    let _ = pipe.read_to_string(&mut stderr);
+                }
+                bail!("`{}` exited ({status}): {}", self.line, stderr.trim());
+            }
+            if self.started.elapsed() > limit {
+                bail!(
+                    "`{}` did not answer 200 on {url} within {limit:?}",
+                    self.line
+                );
+            }
+            std::thread::sleep(Duration::from_micros(100));
+        }
+    }
+
+    /// User plus system CPU time so far, in clock ticks (/proc/<pid>/stat).
+    fn cpu_ticks(&self) -> Result<u64> {
+        let path = format!("/proc/{}/stat", self.child.id());
+        let stat = std::fs::read_to_string(&path).with_context(|| format!("read {path}"))?;
+        stat_cpu_ticks(&stat).with_context(|| format!("utime and stime in {path}"))
+    }
+
+    /// A `kB` field of /proc/<pid>/status: VmRSS, VmHWM.
+    fn status_kib(&self, field: &str) -> Result<u64> {
+        let path = format!("/proc/{}/status", self.child.id());
+        let status = std::fs::read_to_string(&path).with_context(|| format!("read {path}"))?;
+        status_field_kib(&status, field).with_context(|| format!("{field} in {path}"))
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A port that was free a moment ago.
+fn free_port() -> Result<u16> {
+    let listener = TcpListener::bind("127.0.0.1:0").context("find a free port on 127.0.0.1")?;
+    Ok(listener.local_addr()?.port())
+}
+
+/// The JSON line of xtask/bench/report.lua among wrk's output.
+pub fn parse_wrk(stdout: &str) -> Result<WrkRun> {
+    let json = stdout
+        .lines()
+        .find_map(|line| line.strip_prefix(WRK_MARKER))
+        .with_context(|| format!("wrk printed no `{WRK_MARKER}` line: is {WRK_SCRIPT} loaded?"))?;
+    serde_json::from_str(json).with_context(|| format!("parse {json}"))
+}
+
+fn median<T: Copy + PartialOrd>(values: impl IntoIterator<Item = T>) -> T {
+    let mut values: Vec<T> = values.into_iter().collect();
+    values.sort_by(|a, b| a.partial_cmp(b).expect("no NaN"));
+    values[values.len() / 2]
+}
+
+fn summarize(server: &Server, startups: &[Duration], rounds: Vec<Round>) -> Result<Figures> {
+    let binary_bytes = std::fs::metadata(&server.binary)
+        .with_context(|| format!("size of {}", server.binary))?
+        .len();
+    let ms = |d: &Duration| d.as_secs_f64() * 1e3;
+    Ok(Figures {
+        name: server.name,
+        binary: server.binary.to_string(),
+        binary_bytes,
+        requests_per_sec: median(rounds.iter().map(|r| r.requests_per_sec)),
+        p50_us: median(rounds.iter().map(|r| r.wrk.p50_us)),
+        p99_us: median(rounds.iter().map(|r| r.wrk.p99_us)),
+        requests_per_sec_best: rounds
+            .iter()
+            .map(|r| r.requests_per_sec)
+            .fold(0.0, f64::max),
+        p99_us_best: rounds.iter().map(|r| r.wrk.p99_us).min().unwrap_or(0),
+        cpu_us_per_request: median(rounds.iter().map(|r| r.cpu_us_per_request)),
+        server_busy_percent: median(rounds.iter().map(|r| r.server_busy_percent)),
+        rss_idle_kib: median(rounds.iter().map(|r| r.rss_idle_kib)),
+        rss_after_load_kib: median(rounds.iter().map(|r| r.rss_after_load_kib)),
+        rss_peak_kib: rounds.iter().map(|r| r.rss_peak_kib).max().unwrap_or(0),
+        errors: rounds.iter().map(|r| r.wrk.errors()).sum(),
+        startup_ms_median: median(startups.iter().map(ms)),
+        startup_ms_min: startups.iter().map(ms).fold(f64::INFINITY, f64::min),
+        startup_ms_max: startups.iter().map(ms).fold(0.0, f64::max),
+        rounds,
+    })
+}
+
+fn ratios(api: &Figures, go: &Figures) -> Ratios {
+    let r = |a: f64, b: f64| if b > 0.0 { a / b } else { f64::NAN };
+    Ratios {
+        requests_per_sec: r(api.requests_per_sec, go.requests_per_sec),
+        requests_per_sec_best: r(api.requests_per_sec_best, go.requests_per_sec_best),
+        p50: r(api.p50_us as f64, go.p50_us as f64),
+        p99: r(api.p99_us as f64, go.p99_us as f64),
+        p99_best: r(api.p99_us_best as f64, go.p99_us_best as f64),
+        requests_per_cpu_second: r(go.cpu_us_per_request, api.cpu_us_per_request),
+        rss_idle: r(api.rss_idle_kib as f64, go.rss_idle_kib as f64),
+        rss_after_load: r(api.rss_after_load_kib as f64, go.rss_after_load_kib as f64),
+        startup: r(api.startup_ms_median, go.startup_ms_median),
+        binary_size: r(api.binary_bytes as f64, go.binary_bytes as f64),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn wrk_figures_come_from_the_script_line() {
+        let out = "Running 5s test @ http://127.0.0.1:1/health\n  1 threads and 64 connections\n\
+            XTASK-BENCH {\"requests\":700000,\"duration_us\":5000000,\"bytes\":1,\"p50_us\":345,\
+            \"p90_us\":500,\"p99_us\":763,\"max_us\":9000,\"errors_connect\":0,\"errors_read\":0,\
+            \"errors_write\":0,\"errors_status\":2,\"errors_timeout\":0}\n";
+        let run = parse_wrk(out).unwrap();
+        assert_eq!((run.p50_us, run.p99_us, run.errors()), (345, 763, 2));
+        assert_eq!(run.requests_per_sec(), 140_000.0);
+    }
+
+    #[test]
+    fn wrk_output_without_the_script_line_is_an_error() {
+        let err = parse_wrk("Requests/sec: 1000\n").unwrap_err().to_string();
+        assert!(err.contains("report.lua"), "{err}");
+    }
+
+    #[test]
+    fn medians_take_the_middle_value() {
+        assert_eq!(median([3, 1, 2]), 2);
+        assert_eq!(median([5.0, 1.0, 9.0, 7.0]), 7.0);
+    }
+}

@@ -1,0 +1,110 @@
+//! What /proc says about a process: its CPU time, its memory, the CPUs it may use.
+
+use anyhow::{Context as _, Result, bail};
+
+/// Clock ticks per second in /proc/<pid>/stat: USER_HZ, 100 on every Linux
+/// that exports it to user space.
+pub const USER_HZ: f64 = 100.0;
+
+/// utime + stime from /proc/<pid>/stat: fields 14 and 15, counted after the
+/// command name, which is in parentheses and may itself hold spaces.
+pub fn stat_cpu_ticks(stat: &str) -> Result<u64> {
+    let after_name = &stat[stat.rfind(')').context("no (comm) field")? + 1..];
+    let fields: Vec<&str> = after_name.split_whitespace().collect();
+    // after_name starts at field 3 (state): utime is field 14, stime 15.
+    let tick = |i: usize| -> Result<u64> {
+        fields
+            .get(i)
+            .context("too few fields")?
+            .parse()
+            .context("not a number")
+    };
+    Ok(tick(11)? + tick(12)?)
+}
+
+pub fn status_field_kib(status: &str, field: &str) -> Result<u64> {
+    let line = status
+        .lines()
+        .find_map(|line| line.strip_prefix(field)?.strip_prefix(':'))
+        .with_context(|| format!("no {field} line"))?;
+    let kib = line.trim().trim_end_matches("kB").trim();
+    kib.parse()
+        .with_context(|| format!("{field} is not a number of kB: {line:?}"))
+}
+
+/// The first two CPUs this process may run on, from `Cpus_allowed_list` in
+/// /proc/self/status: the server gets the first, wrk the second.
+pub fn two_cpus(status: &str) -> Result<(usize, usize)> {
+    let list = status
+        .lines()
+        .find_map(|line| line.strip_prefix("Cpus_allowed_list:"))
+        .context("no Cpus_allowed_list in /proc/self/status")?
+        .trim();
+    let cpus = parse_cpu_list(list)?;
+    match cpus[..] {
+        [server, wrk, ..] => Ok((server, wrk)),
+        _ => bail!(
+            "bench pins the server and wrk to different CPUs, but this process may only use \
+             CPU {list}: run it where two CPUs are available"
+        ),
+    }
+}
+
+/// `0-3,8,10-11` -> [0, 1, 2, 3, 8, 10, 11].
+pub fn parse_cpu_list(list: &str) -> Result<Vec<usize>> {
+    let mut cpus = Vec::new();
+    for part in list.split(',').filter(|p| !p.is_empty()) {
+        let bad = || format!("not a CPU list: {list:?}");
+        match part.split_once('-') {
+            Some((from, to)) => {
+                let from: usize = from.parse().with_context(bad)?;
+                let to: usize = to.parse().with_context(bad)?;
+                cpus.extend(from..=to);
+            }
+            None => cpus.push(part.parse().with_context(bad)?),
+        }
+    }
+    Ok(cpus)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cpu_lists_expand_ranges_and_singles() {
+        assert_eq!(parse_cpu_list("0-1").unwrap(), [0, 1]);
+        assert_eq!(parse_cpu_list("0,2-4,7").unwrap(), [0, 2, 3, 4, 7]);
+        assert!(parse_cpu_list("0-x").is_err());
+    }
+
+    #[test]
+    fn the_server_and_wrk_get_the_first_two_allowed_cpus() {
+        let status = "Name:\tx\nCpus_allowed_list:\t2-3,6\n";
+        assert_eq!(two_cpus(status).unwrap(), (2, 3));
+    }
+
+    #[test]
+    fn one_cpu_is_refused_with_the_reason() {
+        let err = two_cpus("Cpus_allowed_list:\t5\n").unwrap_err().to_string();
+        assert!(
+            err.contains("different CPUs") && err.contains("CPU 5"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn cpu_time_is_utime_plus_stime_even_when_the_name_has_spaces() {
+        let stat = "4242 (api go (x)) S 1 2 3 0 -1 4194560 100 0 0 0 1234 567 0 0 20 0 1 0 9 1 1";
+        assert_eq!(stat_cpu_ticks(stat).unwrap(), 1234 + 567);
+        assert!(stat_cpu_ticks("4242 (api) S 1").is_err());
+    }
+
+    #[test]
+    fn rss_is_read_from_proc_status() {
+        let status = "VmPeak:\t  10000 kB\nVmHWM:\t    2532 kB\nVmRSS:\t    1532 kB\n";
+        assert_eq!(status_field_kib(status, "VmRSS").unwrap(), 1532);
+        assert_eq!(status_field_kib(status, "VmHWM").unwrap(), 2532);
+        assert!(status_field_kib(status, "VmSwap").is_err());
+    }
+}
