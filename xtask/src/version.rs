@@ -18,7 +18,7 @@ fn resolve_with(sh: &Shell, dir: &Utf8Path, from_env: Option<String>) -> Result<
     if let Some(version) = from_env
         && !version.is_empty()
     {
-        check(&version).with_context(|| format!("{API_VERSION}={version:?}"))?;
+        check_version(&version).with_context(|| format!("{API_VERSION}={version:?}"))?;
         return Ok(version);
     }
     describe(sh, dir)
@@ -99,7 +99,7 @@ fn git_failed(
 }
 
 /// A version goes into JSON, logs and labels: keep it to what a tag may hold.
-pub fn check(version: &str) -> Result<()> {
+pub fn check_version(version: &str) -> Result<()> {
     let ok = !version.is_empty()
         && version.len() <= 128
         && version

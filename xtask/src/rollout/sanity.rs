@@ -77,7 +77,7 @@ impl SanityArgs {
     pub fn expected_version(&self, cx: &Context) -> Result<String> {
         match &self.expect_version {
             Some(v) => {
-                version::check(v).context("--expect-version")?;
+                version::check_version(v).context("--expect-version")?;
                 Ok(v.clone())
             }
             None => version::resolve(&cx.sh, &cx.root),
