@@ -7,6 +7,7 @@ mod context;
 mod doctor;
 mod http;
 mod image;
+mod interrupt;
 mod lint;
 mod package;
 #[cfg(test)]

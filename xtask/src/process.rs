@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, Result};
 
-use crate::rollout::interrupt;
+use crate::interrupt;
 
 /// What a bounded run ended with.
 #[derive(Debug)]

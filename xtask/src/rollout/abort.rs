@@ -7,10 +7,11 @@ use clap::Args;
 
 use super::confirm::confirm;
 use super::promote::Expected;
-use super::state::{Phase, RolloutState};
+use super::state::{Phase, PhaseLine, RolloutState};
 use super::wait::{self, Look};
-use super::{Cluster, RolloutArgs, go_duration, interrupt};
+use super::{Cluster, RolloutArgs, go_duration};
 use crate::context::Context;
+use crate::interrupt;
 
 /// How many times an abort is sent when the controller erases it.
 const ABORT_ATTEMPTS: u32 = 3;
@@ -102,7 +103,7 @@ impl Abort {
     }
 }
 
-fn nothing_in_flight(state: &RolloutState, line: &super::state::PhaseLine) -> bool {
+fn nothing_in_flight(state: &RolloutState, line: &PhaseLine) -> bool {
     state.observed() && state.fully_promoted() && line.phase == Phase::Healthy
 }
 

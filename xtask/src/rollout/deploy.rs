@@ -5,11 +5,12 @@ use std::time::Duration;
 use anyhow::{Context as _, Result, bail};
 use clap::Args;
 
-use super::state::{Phase, RolloutState};
+use super::state::{BLUE_GREEN_PAUSE, Phase, RolloutState};
 use super::wait::{self, Look};
-use super::{Cluster, RolloutArgs, interrupt, parse_duration};
+use super::{Cluster, RolloutArgs, parse_duration};
 use crate::context::Context;
 use crate::image::{ImageArgs, ImageRef};
+use crate::interrupt;
 
 /// Set the new image on the Rollout: it goes to the preview pods
 #[derive(Args, Debug)]
@@ -230,7 +231,7 @@ pub fn wait_for_preview(
                 Phase::Degraded => bail!(
                     "rollout {rollout} is {line}: the new pods did not become a usable preview"
                 ),
-                Phase::Paused if !state.pause_reasons.iter().any(|r| r == super::state::BLUE_GREEN_PAUSE) => bail!(
+                Phase::Paused if !state.pause_reasons.iter().any(|r| r == BLUE_GREEN_PAUSE) => bail!(
                     "rollout {rollout} is {line}, not at the blue/green pause: someone paused it by hand; \
                      `kubectl argo rollouts promote {rollout}` resumes it"
                 ),

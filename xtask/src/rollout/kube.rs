@@ -9,8 +9,9 @@ use anyhow::{Result, anyhow, bail};
 use camino::{Utf8Path, Utf8PathBuf};
 
 use super::state::{RolloutState, replica_set_images};
-use super::{RolloutArgs, go_duration, interrupt, timing};
+use super::{RolloutArgs, go_duration, timing};
 use crate::context::{Context, command_line};
+use crate::interrupt;
 use crate::process::{self, Cut, Finished};
 
 /// The Rollout's resource, fully qualified, so no other `rollouts` kind is meant.

@@ -8,7 +8,7 @@ mod abort;
 mod confirm;
 mod deploy;
 mod duration;
-pub mod interrupt;
+
 mod kube;
 #[cfg(test)]
 mod manifest;

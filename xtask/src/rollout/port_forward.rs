@@ -11,8 +11,9 @@ use std::time::{Duration, Instant};
 use anyhow::{Context as _, Result, bail};
 use camino::Utf8PathBuf;
 
-use super::{RolloutArgs, SERVICE_PORT, go_duration, interrupt, timing};
+use super::{RolloutArgs, SERVICE_PORT, go_duration, timing};
 use crate::context::{Context, command_line};
+use crate::interrupt;
 
 /// Starts the port-forward, retrying until `deadline`: right after a deploy
 /// the Service may have no running pod yet, and kubectl then refuses. Each

@@ -8,9 +8,10 @@ use clap::Args;
 use super::confirm::confirm;
 use super::state::{Phase, RolloutState};
 use super::wait::{self, Look};
-use super::{Cluster, RolloutArgs, interrupt, parse_duration};
+use super::{Cluster, RolloutArgs, parse_duration};
 use crate::context::Context;
 use crate::image::{ImageArgs, ImageRef};
+use crate::interrupt;
 
 /// Switch traffic to the preview, atomically, if it is the expected image; wait until Healthy
 #[derive(Args, Debug)]

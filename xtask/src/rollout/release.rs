@@ -13,11 +13,11 @@ use super::deploy::{self, Arrival, WENT_ACTIVE, WaitArgs, wait_for_preview};
 use super::promote::{check_promotable, promote_and_wait};
 use super::sanity::{Endpoint, SanityArgs, check_preview};
 use super::{
-    Cluster, DEFAULT_ACTIVE_SERVICE, RolloutArgs, check_label, go_duration, interrupt,
-    parse_duration, timing,
+    Cluster, DEFAULT_ACTIVE_SERVICE, RolloutArgs, check_label, go_duration, parse_duration, timing,
 };
 use crate::context::Context;
 use crate::image::{ImageArgs, ImageRef};
+use crate::interrupt;
 
 /// Deploy, wait for the preview, check it, promote; abort on any failure
 #[derive(Args, Debug)]

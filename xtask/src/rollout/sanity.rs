@@ -8,10 +8,11 @@ use clap::Args;
 
 use super::port_forward;
 use super::{
-    DEFAULT_PREVIEW_SERVICE, HEALTH_PATH, RolloutArgs, check_label, go_duration, interrupt,
-    parse_duration, timing,
+    DEFAULT_PREVIEW_SERVICE, HEALTH_PATH, RolloutArgs, check_label, go_duration, parse_duration,
+    timing,
 };
 use crate::context::{Context, command_line};
+use crate::interrupt;
 use crate::{http, tools, version};
 
 /// Check the preview: /health answers 200 with the expected version, / answers 200

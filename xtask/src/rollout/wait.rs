@@ -7,8 +7,9 @@ use std::time::{Duration, Instant};
 use anyhow::{Result, bail};
 
 use super::state::{PhaseLine, RolloutState};
-use super::{Cluster, go_duration, interrupt, timing};
+use super::{Cluster, go_duration, timing};
 use crate::context::Context;
+use crate::interrupt;
 
 /// What a look at the Rollout decided.
 pub enum Look<T> {
