@@ -290,6 +290,16 @@ fn abuse_in_a_memory_limited_container_kills_nothing_and_memory_comes_back() {
     if !engine_or_skip() {
         return;
     }
+    // With the engine on another host (GitLab's dind service) the floods cannot
+    // reach a container there over loopback: the bench runs the server as a
+    // process here, and says so; the container run is the engine host's CI.
+    let remote = std::env::var("DOCKER_HOST").is_ok_and(|h| {
+        h.strip_prefix("tcp://")
+            .is_some_and(|r| !r.starts_with("127.") && !r.starts_with("localhost"))
+    });
+    if remote {
+        eprintln!("note: the engine is on another host: the server runs as a plain process");
+    }
     let out = Command::new(XTASK)
         .args([
             "bench",
@@ -319,7 +329,7 @@ fn abuse_in_a_memory_limited_container_kills_nothing_and_memory_comes_back() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{stderr}");
     let report: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON report");
-    assert_eq!(report["plan"]["container"], true, "{stderr}");
+    assert_eq!(report["plan"]["container"], !remote, "{stderr}");
     for phase in report["phases"].as_array().unwrap() {
         let name = &phase["name"];
         assert_eq!(phase["alive"], true, "{name}: {phase}");

@@ -14,7 +14,11 @@ fn root() -> PathBuf {
 
 fn xtask(args: &[&str]) -> Command {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_xtask"));
-    cmd.args(args).current_dir(root()).env_remove("API_VERSION");
+    // The tests read cargo's words: no colour codes, whatever the pipeline sets.
+    cmd.args(args)
+        .current_dir(root())
+        .env_remove("API_VERSION")
+        .env("CARGO_TERM_COLOR", "never");
     cmd
 }
 
@@ -98,23 +102,37 @@ fn dry_run_build_works_from_any_folder() {
 
 #[test]
 fn dry_run_test_plans_fmt_clippy_then_tests() {
-    let out = run(&mut xtask(&[
-        "--dry-run",
-        "test",
-        "--no-nextest",
-        "--",
-        "some_filter",
-    ]));
+    // A target folder of its own: whether an earlier report is there decides a plan line.
+    let target = std::env::temp_dir().join(format!("xtask-plan-target-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&target);
+    let plan = || {
+        run(
+            xtask(&["--dry-run", "test", "--no-nextest", "--", "some_filter"])
+                .env("CARGO_TARGET_DIR", &target),
+        )
+    };
+    let out = plan();
     assert!(out.status.success(), "{}", text(&out.stderr));
     let cargo = std::env::var("CARGO").unwrap();
-    assert_eq!(
-        text(&out.stdout).lines().collect::<Vec<_>>(),
-        [
-            format!("{cargo} fmt --all -- --check"),
-            format!("{cargo} clippy --workspace --all-targets -- -D warnings"),
-            format!("{cargo} test --workspace some_filter"),
-        ]
+    let steps = [
+        format!("{cargo} fmt --all -- --check"),
+        format!("{cargo} clippy --workspace --all-targets -- -D warnings"),
+        format!("{cargo} test --workspace some_filter"),
+    ];
+    assert_eq!(text(&out.stdout).lines().collect::<Vec<_>>(), steps);
+
+    // With an earlier run's report there, the plan removes it first.
+    let report = target.join("nextest/ci/junit.xml");
+    std::fs::create_dir_all(report.parent().unwrap()).unwrap();
+    std::fs::write(&report, "<testsuites/>").unwrap();
+    let out = plan();
+    let lines: Vec<String> = text(&out.stdout).lines().map(str::to_owned).collect();
+    let _ = std::fs::remove_dir_all(&target);
+    assert!(
+        lines[0].starts_with(&format!("# remove {}", report.display())),
+        "{lines:?}"
     );
+    assert_eq!(lines[1..], steps);
 }
 
 #[test]

@@ -430,8 +430,21 @@ impl Bench {
     /// `--abuse`: each flood against a fresh server, then the burst.
     fn run_abuse(&self, cx: &Context) -> Result<()> {
         tools::require(&[&tools::CARGO])?;
+        let remote_engine = remote_engine();
         let docker = match (self.no_container, tools::locate(tools::DOCKER.name)) {
             (true, _) => None,
+            (false, Some(_)) if remote_engine.is_some() => {
+                // The container's loopback is then the other host's; a flood across
+                // a network to it is not what this bench is allowed to send.
+                cx.say(format_args!(
+                    "note: no container with --memory {}: the Docker engine is on another host \
+                     (DOCKER_HOST={}), and the floods stay on this host's loopback; the server runs \
+                     as a plain process (run the bench where the engine runs for the container figures)",
+                    abuse::MEMORY_LIMIT,
+                    remote_engine.unwrap_or_default()
+                ));
+                None
+            }
             (false, None) => {
                 cx.say(format_args!(
                     "note: no container with --memory {}: docker is not installed ({}); \
@@ -722,6 +735,15 @@ impl Bench {
         }
         lines
     }
+}
+
+/// DOCKER_HOST when it names an engine on another host (tcp:// to anything but loopback).
+fn remote_engine() -> Option<String> {
+    let host = std::env::var("DOCKER_HOST").ok()?;
+    let rest = host.strip_prefix("tcp://")?;
+    let name = rest.rsplit_once(':').map_or(rest, |(name, _)| name);
+    let local = matches!(name, "localhost" | "127.0.0.1" | "[::1]") || name.starts_with("127.");
+    (!local).then_some(host)
 }
 
 /// The command that starts a server: on `port`, on loopback only, pinned to
