@@ -13,7 +13,7 @@ use crate::context::Context;
 use crate::image::{ImageArgs, ImageRef};
 use crate::interrupt;
 
-/// Switch traffic to the preview, atomically, if it is the expected image; wait until Healthy
+/// Switch traffic to the preview if it is the expected image, then wait until Healthy
 #[derive(Args, Debug)]
 #[command(
     long_about = "Switch traffic to the preview: Argo Rollouts points the active Service at the preview \
