@@ -36,7 +36,7 @@ newer one's preview. Asks for confirmation when stdin is a terminal (not with --
 Runs:
   kubectl get rollouts.argoproj.io ROLLOUT -o json [-n NS] [--context CTX] --request-timeout=10s
   kubectl-argo-rollouts abort ROLLOUT ...    (if an update is in flight)
-  kubectl get rollouts.argoproj.io ROLLOUT -o json ...    (until it holds, at most 6x --request-timeout)",
+  kubectl get rollouts.argoproj.io ROLLOUT -o json ...    (until it holds, bounded)",
     after_long_help = "Environment:
   API_EXPECT_IMAGE and the image variables of deploy: the expected image, with --only-expected
   API_ROLLOUT, API_NAMESPACE (then KUBE_NAMESPACE), API_KUBE_CONTEXT: as the flags
