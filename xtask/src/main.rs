@@ -39,7 +39,7 @@ struct Cli {
     #[arg(long, global = true)]
     dry_run: bool,
 
-    /// Echo read-only probes too (git describe, status polls, ...)
+    /// Echo read-only probes too (git describe, kubectl get of the Rollout, ...)
     #[arg(long, short, global = true)]
     verbose: bool,
 
