@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, Result, bail};
 use camino::Utf8Path;
-use serde::Serialize;
+use serde_json::{Value, json};
 
 /// rollout.yaml's memory limit, as `docker run --memory` takes it.
 pub const MEMORY_LIMIT: &str = "128m";
@@ -25,7 +25,7 @@ const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
 pub const GOAL_HEALTH_P99_US: u64 = 10_000;
 
 /// How many abusive clients of each kind, and how long each phase lasts.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone)]
 pub struct Plan {
     pub silent: usize,
     pub slowloris: usize,
@@ -37,7 +37,7 @@ pub struct Plan {
     pub container: bool,
 }
 
-#[derive(Debug, Default, Serialize)]
+#[derive(Debug, Default)]
 pub struct Latency {
     pub requests: usize,
     pub errors: usize,
@@ -46,7 +46,7 @@ pub struct Latency {
     pub max_us: u64,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug)]
 pub struct Phase {
     pub name: String,
     /// Abusive connections opened / how many the client asked for.
@@ -71,7 +71,7 @@ pub struct Phase {
     pub oom_killed: bool,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug)]
 pub struct Burst {
     pub connections: usize,
     pub rss_idle_kib: u64,
@@ -81,13 +81,76 @@ pub struct Burst {
     pub ratio_to_idle: f64,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug)]
 pub struct Report {
     pub plan: Plan,
     pub where_: String,
     pub server_env: BTreeMap<String, String>,
     pub phases: Vec<Phase>,
     pub burst: Option<Burst>,
+}
+
+// `--json` is built by hand rather than with serde's derive, which is the
+// longest step of a cold `cargo xtask` build.
+
+impl Latency {
+    fn json(&self) -> Value {
+        json!({
+            "requests": self.requests,
+            "errors": self.errors,
+            "p50_us": self.p50_us,
+            "p99_us": self.p99_us,
+            "max_us": self.max_us,
+        })
+    }
+}
+
+impl Phase {
+    fn json(&self) -> Value {
+        json!({
+            "name": self.name,
+            "opened": self.opened,
+            "asked": self.asked,
+            "held_by_server": self.held_by_server,
+            "closed_by_server": self.closed_by_server,
+            "rss_idle_kib": self.rss_idle_kib,
+            "rss_peak_kib": self.rss_peak_kib,
+            "rss_end_kib": self.rss_end_kib,
+            "cgroup_peak_bytes": self.cgroup_peak_bytes,
+            "cgroup_tcp_bytes": self.cgroup_tcp_bytes,
+            "keep_alive": self.keep_alive.json(),
+            "new_connection": self.new_connection.json(),
+            "alive": self.alive,
+            "oom_killed": self.oom_killed,
+        })
+    }
+}
+
+impl Report {
+    pub fn json(&self) -> Value {
+        let plan = &self.plan;
+        json!({
+            "plan": {
+                "silent": plan.silent,
+                "slowloris": plan.slowloris,
+                "pipeliners": plan.pipeliners,
+                "burst": plan.burst,
+                "hold_secs": plan.hold_secs,
+                "settle_secs": plan.settle_secs,
+                "container": plan.container,
+            },
+            "where_": self.where_,
+            "server_env": self.server_env,
+            "phases": self.phases.iter().map(Phase::json).collect::<Vec<_>>(),
+            "burst": self.burst.as_ref().map(|burst| json!({
+                "connections": burst.connections,
+                "rss_idle_kib": burst.rss_idle_kib,
+                "rss_peak_kib": burst.rss_peak_kib,
+                "rss_after_kib": burst.rss_after_kib,
+                "ratio_to_idle": burst.ratio_to_idle,
+            })),
+        })
+    }
 }
 
 /// The server under abuse: a process, or a container of the static binary.

@@ -5,7 +5,7 @@
 //! argo-rollouts `pkg/apis/rollouts/v1alpha1/types.go`.
 
 use anyhow::{Context as _, Result, bail};
-use serde::Deserialize;
+use serde_json::Value;
 
 /// The pause a blue/green rollout makes when the preview is ready (`PauseReasonBlueGreenPause`).
 pub const BLUE_GREEN_PAUSE: &str = "BlueGreenPause";
@@ -70,36 +70,40 @@ pub struct RolloutState {
 
 impl RolloutState {
     pub fn from_json(text: &str) -> Result<RolloutState> {
-        let object: Object = serde_json::from_str(text)
+        let object: Value = serde_json::from_str(text)
             .context("kubectl printed something that is not a Rollout object")?;
-        if object.kind != "Rollout" {
-            bail!("kubectl returned a {:?}, not a Rollout", object.kind);
+        let kind = object.get("kind").and_then(Value::as_str);
+        if kind != Some("Rollout") {
+            bail!(
+                "kubectl returned a {:?}, not a Rollout",
+                kind.unwrap_or_default()
+            );
         }
-        let status = object.status;
+        let images = containers(&object, "/spec/template/spec/containers")
+            .context("kubectl printed a Rollout without a pod template")?;
+        let status = |field: &str| string_at(&object, &format!("/status/{field}"));
         Ok(RolloutState {
-            generation: object.metadata.generation,
-            observed_generation: status.observed_generation,
-            images: object
-                .spec
-                .template
-                .spec
-                .containers
+            generation: object
+                .pointer("/metadata/generation")
+                .and_then(Value::as_i64)
+                .unwrap_or_default(),
+            observed_generation: status("observedGeneration"),
+            images,
+            current_pod_hash: status("currentPodHash"),
+            stable_rs: status("stableRS"),
+            active_selector: status("blueGreen/activeSelector"),
+            preview_selector: status("blueGreen/previewSelector"),
+            pause_reasons: object
+                .pointer("/status/pauseConditions")
+                .and_then(Value::as_array)
                 .into_iter()
-                .map(|c| (c.name, c.image))
+                .flatten()
+                .map(|condition| string_at(condition, "/reason"))
                 .collect(),
-            current_pod_hash: status.current_pod_hash,
-            stable_rs: status.stable_rs,
-            active_selector: status.blue_green.active_selector,
-            preview_selector: status.blue_green.preview_selector,
-            pause_reasons: status
-                .pause_conditions
-                .into_iter()
-                .map(|p| p.reason)
-                .collect(),
-            controller_pause: status.controller_pause,
-            abort: status.abort,
-            phase: status.phase,
-            message: status.message,
+            controller_pause: bool_at(&object, "/status/controllerPause"),
+            abort: bool_at(&object, "/status/abort"),
+            phase: status("phase"),
+            message: status("message"),
         })
     }
 
@@ -175,100 +179,47 @@ impl RolloutState {
     }
 }
 
-#[derive(Deserialize)]
-struct Object {
-    kind: String,
-    metadata: Metadata,
-    spec: Spec,
-    #[serde(default)]
-    status: Status,
+// Read from `serde_json::Value` by hand rather than with serde's derive: the
+// derive macro is the longest step of a cold `cargo xtask` build. Missing
+// fields read as empty, as the API server omits empty ones.
+
+fn string_at(value: &Value, pointer: &str) -> String {
+    value
+        .pointer(pointer)
+        .and_then(Value::as_str)
+        .unwrap_or_default()
+        .to_owned()
 }
 
-#[derive(Deserialize)]
-struct Metadata {
-    #[serde(default)]
-    generation: i64,
+fn bool_at(value: &Value, pointer: &str) -> bool {
+    value
+        .pointer(pointer)
+        .and_then(Value::as_bool)
+        .unwrap_or_default()
 }
 
-#[derive(Deserialize)]
-struct Spec {
-    template: Template,
-}
-
-#[derive(Deserialize)]
-struct Template {
-    spec: PodSpec,
-}
-
-#[derive(Deserialize)]
-struct PodSpec {
-    containers: Vec<Container>,
-}
-
-#[derive(Deserialize)]
-struct Container {
-    name: String,
-    #[serde(default)]
-    image: String,
-}
-
-#[derive(Deserialize, Default)]
-#[serde(rename_all = "camelCase", default)]
-struct Status {
-    observed_generation: String,
-    current_pod_hash: String,
-    #[serde(rename = "stableRS")]
-    stable_rs: String,
-    blue_green: BlueGreen,
-    pause_conditions: Vec<PauseCondition>,
-    controller_pause: bool,
-    abort: bool,
-    phase: String,
-    message: String,
-}
-
-#[derive(Deserialize, Default)]
-#[serde(rename_all = "camelCase", default)]
-struct BlueGreen {
-    active_selector: String,
-    preview_selector: String,
-}
-
-#[derive(Deserialize)]
-struct PauseCondition {
-    reason: String,
+/// Each container of the pod spec at `pointer` and its image.
+fn containers(value: &Value, pointer: &str) -> Option<Vec<(String, String)>> {
+    value
+        .pointer(pointer)?
+        .as_array()?
+        .iter()
+        .map(|c| Some((c.get("name")?.as_str()?.to_owned(), string_at(c, "/image"))))
+        .collect()
 }
 
 /// The images of a ReplicaSet list (`kubectl get replicasets -o json`), by container.
 pub fn replica_set_images(text: &str) -> Result<Vec<(String, String)>> {
-    #[derive(Deserialize)]
-    struct List {
-        items: Vec<Item>,
+    let not_a_list = "kubectl printed something that is not a list of ReplicaSets";
+    let list: Value = serde_json::from_str(text).context(not_a_list)?;
+    let items = list
+        .get("items")
+        .and_then(Value::as_array)
+        .context(not_a_list)?;
+    match items.first() {
+        None => Ok(Vec::new()),
+        Some(first) => containers(first, "/spec/template/spec/containers").context(not_a_list),
     }
-    #[derive(Deserialize)]
-    struct Item {
-        spec: ItemSpec,
-    }
-    #[derive(Deserialize)]
-    struct ItemSpec {
-        template: Template,
-    }
-    let list: List = serde_json::from_str(text)
-        .context("kubectl printed something that is not a list of ReplicaSets")?;
-    Ok(list
-        .items
-        .into_iter()
-        .next()
-        .map(|rs| {
-            rs.spec
-                .template
-                .spec
-                .containers
-                .into_iter()
-                .map(|c| (c.name, c.image))
-                .collect()
-        })
-        .unwrap_or_default())
 }
 
 #[cfg(test)]
