@@ -6,18 +6,15 @@
 //! them. So PATH holds stand-ins that record any call and fail: only their
 //! presence matters, and a call would be the bug.
 
+mod support;
+
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
+use support::root;
+
 const XTASK: &str = env!("CARGO_BIN_EXE_xtask");
 const VERSION: &str = "v9.9.9-plan";
-
-fn root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .unwrap()
-        .to_owned()
-}
 
 /// A fresh folder under the workspace's target dir (no temp-dir crate), one per test.
 fn scratch(name: &str) -> PathBuf {
@@ -273,15 +270,11 @@ fn engine_or_skip() -> bool {
         .args(["version", "--format", "{{.Server.Version}}"])
         .output()
         .is_ok_and(|o| o.status.success());
-    if answered {
-        return true;
-    }
-    let how = "install Docker Engine (apt-get install docker.io) and start it";
-    if std::env::var_os("CI").is_some() {
-        panic!("CI is set, so this test must run, but the Docker engine does not answer: {how}");
-    }
-    eprintln!("skipped: the Docker engine does not answer ({how}); in CI this is a failure");
-    false
+    support::needs(
+        "the Docker engine",
+        answered,
+        "install Docker Engine (apt-get install docker.io) and start it",
+    )
 }
 
 /// A small abuse run for real, in the container with the manifest's memory

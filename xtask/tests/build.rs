@@ -1,33 +1,22 @@
 //! `cargo xtask` end to end: the built xtask binary, the real cargo and git.
 
+mod support;
+
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-fn root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .unwrap()
-        .to_owned()
-}
+use support::{root, text};
 
 fn xtask(args: &[&str]) -> Command {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_xtask"));
-    // The tests read cargo's words: no colour codes, whatever the pipeline sets.
-    cmd.args(args)
-        .current_dir(root())
-        .env_remove("API_VERSION")
-        .env("CARGO_TERM_COLOR", "never");
+    let mut cmd = support::xtask();
+    cmd.args(args);
     cmd
 }
 
 fn run(cmd: &mut Command) -> Output {
-    cmd.stdin(Stdio::null()).output().expect("start xtask")
-}
-
-fn text(bytes: &[u8]) -> String {
-    String::from_utf8_lossy(bytes).into_owned()
+    support::output(cmd)
 }
 
 fn git_describe() -> String {
@@ -232,11 +221,11 @@ fn build_compiles_in_the_git_describe_version() {
     assert_eq!(text(&version.stdout).trim(), expected);
 
     let service = Service::start(&bin);
-    let health = service.get("/health");
-    assert!(health.starts_with("HTTP/1.1 200"), "{health}");
-    assert!(
-        health.ends_with(&format!(r#"{{"status":"ok","version":"{expected}"}}"#)),
-        "{health}"
+    let (status, health) = service.get("/health");
+    assert_eq!(status, 200, "{health}");
+    assert_eq!(
+        health,
+        format!(r#"{{"status":"ok","version":"{expected}"}}"#)
     );
 
     // Nothing changed: the second build compiles nothing.
@@ -423,20 +412,8 @@ impl Service {
         service
     }
 
-    fn get(&self, path: &str) -> String {
-        use std::io::{Read, Write};
-        let mut stream = std::net::TcpStream::connect(("127.0.0.1", self.port)).unwrap();
-        stream
-            .set_read_timeout(Some(Duration::from_secs(5)))
-            .unwrap();
-        write!(
-            stream,
-            "GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n"
-        )
-        .unwrap();
-        let mut response = String::new();
-        stream.read_to_string(&mut response).unwrap();
-        response
+    fn get(&self, path: &str) -> (u16, String) {
+        support::http_get(&format!("127.0.0.1:{}", self.port), path, None).unwrap()
     }
 }
 

@@ -9,10 +9,12 @@
 //! missing; elsewhere they skip, saying why.
 
 #[path = "package/support.rs"]
+mod engine;
 mod support;
 
 use std::time::{Duration, Instant};
 
+use engine::*;
 use support::*;
 
 // --- The image that `cargo xtask package` builds --------------------------

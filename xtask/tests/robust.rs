@@ -2,40 +2,26 @@
 //! ends, and what it prints can be pasted. The built xtask binary, the real
 //! git and bash, and std servers on loopback.
 
+mod support;
+
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
-use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-fn root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .unwrap()
-        .to_owned()
-}
+use support::{root, text};
 
 fn xtask(args: &[&str]) -> Command {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_xtask"));
-    cmd.args(args)
-        .current_dir(root())
-        .env_remove("API_VERSION")
-        .env_remove("API_IMAGE")
-        .env_remove("API_IMAGE_TAG")
-        .env_remove("CI_REGISTRY_IMAGE")
-        .env_remove("CI_COMMIT_SHA");
+    let mut cmd = support::xtask();
+    cmd.args(args);
     cmd
 }
 
 fn run(cmd: &mut Command) -> Output {
-    cmd.stdin(Stdio::null()).output().expect("start xtask")
-}
-
-fn text(bytes: &[u8]) -> String {
-    String::from_utf8_lossy(bytes).into_owned()
+    support::output(cmd)
 }
 
 // --- Dry-run lines can be pasted ------------------------------------------

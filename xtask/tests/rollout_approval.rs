@@ -5,6 +5,7 @@
 //! two pipelines (or a laptop and a pipeline) would play them on one Rollout.
 
 mod rollout_support;
+mod support;
 
 use rollout_support::{NAMESPACE, Pod, REPOSITORY, Run, World, image, release_args, require_tool};
 

@@ -3,6 +3,7 @@
 //! ...`: plugin dispatch is real), the way a person would call it.
 
 mod rollout_support;
+mod support;
 
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};

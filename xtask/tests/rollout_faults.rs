@@ -5,6 +5,7 @@
 //! names, in one comment line, the upstream behaviour its double follows.
 
 mod rollout_support;
+mod support;
 
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};

@@ -4,6 +4,7 @@
 //! probes (`kubectl get`) really run.
 
 mod rollout_support;
+mod support;
 
 use rollout_support::{NAMESPACE, REPOSITORY, World, doubles, image};
 

@@ -5,6 +5,7 @@
 //! that no process it started is left running.
 
 mod rollout_support;
+mod support;
 
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};

@@ -1,74 +1,15 @@
-//! What the package tests share: running `cargo xtask`, the Docker engine
+//! What the package tests share beyond `tests/support`: the Docker engine
 //! gate, the one image build they all use, containers and a real registry
 //! that are always removed.
 
-use std::io::{Read, Write};
-use std::net::{TcpStream, ToSocketAddrs};
+use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::OnceLock;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-/// The workspace root: the build context and the checkout the image is made from.
-pub fn root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .unwrap()
-        .to_owned()
-}
-
-/// The built `cargo xtask`, with none of the variables that would change what
-/// `package` resolves, so each test sets exactly what it means to.
-pub fn xtask() -> Command {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_xtask"));
-    for key in [
-        "API_IMAGE",
-        "API_IMAGE_TAG",
-        "API_VERSION",
-        "CI_REGISTRY_IMAGE",
-        "CI_COMMIT_SHA",
-        "CI_PROJECT_URL",
-        "CI_REGISTRY",
-        "CI_REGISTRY_USER",
-        "CI_REGISTRY_PASSWORD",
-        "SOURCE_DATE_EPOCH",
-        "GIT_DIR",
-        "GIT_WORK_TREE",
-    ] {
-        cmd.env_remove(key);
-    }
-    cmd.stdin(Stdio::null());
-    cmd
-}
-
-/// What a finished command said, as text.
-pub struct Ran {
-    pub ok: bool,
-    pub stdout: String,
-    pub stderr: String,
-}
-
-impl Ran {
-    pub fn both(&self) -> String {
-        format!("{}{}", self.stdout, self.stderr)
-    }
-}
-
-pub fn run(cmd: &mut Command) -> Ran {
-    let Output {
-        status,
-        stdout,
-        stderr,
-    } = cmd
-        .output()
-        .unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"));
-    Ran {
-        ok: status.success(),
-        stdout: String::from_utf8_lossy(&stdout).into_owned(),
-        stderr: String::from_utf8_lossy(&stderr).into_owned(),
-    }
-}
+use crate::support::{http, http_get, needs, on_path, root, run, xtask};
 
 /// Runs a command that must succeed and returns its trimmed stdout.
 pub fn read(cmd: &mut Command) -> String {
@@ -85,24 +26,6 @@ pub fn docker(args: &[&str]) -> Command {
 
 pub fn git(args: &[&str]) -> String {
     read(Command::new("git").args(args).current_dir(root()))
-}
-
-/// Whether a test that needs `what` can run: yes when `present`; when not, a
-/// failure under CI (CI must run every test) and a skip, saying why, elsewhere.
-pub fn needs(what: &str, present: bool, how: &str) -> bool {
-    if present {
-        return true;
-    }
-    if std::env::var_os("CI").is_some() {
-        panic!("CI is set, so this test must run, but {what} is missing: {how}");
-    }
-    eprintln!("skipped: {what} is missing ({how}); in CI this is a failure");
-    false
-}
-
-fn on_path(program: &str) -> bool {
-    std::env::var_os("PATH")
-        .is_some_and(|paths| std::env::split_paths(&paths).any(|dir| dir.join(program).is_file()))
 }
 
 /// The docker CLI, for tests that stop before the engine is asked.
@@ -347,98 +270,6 @@ impl Drop for Container {
     }
 }
 
-/// A minimal HTTP/1.1 GET: status and body.
-pub fn http_get(
-    address: &str,
-    path: &str,
-    basic_auth: Option<&str>,
-) -> std::io::Result<(u16, String)> {
-    http("GET", address, path, basic_auth, &[]).map(|r| (r.status, r.body))
-}
-
-/// What an HTTP server answered.
-pub struct Response {
-    pub status: u16,
-    /// Header lines as `name: value`, names lowercased.
-    pub headers: Vec<(String, String)>,
-    pub body: String,
-}
-
-impl Response {
-    pub fn header(&self, name: &str) -> Option<&str> {
-        self.headers
-            .iter()
-            .find(|(n, _)| n == name)
-            .map(|(_, v)| v.as_str())
-    }
-}
-
-/// One HTTP/1.1 request with `Connection: close`, bounded by 5 s per read.
-pub fn http(
-    method: &str,
-    address: &str,
-    path: &str,
-    basic_auth: Option<&str>,
-    headers: &[(&str, &str)],
-) -> std::io::Result<Response> {
-    let socket = address
-        .to_socket_addrs()?
-        .next()
-        .ok_or_else(|| std::io::Error::other(format!("{address} has no address")))?;
-    let mut stream = TcpStream::connect_timeout(&socket, Duration::from_secs(5))?;
-    stream.set_read_timeout(Some(Duration::from_secs(5)))?;
-    let mut head = format!("{method} {path} HTTP/1.1\r\nHost: {address}\r\nConnection: close\r\n");
-    if let Some(credentials) = basic_auth {
-        head.push_str(&format!("Authorization: Basic {}\r\n", base64(credentials)));
-    }
-    for (name, value) in headers {
-        head.push_str(&format!("{name}: {value}\r\n"));
-    }
-    head.push_str("\r\n");
-    stream.write_all(head.as_bytes())?;
-    let mut raw = String::new();
-    stream.read_to_string(&mut raw)?;
-    let (head, body) = raw
-        .split_once("\r\n\r\n")
-        .ok_or_else(|| std::io::Error::other(format!("no complete response: {raw:?}")))?;
-    let mut lines = head.lines();
-    let status = lines
-        .next()
-        .and_then(|line| line.split(' ').nth(1))
-        .and_then(|s| s.parse().ok())
-        .ok_or_else(|| std::io::Error::other(format!("no status in {head:?}")))?;
-    let headers = lines
-        .filter_map(|line| line.split_once(':'))
-        .map(|(n, v)| (n.trim().to_ascii_lowercase(), v.trim().to_owned()))
-        .collect();
-    Ok(Response {
-        status,
-        headers,
-        body: body.to_owned(),
-    })
-}
-
-fn base64(text: &str) -> String {
-    const ALPHABET: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-    let mut out = String::new();
-    for chunk in text.as_bytes().chunks(3) {
-        let b = [
-            chunk[0],
-            *chunk.get(1).unwrap_or(&0),
-            *chunk.get(2).unwrap_or(&0),
-        ];
-        let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
-        for i in 0..4 {
-            if i <= chunk.len() {
-                out.push(ALPHABET[(n >> (18 - 6 * i) & 63) as usize] as char);
-            } else {
-                out.push('=');
-            }
-        }
-    }
-    out
-}
-
 /// A real registry (Debian's `docker-registry`, the CNCF distribution
 /// registry) with one htpasswd user, run where the engine can reach it: in a
 /// container on the engine, from the builder base image (which has the libc
@@ -643,7 +474,7 @@ fn the_engine_host_is_the_host_of_a_tcp_docker_host() {
 
 #[test]
 fn base64_encodes_as_rfc4648() {
-    assert_eq!(base64("user:pass"), "dXNlcjpwYXNz");
-    assert_eq!(base64("a"), "YQ==");
-    assert_eq!(base64("ab"), "YWI=");
+    assert_eq!(crate::support::base64("user:pass"), "dXNlcjpwYXNz");
+    assert_eq!(crate::support::base64("a"), "YQ==");
+    assert_eq!(crate::support::base64("ab"), "YWI=");
 }

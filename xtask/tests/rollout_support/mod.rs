@@ -18,12 +18,8 @@ use serde_json::{Value, json};
 pub const NAMESPACE: &str = "shop";
 pub const REPOSITORY: &str = "registry.example.com/shop/api";
 
-pub fn root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .unwrap()
-        .to_owned()
-}
+pub use crate::support::root;
+use crate::support::{needs, on_path};
 
 pub fn doubles() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/doubles")
@@ -35,16 +31,7 @@ pub fn image(tag: &str) -> String {
 
 /// Where a tool that CI must have is missing: a failure under CI, a skip (with why) elsewhere.
 pub fn require_tool(name: &str) -> bool {
-    let found = std::env::var_os("PATH")
-        .map(|path| std::env::split_paths(&path).any(|dir| dir.join(name).is_file()))
-        .unwrap_or(false);
-    if !found {
-        if std::env::var_os("CI").is_some() {
-            panic!("{name} is not on PATH, and CI is set: .ci/run must install it");
-        }
-        eprintln!("skipped: {name} is not on PATH (CI unset, so this is a skip, not a failure)");
-    }
-    found
+    needs(name, on_path(name), ".ci/run installs it")
 }
 
 /// One test's world: the plugin double's state file, and the marker every
@@ -320,29 +307,11 @@ impl World {
 
     /// The built xtask, in this world: doubles on PATH, no stray configuration.
     pub fn xtask(&self, args: &[&str]) -> Command {
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_xtask"));
+        let mut cmd = crate::support::xtask();
         cmd.args(args)
-            .current_dir(root())
             .env("PATH", self.path())
             .env("ARGO_ROLLOUTS_DOUBLE_STATE", &self.state_path)
-            .env(MARKER, &self.marker)
-            .stdin(Stdio::null());
-        for key in [
-            "API_IMAGE",
-            "API_IMAGE_TAG",
-            "CI_REGISTRY_IMAGE",
-            "CI_COMMIT_SHA",
-            "API_VERSION",
-            "API_ROLLOUT",
-            "API_CONTAINER",
-            "API_NAMESPACE",
-            "KUBE_NAMESPACE",
-            "API_KUBE_CONTEXT",
-            "API_PREVIEW_SERVICE",
-            "API_ACTIVE_SERVICE",
-        ] {
-            cmd.env_remove(key);
-        }
+            .env(MARKER, &self.marker);
         cmd
     }
 
@@ -715,21 +684,9 @@ fn read_request(stream: &mut TcpStream) -> std::io::Result<()> {
     }
 }
 
-/// A tiny GET for the tests themselves: (status, body), or None if nothing answered.
+/// A GET for the tests themselves: (status, body), or None if nothing answered.
 pub fn http_get(addr: &str, path: &str) -> Option<(u16, String)> {
-    let mut stream =
-        TcpStream::connect_timeout(&addr.parse().ok()?, Duration::from_secs(2)).ok()?;
-    stream.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
-    write!(
-        stream,
-        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
-    )
-    .ok()?;
-    let mut raw = String::new();
-    stream.read_to_string(&mut raw).ok()?;
-    let status = raw.split(' ').nth(1)?.parse().ok()?;
-    let body = raw.split_once("\r\n\r\n").map(|(_, b)| b.to_owned())?;
-    Some((status, body))
+    crate::support::http_get(addr, path, None).ok()
 }
 
 /// A child process a test started: killed and reaped when dropped, so a
