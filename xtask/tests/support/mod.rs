@@ -30,6 +30,7 @@ const RESOLVED_FROM_THE_ENVIRONMENT: &[&str] = &[
     "API_CONTAINER",
     "API_NAMESPACE",
     "API_KUBE_CONTEXT",
+    "API_KUBE_REQUEST_TIMEOUT",
     "API_PREVIEW_SERVICE",
     "API_ACTIVE_SERVICE",
     "KUBE_NAMESPACE",
@@ -42,6 +43,8 @@ const RESOLVED_FROM_THE_ENVIRONMENT: &[&str] = &[
     "SOURCE_DATE_EPOCH",
     "GIT_DIR",
     "GIT_WORK_TREE",
+    // The debug-only hook of `release`: only the test that means it sets it.
+    "XTASK_TEST_PANIC_AFTER_SET_IMAGE",
 ];
 
 /// The built `cargo xtask`, run from the workspace root with none of the
