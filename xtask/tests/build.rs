@@ -7,17 +7,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use support::{root, text};
-
-fn xtask(args: &[&str]) -> Command {
-    let mut cmd = support::xtask();
-    cmd.args(args);
-    cmd
-}
-
-fn run(cmd: &mut Command) -> Output {
-    support::output(cmd)
-}
+use support::{output as run, root, text, xtask_with as xtask};
 
 fn git_describe() -> String {
     let out = Command::new("git")

@@ -12,17 +12,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use support::{root, text};
-
-fn xtask(args: &[&str]) -> Command {
-    let mut cmd = support::xtask();
-    cmd.args(args);
-    cmd
-}
-
-fn run(cmd: &mut Command) -> Output {
-    support::output(cmd)
-}
+use support::{output as run, root, text, xtask_with as xtask};
 
 // --- Dry-run lines can be pasted ------------------------------------------
 

@@ -60,6 +60,13 @@ pub fn xtask() -> Command {
     cmd
 }
 
+/// [`xtask`] with its arguments.
+pub fn xtask_with(args: &[&str]) -> Command {
+    let mut cmd = xtask();
+    cmd.args(args);
+    cmd
+}
+
 /// Runs a command to its end, with no stdin unless it set one.
 pub fn output(cmd: &mut Command) -> Output {
     cmd.output()
