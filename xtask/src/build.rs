@@ -2,9 +2,9 @@
 
 use anyhow::{Context as _, Result};
 use camino::Utf8PathBuf;
-use clap::Args;
 use xshell::cmd;
 
+use crate::cli::{ArgMatches, Command, switch};
 use crate::context::Context;
 use crate::{tools, version};
 
@@ -12,10 +12,9 @@ use crate::{tools, version};
 /// target would also apply to proc-macro crates, which cannot link statically.
 pub const STATIC_TARGET: &str = "x86_64-unknown-linux-gnu";
 
-/// Build `api` in release mode, with its version compiled in, into bin/api
-#[derive(Args, Debug, Default)]
-#[command(
-    long_about = "Build `api` in release mode, with its version compiled in, into bin/api.
+const ABOUT: &str = "Build `api` in release mode, with its version compiled in, into bin/api";
+
+const LONG_ABOUT: &str = "Build `api` in release mode, with its version compiled in, into bin/api.
 
 The version is $API_VERSION if set, else `git describe --tags --always --dirty`. \
 It reaches the binary as the API_VERSION environment variable of the build, which \
@@ -27,19 +26,39 @@ Runs:
   API_VERSION=<version> cargo build --message-format=json-render-diagnostics \\
       --release --package api [--target x86_64-unknown-linux-gnu]
 then copies the executable cargo names (under $CARGO_TARGET_DIR when set) to bin/api and \
-prints `<version> <path>` on stdout.",
-    after_long_help = "Environment:
+prints `<version> <path>` on stdout.";
+
+const AFTER_LONG_HELP: &str = "Environment:
   API_VERSION  the version to compile in, instead of git describe's
 
 Examples:
   cargo xtask build
   API_VERSION=v1.4.0 cargo xtask build --static
-  cargo xtask --dry-run build"
-)]
+  cargo xtask --dry-run build";
+
+/// `cargo xtask build`.
+#[derive(Debug, Default)]
 pub struct Build {
-    /// Link statically (glibc +crt-static, for x86_64-unknown-linux-gnu), as an image from scratch needs
-    #[arg(long = "static")]
     pub static_link: bool,
+}
+
+impl Build {
+    pub fn command() -> Command {
+        Command::new("build")
+            .about(ABOUT)
+            .long_about(LONG_ABOUT)
+            .after_long_help(AFTER_LONG_HELP)
+            .arg(switch(
+                "static",
+                "Link statically (glibc +crt-static, for x86_64-unknown-linux-gnu), as an image from scratch needs",
+            ))
+    }
+
+    pub fn from(matches: &ArgMatches) -> Build {
+        Build {
+            static_link: matches.get_flag("static"),
+        }
+    }
 }
 
 /// What a build made.

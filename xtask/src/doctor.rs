@@ -3,27 +3,40 @@
 use std::process::ExitCode;
 
 use anyhow::Result;
-use clap::Args;
 use xshell::cmd;
 
+use crate::cli::Command;
 use crate::context::Context;
 use crate::tools::{self, Tool};
 
-/// Show which tools are found, their versions, and how to install what is missing
-#[derive(Args, Debug)]
-#[command(
-    long_about = "Show which tools are found, their paths and versions, which tasks need them, \
+const ABOUT: &str =
+    "Show which tools are found, their versions, and how to install what is missing";
+
+const LONG_ABOUT: &str =
+    "Show which tools are found, their paths and versions, which tasks need them, \
 and how to install what is missing. Changes nothing.
 
 Exits 0 when what `build` and `test` need (cargo, git) is present.
 
 Runs (read-only):
   TOOL --version              for each tool
-  docker version --format {{.Server.Version}}   (does the engine answer?)",
-    after_long_help = "Examples:
-  cargo xtask doctor"
-)]
+  docker version --format {{.Server.Version}}   (does the engine answer?)";
+
+const AFTER_LONG_HELP: &str = "Examples:
+  cargo xtask doctor";
+
+/// `cargo xtask doctor`: it takes no arguments.
+#[derive(Debug)]
 pub struct Doctor {}
+
+impl Doctor {
+    pub fn command() -> Command {
+        Command::new("doctor")
+            .about(ABOUT)
+            .long_about(LONG_ABOUT)
+            .after_long_help(AFTER_LONG_HELP)
+    }
+}
 
 impl Doctor {
     pub fn run(self, cx: &Context) -> Result<ExitCode> {

@@ -2,32 +2,63 @@
 //! resolved the same way by `package` and `deploy`, and checked before use.
 
 use anyhow::{Result, bail};
-use clap::Args;
 
+use crate::cli::{self, Arg, ArgMatches, option, switch};
 use crate::context::Context;
 use crate::version;
 
 /// The repository part of an image reference when nothing else names one.
 pub const DEFAULT_IMAGE: &str = "api";
 
-#[derive(Args, Debug, Clone, Default)]
+/// Which image: the flags `package` and the blue/green tasks share.
+#[derive(Debug, Clone, Default)]
 pub struct ImageArgs {
-    /// Image repository, without tag [default: $CI_REGISTRY_IMAGE, then `api`]
-    #[arg(long, env = "API_IMAGE", value_name = "REPOSITORY", value_parser = NotEmptyOnTheCommandLine)]
     pub image: Option<String>,
-
-    /// Image tag [default: $CI_COMMIT_SHA, then the full SHA of HEAD]
-    #[arg(long, env = "API_IMAGE_TAG", value_parser = NotEmptyOnTheCommandLine)]
     pub tag: Option<String>,
-
-    /// The image's digest (sha256:...), as `package --push` reports it: the image is then set
-    /// as IMAGE:TAG@DIGEST, so the cluster runs exactly what was built, whatever the tag points to later
-    #[arg(long, env = "API_IMAGE_DIGEST", value_name = "DIGEST", value_parser = NotEmptyOnTheCommandLine)]
     pub digest: Option<String>,
-
-    /// Accept a work tree with uncommitted changes; the tag then ends in `-dirty`
-    #[arg(long)]
     pub allow_dirty: bool,
+}
+
+impl ImageArgs {
+    pub fn args() -> [Arg; 4] {
+        [
+            option(
+                "image",
+                "REPOSITORY",
+                "Image repository, without tag [default: $CI_REGISTRY_IMAGE, then `api`]",
+            )
+            .env("API_IMAGE")
+            .value_parser(NotEmptyOnTheCommandLine),
+            option(
+                "tag",
+                "TAG",
+                "Image tag [default: $CI_COMMIT_SHA, then the full SHA of HEAD]",
+            )
+            .env("API_IMAGE_TAG")
+            .value_parser(NotEmptyOnTheCommandLine),
+            option(
+                "digest",
+                "DIGEST",
+                "The image's digest (sha256:...), as `package --push` reports it: the image is then set \
+                 as IMAGE:TAG@DIGEST, so the cluster runs exactly what was built, whatever the tag points to later",
+            )
+            .env("API_IMAGE_DIGEST")
+            .value_parser(NotEmptyOnTheCommandLine),
+            switch(
+                "allow-dirty",
+                "Accept a work tree with uncommitted changes; the tag then ends in `-dirty`",
+            ),
+        ]
+    }
+
+    pub fn from(matches: &ArgMatches) -> ImageArgs {
+        ImageArgs {
+            image: cli::optional(matches, "image"),
+            tag: cli::optional(matches, "tag"),
+            digest: cli::optional(matches, "digest"),
+            allow_dirty: matches.get_flag("allow-dirty"),
+        }
+    }
 }
 
 /// Refuses `--image=` and `--tag=`: an empty flag is a mistake (an unset

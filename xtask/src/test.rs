@@ -2,16 +2,15 @@
 
 use anyhow::{Context as _, Result};
 use camino::{Utf8Path, Utf8PathBuf};
-use clap::Args;
 use xshell::cmd;
 
+use crate::cli::{self, ArgMatches, Command, switch, trailing};
 use crate::context::Context;
 use crate::tools;
 
-/// Check formatting, run clippy, then run the test suite (what CI runs)
-#[derive(Args, Debug)]
-#[command(
-    long_about = "Check formatting, run clippy, then run the workspace's tests: what CI's test stage runs.
+const ABOUT: &str = "Check formatting, run clippy, then run the test suite (what CI runs)";
+
+const LONG_ABOUT: &str = "Check formatting, run clippy, then run the workspace's tests: what CI's test stage runs.
 
 The tests run under cargo-nextest when it is installed, writing a JUnit report to \
 target/nextest/ci/junit.xml for CI; with `cargo test` otherwise. A report left by an \
@@ -22,26 +21,48 @@ Runs:
   # remove target/nextest/ci/junit.xml                  (an earlier run's report)
   cargo fmt --all -- --check
   cargo clippy --workspace --all-targets -- -D warnings
-  cargo nextest run --workspace --profile ci [ARGS...]   (or: cargo test --workspace [ARGS...])",
-    after_long_help = "Environment:
+  cargo nextest run --workspace --profile ci [ARGS...]   (or: cargo test --workspace [ARGS...])";
+
+const AFTER_LONG_HELP: &str = "Environment:
   CI                when set, tests that need Docker or other tools fail instead of skipping
   CARGO_TARGET_DIR  where the report is, instead of target/
 
 Examples:
   cargo xtask test
-  cargo xtask test -- version      # only tests whose name contains `version`"
-)]
-pub struct Test {
-    /// Use `cargo test` even when cargo-nextest is installed
-    #[arg(long)]
-    pub no_nextest: bool,
+  cargo xtask test -- version      # only tests whose name contains `version`";
 
-    /// Arguments for the test runner (a filter, --nocapture, ...)
-    #[arg(last = true)]
+/// `cargo xtask test`.
+#[derive(Debug)]
+pub struct Test {
+    pub no_nextest: bool,
+    /// Arguments for the test runner.
     pub args: Vec<String>,
 }
 
 impl Test {
+    pub fn command() -> Command {
+        Command::new("test")
+            .about(ABOUT)
+            .long_about(LONG_ABOUT)
+            .after_long_help(AFTER_LONG_HELP)
+            .arg(switch(
+                "no-nextest",
+                "Use `cargo test` even when cargo-nextest is installed",
+            ))
+            .arg(trailing(
+                "args",
+                "ARGS",
+                "Arguments for the test runner (a filter, --nocapture, ...)",
+            ))
+    }
+
+    pub fn from(matches: &ArgMatches) -> Test {
+        Test {
+            no_nextest: matches.get_flag("no-nextest"),
+            args: cli::all(matches, "args"),
+        }
+    }
+
     pub fn run(self, cx: &Context) -> Result<()> {
         tools::require(&[&tools::CARGO])?;
         let sh = &cx.sh;

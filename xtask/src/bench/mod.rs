@@ -4,12 +4,12 @@
 use std::collections::BTreeMap;
 use std::io::Read as _;
 use std::net::TcpListener;
+use std::ops::RangeInclusive;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, Result, bail};
 use camino::{Utf8Path, Utf8PathBuf};
-use clap::Args;
 use serde_json::{Value, json};
 use xshell::{Cmd, Shell, cmd};
 
@@ -21,6 +21,7 @@ use procfs::{USER_HZ, stat_cpu_ticks, status_field_kib, two_cpus};
 use table::table;
 
 use crate::build::Build;
+use crate::cli;
 use crate::context::{Context, shell_quote};
 use crate::{http, tools};
 
@@ -43,10 +44,9 @@ const GOAL_RPS_RATIO: f64 = 1.8;
 const GOAL_BINARY_BYTES: u64 = 2_000_000;
 const GOAL_IDLE_RSS_BYTES: u64 = 2_000_000;
 
-/// Measure the service: requests/s, latency, memory, start time, size
-#[derive(Args, Debug)]
-#[command(
-    long_about = "Measure the service: requests/s and p50/p99 latency on GET /health under wrk \
+const ABOUT: &str = "Measure the service: requests/s, latency, memory, start time, size";
+
+const LONG_ABOUT: &str = "Measure the service: requests/s and p50/p99 latency on GET /health under wrk \
 load, the server's CPU time per request, RSS at idle and after the load, time from exec to \
 the first 200 (median of 20), and the size of the release binary. When `go` is installed, an equivalent Go net/http server \
 (xtask/bench/main.go) is measured the same way in the same run, and the ratios are shown.
@@ -84,8 +84,9 @@ head a byte a second, --pipeliners that send pipelined requests and never read, 
 connections and RSS each second for --settle seconds. It reports connections opened and \
 held, RSS, the container's memory cgroup (TCP buffers included), the latencies, and \
 whether the server survived. The client needs an open-file limit above the connection \
-counts: they are cut to fit it, and the cut is said.",
-    after_long_help = "Environment:
+counts: they are cut to fit it, and the cut is said.";
+
+const AFTER_LONG_HELP: &str = "Environment:
   API_VERSION  the version to compile in, instead of git describe's
   LOG_LEVEL, WORKERS, HEADER_READ_TIMEOUT_SECS, MAX_CONNECTIONS, ...
                passed through to the servers (Go's reads only PORT and HOST), so
@@ -97,65 +98,174 @@ Examples:
   MAX_CONNECTIONS=4096 cargo xtask bench --abuse --silent 10000 --hold 5
   cargo xtask bench --json > bench.json
   cargo xtask bench --duration 10 --rounds 5 --connections 128
-  cargo xtask --dry-run bench"
-)]
+  cargo xtask --dry-run bench";
+
+#[derive(Debug)]
 pub struct Bench {
-    /// Print the figures as JSON on stdout (progress stays on stderr)
-    #[arg(long)]
     pub json: bool,
-
-    /// Seconds of measured load per round and server
-    #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u32).range(1..=600))]
+    /// Seconds of measured load per round and server.
     pub duration: u32,
-
-    /// Rounds of load; the servers take turns in each; medians and the best round are reported
-    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..=50))]
     pub rounds: u32,
-
-    /// Connections wrk keeps open (keep-alive)
-    #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u32).range(1..=10_000))]
+    /// wrk's keep-alive connections.
     pub connections: u32,
-
-    /// Measure the dynamically linked build (`cargo xtask build`) instead of the static one the image ships
-    #[arg(long)]
     pub dynamic: bool,
-
-    /// Leave the Go comparison out even when go is installed
-    #[arg(long)]
     pub no_go: bool,
-
-    /// Instead: the service under abuse (silent, slowloris and pipelining
-    /// floods, then a burst), in a container with rollout.yaml's memory limit
-    #[arg(long)]
+    /// The abuse bench instead (`abuse.rs`), with the counts below.
     pub abuse: bool,
-
-    /// --abuse: silent connections to open
-    #[arg(long, default_value_t = 20_000, value_parser = clap::value_parser!(u32).range(1..=25_000))]
     pub silent: u32,
-
-    /// --abuse: slowloris connections (a request head a byte a second)
-    #[arg(long, default_value_t = 5_000, value_parser = clap::value_parser!(u32).range(0..=25_000))]
     pub slowloris: u32,
-
-    /// --abuse: connections that pipeline requests and never read
-    #[arg(long, default_value_t = 1_000, value_parser = clap::value_parser!(u32).range(0..=25_000))]
     pub pipeliners: u32,
-
-    /// --abuse: connections in the burst after which RSS must come back
-    #[arg(long, default_value_t = 5_000, value_parser = clap::value_parser!(u32).range(0..=25_000))]
     pub burst: u32,
-
-    /// --abuse: seconds each flood is held
-    #[arg(long, default_value_t = 8, value_parser = clap::value_parser!(u64).range(1..=60))]
+    /// Seconds each flood is held.
     pub hold: u64,
-
-    /// --abuse: seconds RSS is followed after the burst
-    #[arg(long, default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..=300))]
+    /// Seconds RSS is followed after the burst.
     pub settle: u64,
-
-    /// --abuse: run the server as a plain process even when the Docker engine is there
-    #[arg(long)]
     pub no_container: bool,
+}
+
+impl Bench {
+    pub fn command() -> cli::Command {
+        use cli::switch;
+        cli::Command::new("bench")
+            .about(ABOUT)
+            .long_about(LONG_ABOUT)
+            .after_long_help(AFTER_LONG_HELP)
+            .arg(switch(
+                "json",
+                "Print the figures as JSON on stdout (progress stays on stderr)",
+            ))
+            .arg(count(
+                "duration",
+                "DURATION",
+                "5",
+                1..=600,
+                "Seconds of measured load per round and server",
+            ))
+            .arg(count(
+                "rounds",
+                "ROUNDS",
+                "3",
+                1..=50,
+                "Rounds of load; the servers take turns in each; medians and the best round are \
+                 reported",
+            ))
+            .arg(count(
+                "connections",
+                "CONNECTIONS",
+                "64",
+                1..=10_000,
+                "Connections wrk keeps open (keep-alive)",
+            ))
+            .arg(switch(
+                "dynamic",
+                "Measure the dynamically linked build (`cargo xtask build`) instead of the static \
+                 one the image ships",
+            ))
+            .arg(switch(
+                "no-go",
+                "Leave the Go comparison out even when go is installed",
+            ))
+            .arg(switch(
+                "abuse",
+                "Instead: the service under abuse (silent, slowloris and pipelining \
+                 floods, then a burst), in a container with rollout.yaml's memory limit",
+            ))
+            .arg(count(
+                "silent",
+                "SILENT",
+                "20000",
+                1..=25_000,
+                "--abuse: silent connections to open",
+            ))
+            .arg(count(
+                "slowloris",
+                "SLOWLORIS",
+                "5000",
+                0..=25_000,
+                "--abuse: slowloris connections (a request head a byte a second)",
+            ))
+            .arg(count(
+                "pipeliners",
+                "PIPELINERS",
+                "1000",
+                0..=25_000,
+                "--abuse: connections that pipeline requests and never read",
+            ))
+            .arg(count(
+                "burst",
+                "BURST",
+                "5000",
+                0..=25_000,
+                "--abuse: connections in the burst after which RSS must come back",
+            ))
+            .arg(seconds(
+                "hold",
+                "HOLD",
+                "8",
+                1..=60,
+                "--abuse: seconds each flood is held",
+            ))
+            .arg(seconds(
+                "settle",
+                "SETTLE",
+                "30",
+                1..=300,
+                "--abuse: seconds RSS is followed after the burst",
+            ))
+            .arg(switch(
+                "no-container",
+                "--abuse: run the server as a plain process even when the Docker engine is \
+                 there",
+            ))
+    }
+
+    pub fn from(matches: &cli::ArgMatches) -> Bench {
+        let flag = |id| matches.get_flag(id);
+        let number = |id| cli::value::<u32>(matches, id);
+        let secs = |id| cli::value::<u64>(matches, id);
+        Bench {
+            json: flag("json"),
+            duration: number("duration"),
+            rounds: number("rounds"),
+            connections: number("connections"),
+            dynamic: flag("dynamic"),
+            no_go: flag("no-go"),
+            abuse: flag("abuse"),
+            silent: number("silent"),
+            slowloris: number("slowloris"),
+            pipeliners: number("pipeliners"),
+            burst: number("burst"),
+            hold: secs("hold"),
+            settle: secs("settle"),
+            no_container: flag("no-container"),
+        }
+    }
+}
+
+/// `--LONG N`: a count in `range`, with its default.
+fn count(
+    long: &'static str,
+    value_name: &'static str,
+    default: &'static str,
+    range: RangeInclusive<i64>,
+    help: &'static str,
+) -> cli::Arg {
+    cli::option(long, value_name, help)
+        .default_value(default)
+        .value_parser(clap::value_parser!(u32).range(range))
+}
+
+/// `--LONG SECONDS`: whole seconds in `range`, with its default.
+fn seconds(
+    long: &'static str,
+    value_name: &'static str,
+    default: &'static str,
+    range: RangeInclusive<u64>,
+    help: &'static str,
+) -> cli::Arg {
+    cli::option(long, value_name, help)
+        .default_value(default)
+        .value_parser(clap::value_parser!(u64).range(range))
 }
 
 /// The service's settings, passed through to the server under --abuse.

@@ -3,23 +3,22 @@
 use std::time::Duration;
 
 use anyhow::{Result, bail};
-use clap::Args;
 
 use super::confirm::confirm;
 use super::promote::Expected;
 use super::state::{Phase, PhaseLine, RolloutState};
 use super::wait::{self, Look};
-use super::{Cluster, RolloutArgs, go_duration};
+use super::{Cluster, RolloutArgs, go_duration, yes};
+use crate::cli::{ArgMatches, Command, switch};
 use crate::context::Context;
 use crate::interrupt;
 
 /// How many times an abort is sent when the controller erases it.
 const ABORT_ATTEMPTS: u32 = 3;
 
-/// Drop the preview; the active version stays
-#[derive(Args, Debug)]
-#[command(
-    long_about = "Abort the update in flight: the active Service stays on the pods it serves, so the \
+const ABOUT: &str = "Drop the preview; the active version stays";
+
+const LONG_ABOUT: &str = "Abort the update in flight: the active Service stays on the pods it serves, so the \
 active version is unchanged; the preview pods go after abortScaleDownDelaySeconds. Then reads the \
 Rollout until the abort holds: `Degraded - RolloutAborted: ...` with the controller having seen the \
 latest template. An abort sent before the controller saw a new template is erased when it does \
@@ -36,32 +35,49 @@ newer one's preview. Asks for confirmation when stdin is a terminal (not with --
 Runs:
   kubectl get rollouts.argoproj.io ROLLOUT -o json [-n NS] [--context CTX] --request-timeout=10s
   kubectl-argo-rollouts abort ROLLOUT ...    (if an update is in flight)
-  kubectl get rollouts.argoproj.io ROLLOUT -o json ...    (until it holds, bounded)",
-    after_long_help = "Environment:
+  kubectl get rollouts.argoproj.io ROLLOUT -o json ...    (until it holds, bounded)";
+
+const AFTER_LONG_HELP: &str = "Environment:
   API_EXPECT_IMAGE and the image variables of deploy: the expected image, with --only-expected
   API_ROLLOUT, API_NAMESPACE (then KUBE_NAMESPACE), API_KUBE_CONTEXT: as the flags
 
 Examples:
   cargo xtask abort -n staging
-  cargo xtask abort --yes --only-expected"
-)]
+  cargo xtask abort --yes --only-expected";
+
+#[derive(Debug)]
 pub struct Abort {
-    #[command(flatten)]
     pub target: RolloutArgs,
-
-    /// Abort only if the update in flight is the expected image
-    #[arg(long)]
     pub only_expected: bool,
-
-    #[command(flatten)]
     pub expected: Expected,
-
-    /// Do not ask for confirmation at a terminal
-    #[arg(long, short = 'y')]
+    /// Do not ask at a terminal.
     pub yes: bool,
 }
 
 impl Abort {
+    pub fn command() -> Command {
+        Command::new("abort")
+            .about(ABOUT)
+            .long_about(LONG_ABOUT)
+            .after_long_help(AFTER_LONG_HELP)
+            .args(RolloutArgs::args())
+            .arg(switch(
+                "only-expected",
+                "Abort only if the update in flight is the expected image",
+            ))
+            .args(Expected::args())
+            .arg(yes())
+    }
+
+    pub fn from(matches: &ArgMatches) -> Abort {
+        Abort {
+            target: RolloutArgs::from(matches),
+            only_expected: matches.get_flag("only-expected"),
+            expected: Expected::from(matches),
+            yes: matches.get_flag("yes"),
+        }
+    }
+
     pub fn run(self, cx: &Context) -> Result<()> {
         let cluster = self.target.cluster()?;
         let expected = match self.only_expected {

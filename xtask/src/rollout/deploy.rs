@@ -3,19 +3,18 @@
 use std::time::Duration;
 
 use anyhow::{Context as _, Result, bail};
-use clap::Args;
 
 use super::state::{BLUE_GREEN_PAUSE, Phase, RolloutState};
 use super::wait::{self, Look};
-use super::{Cluster, RolloutArgs, parse_duration};
+use super::{Cluster, RolloutArgs, duration};
+use crate::cli::{self, Arg, ArgMatches, Command, switch};
 use crate::context::Context;
 use crate::image::{ImageArgs, ImageRef};
 use crate::interrupt;
 
-/// Set the new image on the Rollout: it goes to the preview pods
-#[derive(Args, Debug)]
-#[command(
-    long_about = "Set the new image on the Rollout: Argo Rollouts starts preview pods with it and points \
+const ABOUT: &str = "Set the new image on the Rollout: it goes to the preview pods";
+
+const LONG_ABOUT: &str = "Set the new image on the Rollout: Argo Rollouts starts preview pods with it and points \
 the preview Service at them; the active Service, and so all traffic, stays on the current pods.
 
 The image is IMAGE:TAG[@DIGEST], resolved as `package` resolves it: --image, else $API_IMAGE, else \
@@ -35,8 +34,9 @@ Runs:
   kubectl get rollouts.argoproj.io ROLLOUT -o json [-n NS] [--context CTX] --request-timeout=10s
   kubectl-argo-rollouts set image ROLLOUT CONTAINER=IMAGE:TAG[@DIGEST] ...
   kubectl get rollouts.argoproj.io ROLLOUT -o json ...    (with --wait, every --poll-interval)
-Prints the image reference on stdout.",
-    after_long_help = "Environment:
+Prints the image reference on stdout.";
+
+const AFTER_LONG_HELP: &str = "Environment:
   API_IMAGE, CI_REGISTRY_IMAGE        the image repository (in that order)
   API_IMAGE_TAG, CI_COMMIT_SHA        the tag (in that order)
   API_IMAGE_DIGEST                    the digest (sha256:...)
@@ -48,37 +48,77 @@ Prints the image reference on stdout.",
 Examples:
   cargo xtask deploy --wait -n staging
   cargo xtask deploy --image registry.example.com/team/api --tag 3f2c1d0... --wait --timeout 10m
-  cargo xtask --dry-run deploy"
-)]
+  cargo xtask --dry-run deploy";
+
+/// `cargo xtask deploy`.
+#[derive(Debug)]
 pub struct Deploy {
-    #[command(flatten)]
     pub target: RolloutArgs,
-
-    #[command(flatten)]
     pub image: ImageArgs,
-
-    /// Wait until the preview is ready (`Paused - BlueGreenPause`)
-    #[arg(long)]
     pub wait: bool,
-
-    /// Replace another image's update in flight (its preview is dropped)
-    #[arg(long)]
     pub replace: bool,
-
-    #[command(flatten)]
     pub waiting: WaitArgs,
 }
 
-/// How long and how often to wait on the Rollout.
-#[derive(Args, Debug, Clone)]
-pub struct WaitArgs {
-    /// The longest wait for the preview (in release, also for Healthy after promote), such as 5m
-    #[arg(long, default_value = "300s", value_parser = parse_duration, value_name = "DURATION")]
-    pub timeout: Duration,
+impl Deploy {
+    pub fn command() -> Command {
+        Command::new("deploy")
+            .about(ABOUT)
+            .long_about(LONG_ABOUT)
+            .after_long_help(AFTER_LONG_HELP)
+            .args(RolloutArgs::args())
+            .args(ImageArgs::args())
+            .arg(switch(
+                "wait",
+                "Wait until the preview is ready (`Paused - BlueGreenPause`)",
+            ))
+            .arg(switch("replace", REPLACE_HELP))
+            .args(WaitArgs::args())
+    }
 
-    /// How often to read the Rollout while waiting
-    #[arg(long, default_value = "2s", value_parser = parse_duration, value_name = "DURATION")]
+    pub fn from(matches: &ArgMatches) -> Deploy {
+        Deploy {
+            target: RolloutArgs::from(matches),
+            image: ImageArgs::from(matches),
+            wait: matches.get_flag("wait"),
+            replace: matches.get_flag("replace"),
+            waiting: WaitArgs::from(matches),
+        }
+    }
+}
+
+/// `--replace`'s help, in `deploy` and `release`.
+pub const REPLACE_HELP: &str = "Replace another image's update in flight (its preview is dropped)";
+
+/// How long to wait for the preview, and how often to look.
+#[derive(Debug, Clone)]
+pub struct WaitArgs {
+    pub timeout: Duration,
     pub poll_interval: Duration,
+}
+
+impl WaitArgs {
+    pub fn args() -> [Arg; 2] {
+        [
+            duration(
+                "timeout",
+                "300s",
+                "The longest wait for the preview (in release, also for Healthy after promote), such as 5m",
+            ),
+            duration(
+                "poll-interval",
+                "2s",
+                "How often to read the Rollout while waiting",
+            ),
+        ]
+    }
+
+    pub fn from(matches: &ArgMatches) -> WaitArgs {
+        WaitArgs {
+            timeout: cli::value(matches, "timeout"),
+            poll_interval: cli::value(matches, "poll-interval"),
+        }
+    }
 }
 
 /// How the wait for the preview ended.

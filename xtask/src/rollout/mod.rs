@@ -26,7 +26,6 @@ mod wait;
 use std::time::Duration;
 
 use anyhow::Result;
-use clap::Args;
 
 pub use abort::Abort;
 pub use deploy::Deploy;
@@ -38,6 +37,7 @@ pub use status::Status;
 pub use duration::{go_duration, parse_duration};
 pub use names::{check_label, check_object_name};
 
+use crate::cli::{self, Arg, ArgMatches, option, switch};
 use crate::context::Context;
 use crate::tools;
 use kube::Kubectl;
@@ -56,28 +56,73 @@ pub const SERVICE_PORT: u16 = 80;
 pub const HEALTH_PATH: &str = "/health";
 
 /// Which Rollout, in which namespace and cluster: the flags every blue/green task takes.
-#[derive(Args, Debug, Clone)]
+#[derive(Debug, Clone)]
 pub struct RolloutArgs {
-    /// The Argo Rollout to act on
-    #[arg(long, env = "API_ROLLOUT", default_value = DEFAULT_ROLLOUT, value_name = "NAME")]
     pub rollout: String,
-
-    /// The container in the Rollout's pod template that runs the api
-    #[arg(long, env = "API_CONTAINER", default_value = DEFAULT_CONTAINER, value_name = "NAME")]
     pub container: String,
-
-    /// Kubernetes namespace [default: $KUBE_NAMESPACE, then the kubeconfig context's]
-    #[arg(short = 'n', long, env = "API_NAMESPACE", value_name = "NAMESPACE")]
     pub namespace: Option<String>,
-
-    /// kubeconfig context [default: the current context]
-    #[arg(long, env = "API_KUBE_CONTEXT", value_name = "CONTEXT")]
     pub context: Option<String>,
-
-    /// The longest wait for one answer of the API server (kubectl's and the plugin's
-    /// --request-timeout); a call is stopped after three times this
-    #[arg(long, env = "API_KUBE_REQUEST_TIMEOUT", default_value = "10s", value_parser = parse_duration, value_name = "DURATION")]
+    /// The longest wait for one answer of the API server.
     pub request_timeout: Duration,
+}
+
+impl RolloutArgs {
+    pub fn args() -> [Arg; 5] {
+        [
+            option("rollout", "NAME", "The Argo Rollout to act on")
+                .env("API_ROLLOUT")
+                .default_value(DEFAULT_ROLLOUT),
+            option(
+                "container",
+                "NAME",
+                "The container in the Rollout's pod template that runs the api",
+            )
+            .env("API_CONTAINER")
+            .default_value(DEFAULT_CONTAINER),
+            option(
+                "namespace",
+                "NAMESPACE",
+                "Kubernetes namespace [default: $KUBE_NAMESPACE, then the kubeconfig context's]",
+            )
+            .short('n')
+            .env("API_NAMESPACE"),
+            option(
+                "context",
+                "CONTEXT",
+                "kubeconfig context [default: the current context]",
+            )
+            .env("API_KUBE_CONTEXT"),
+            duration(
+                "request-timeout",
+                "10s",
+                "The longest wait for one answer of the API server (kubectl's and the plugin's \
+                 --request-timeout); a call is stopped after three times this",
+            )
+            .env("API_KUBE_REQUEST_TIMEOUT"),
+        ]
+    }
+
+    pub fn from(matches: &ArgMatches) -> RolloutArgs {
+        RolloutArgs {
+            rollout: cli::value(matches, "rollout"),
+            container: cli::value(matches, "container"),
+            namespace: cli::optional(matches, "namespace"),
+            context: cli::optional(matches, "context"),
+            request_timeout: cli::value(matches, "request-timeout"),
+        }
+    }
+}
+
+/// `--LONG DURATION`: a Go duration (`90s`, `5m`), checked as it is parsed.
+fn duration(long: &'static str, default: &'static str, help: &'static str) -> Arg {
+    option(long, "DURATION", help)
+        .default_value(default)
+        .value_parser(parse_duration)
+}
+
+/// `--yes`: `promote` and `abort` ask at a terminal, unless given this.
+fn yes() -> Arg {
+    switch("yes", "Do not ask for confirmation at a terminal").short('y')
 }
 
 /// The tools that change the Rollout (the plugin) and read it (kubectl).

@@ -3,20 +3,20 @@
 use std::time::Duration;
 
 use anyhow::{Context as _, Result, bail};
-use clap::Args;
 
 use super::confirm::confirm;
 use super::state::{Phase, RolloutState};
 use super::wait::{self, Look};
-use super::{Cluster, RolloutArgs, parse_duration};
+use super::{Cluster, RolloutArgs, duration, yes};
+use crate::cli::{self, Arg, ArgMatches, Command, option};
 use crate::context::Context;
 use crate::image::{ImageArgs, ImageRef};
 use crate::interrupt;
 
-/// Switch traffic to the preview if it is the expected image, then wait until Healthy
-#[derive(Args, Debug)]
-#[command(
-    long_about = "Switch traffic to the preview: Argo Rollouts points the active Service at the preview \
+const ABOUT: &str =
+    "Switch traffic to the preview if it is the expected image, then wait until Healthy";
+
+const LONG_ABOUT: &str = "Switch traffic to the preview: Argo Rollouts points the active Service at the preview \
 pods in one step, then keeps the old pods for scaleDownDelaySeconds. Waits until the rollout is \
 Healthy on that ReplicaSet, and says what the active Service serves then, as read back.
 
@@ -29,8 +29,9 @@ confirmation when stdin is a terminal (not with --yes); never prompts otherwise,
 Runs:
   kubectl get rollouts.argoproj.io ROLLOUT -o json [-n NS] [--context CTX] --request-timeout=10s
   kubectl-argo-rollouts promote ROLLOUT ...    (if the preview is ready and expected)
-  kubectl get rollouts.argoproj.io ROLLOUT -o json ...    (every --poll-interval, until Healthy)",
-    after_long_help = "Environment:
+  kubectl get rollouts.argoproj.io ROLLOUT -o json ...    (every --poll-interval, until Healthy)";
+
+const AFTER_LONG_HELP: &str = "Environment:
   API_EXPECT_IMAGE                    --expect-image
   API_IMAGE, CI_REGISTRY_IMAGE, API_IMAGE_TAG, CI_COMMIT_SHA, API_IMAGE_DIGEST
                                       the image this commit builds, as for deploy
@@ -39,40 +40,45 @@ Runs:
 Examples:
   cargo xtask promote -n staging
   cargo xtask promote --yes --timeout 10m
-  cargo xtask promote --expect-image registry.example.com/team/api:3f2c1d0..."
-)]
+  cargo xtask promote --expect-image registry.example.com/team/api:3f2c1d0...";
+
+#[derive(Debug)]
 pub struct Promote {
-    #[command(flatten)]
     pub target: RolloutArgs,
-
-    #[command(flatten)]
     pub expected: Expected,
-
-    /// The longest wait for Healthy after promoting, such as 300s or 5m
-    #[arg(long, default_value = "300s", value_parser = parse_duration, value_name = "DURATION")]
+    /// The longest wait for Healthy after promoting.
     pub timeout: Duration,
-
-    /// How often to read the Rollout while waiting
-    #[arg(long, default_value = "2s", value_parser = parse_duration, value_name = "DURATION")]
     pub poll_interval: Duration,
-
-    /// Do not ask for confirmation at a terminal
-    #[arg(long, short = 'y')]
+    /// Do not ask at a terminal.
     pub yes: bool,
 }
 
 /// Which image the preview must be.
-#[derive(Args, Debug, Clone)]
+#[derive(Debug, Clone)]
 pub struct Expected {
-    /// The image the preview must run, IMAGE:TAG[@DIGEST] [default: the image this commit builds]
-    #[arg(long, env = "API_EXPECT_IMAGE", value_name = "REFERENCE")]
+    /// IMAGE:TAG[@DIGEST], instead of the image this commit builds.
     pub expect_image: Option<String>,
-
-    #[command(flatten)]
     pub image: ImageArgs,
 }
 
 impl Expected {
+    pub fn args() -> impl IntoIterator<Item = Arg> {
+        let expect_image = option(
+            "expect-image",
+            "REFERENCE",
+            "The image the preview must run, IMAGE:TAG[@DIGEST] [default: the image this commit builds]",
+        )
+        .env("API_EXPECT_IMAGE");
+        std::iter::once(expect_image).chain(ImageArgs::args())
+    }
+
+    pub fn from(matches: &ArgMatches) -> Expected {
+        Expected {
+            expect_image: cli::optional(matches, "expect-image"),
+            image: ImageArgs::from(matches),
+        }
+    }
+
     pub fn resolve(&self, cx: &Context) -> Result<ImageRef> {
         match self.expect_image.as_deref().filter(|s| !s.is_empty()) {
             Some(text) => ImageRef::parse(text).context("--expect-image"),
@@ -82,6 +88,36 @@ impl Expected {
 }
 
 impl Promote {
+    pub fn command() -> Command {
+        Command::new("promote")
+            .about(ABOUT)
+            .long_about(LONG_ABOUT)
+            .after_long_help(AFTER_LONG_HELP)
+            .args(RolloutArgs::args())
+            .args(Expected::args())
+            .arg(duration(
+                "timeout",
+                "300s",
+                "The longest wait for Healthy after promoting, such as 300s or 5m",
+            ))
+            .arg(duration(
+                "poll-interval",
+                "2s",
+                "How often to read the Rollout while waiting",
+            ))
+            .arg(yes())
+    }
+
+    pub fn from(matches: &ArgMatches) -> Promote {
+        Promote {
+            target: RolloutArgs::from(matches),
+            expected: Expected::from(matches),
+            timeout: cli::value(matches, "timeout"),
+            poll_interval: cli::value(matches, "poll-interval"),
+            yes: matches.get_flag("yes"),
+        }
+    }
+
     pub fn run(self, cx: &Context) -> Result<()> {
         let cluster = self.target.cluster()?;
         let expected = self.expected.resolve(cx)?;

@@ -6,23 +6,22 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, Result, anyhow};
 use camino::Utf8PathBuf;
-use clap::Args;
 
 use super::abort::abort;
 use super::deploy::{self, Arrival, WENT_ACTIVE, WaitArgs, wait_for_preview};
 use super::promote::{check_promotable, promote_and_wait};
 use super::sanity::{Endpoint, SanityArgs, check_preview};
 use super::{
-    Cluster, DEFAULT_ACTIVE_SERVICE, RolloutArgs, check_label, go_duration, parse_duration, timing,
+    Cluster, DEFAULT_ACTIVE_SERVICE, RolloutArgs, check_label, duration, go_duration, timing,
 };
+use crate::cli::{self, ArgMatches, Command, option, switch};
 use crate::context::Context;
 use crate::image::{ImageArgs, ImageRef};
 use crate::interrupt;
 
-/// Deploy, wait for the preview, check it, promote; abort on any failure
-#[derive(Args, Debug)]
-#[command(
-    long_about = "Release the image this commit builds: `deploy --wait`, `sanity` on the preview, then \
+const ABOUT: &str = "Deploy, wait for the preview, check it, promote; abort on any failure";
+
+const LONG_ABOUT: &str = "Release the image this commit builds: `deploy --wait`, `sanity` on the preview, then \
 `promote` (with --no-promote it stops there, the checked preview waiting for `promote`). On any \
 failure after the image was set (the wait times out, the rollout turns Degraded, the preview fails \
 its checks, promotion does not end Healthy, Ctrl-C/SIGTERM, a panic) it aborts the rollout and reads \
@@ -44,8 +43,9 @@ Runs:
   kubectl-argo-rollouts promote ROLLOUT ...    (unless --no-promote)
   kubectl get rollouts.argoproj.io ROLLOUT -o json ...    (every --poll-interval, until Healthy)
   kubectl-argo-rollouts abort ROLLOUT ...    (only on failure)
-Prints the released image reference on stdout.",
-    after_long_help = "Environment:
+Prints the released image reference on stdout.";
+
+const AFTER_LONG_HELP: &str = "Environment:
   API_IMAGE, CI_REGISTRY_IMAGE        the image repository (in that order)
   API_IMAGE_TAG, CI_COMMIT_SHA        the tag (in that order)
   API_IMAGE_DIGEST                    the digest (sha256:...)
@@ -59,35 +59,18 @@ Examples:
   cargo xtask release -n production
   cargo xtask release --timeout 10m --sanity-timeout 2m
   cargo xtask release --no-promote --replace      # what the pipeline's deploy job runs
-  cargo xtask --dry-run release -n staging"
-)]
+  cargo xtask --dry-run release -n staging";
+
+#[derive(Debug)]
 pub struct Release {
-    #[command(flatten)]
     pub target: RolloutArgs,
-
-    #[command(flatten)]
     pub image: ImageArgs,
-
-    #[command(flatten)]
     pub waiting: WaitArgs,
-
-    #[command(flatten)]
     pub check: SanityArgs,
-
-    /// The Service in front of the active pods (checked instead of the preview on a Rollout's first image)
-    #[arg(long, env = "API_ACTIVE_SERVICE", default_value = DEFAULT_ACTIVE_SERVICE, value_name = "NAME")]
+    /// Checked instead of the preview on a Rollout's first image.
     pub active_service: String,
-
-    /// The longest time to retry the preview's checks, such as 60s
-    #[arg(long, default_value = "60s", value_parser = parse_duration, value_name = "DURATION")]
     pub sanity_timeout: Duration,
-
-    /// Stop after the checks: leave the checked preview waiting for `promote`
-    #[arg(long)]
     pub no_promote: bool,
-
-    /// Replace another image's update in flight (its preview is dropped)
-    #[arg(long)]
     pub replace: bool,
 }
 
@@ -110,6 +93,49 @@ impl Failed {
 }
 
 impl Release {
+    pub fn command() -> Command {
+        Command::new("release")
+            .about(ABOUT)
+            .long_about(LONG_ABOUT)
+            .after_long_help(AFTER_LONG_HELP)
+            .args(RolloutArgs::args())
+            .args(ImageArgs::args())
+            .args(WaitArgs::args())
+            .args(SanityArgs::args())
+            .arg(
+                option(
+                    "active-service",
+                    "NAME",
+                    "The Service in front of the active pods (checked instead of the preview on a Rollout's first image)",
+                )
+                .env("API_ACTIVE_SERVICE")
+                .default_value(DEFAULT_ACTIVE_SERVICE),
+            )
+            .arg(duration(
+                "sanity-timeout",
+                "60s",
+                "The longest time to retry the preview's checks, such as 60s",
+            ))
+            .arg(switch(
+                "no-promote",
+                "Stop after the checks: leave the checked preview waiting for `promote`",
+            ))
+            .arg(switch("replace", deploy::REPLACE_HELP))
+    }
+
+    pub fn from(matches: &ArgMatches) -> Release {
+        Release {
+            target: RolloutArgs::from(matches),
+            image: ImageArgs::from(matches),
+            waiting: WaitArgs::from(matches),
+            check: SanityArgs::from(matches),
+            active_service: cli::value(matches, "active-service"),
+            sanity_timeout: cli::value(matches, "sanity-timeout"),
+            no_promote: matches.get_flag("no-promote"),
+            replace: matches.get_flag("replace"),
+        }
+    }
+
     pub fn run(self, cx: &Context) -> Result<()> {
         // Everything is checked and found before the first change.
         let cluster = self.target.cluster()?;

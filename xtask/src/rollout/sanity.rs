@@ -4,21 +4,21 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, Result, bail};
 use camino::Utf8PathBuf;
-use clap::Args;
 
 use super::port_forward;
 use super::{
-    DEFAULT_PREVIEW_SERVICE, HEALTH_PATH, RolloutArgs, check_label, go_duration, parse_duration,
-    timing,
+    DEFAULT_PREVIEW_SERVICE, HEALTH_PATH, RolloutArgs, check_label, duration, go_duration, timing,
 };
+use crate::cli::{self, Arg, ArgMatches, Command, option};
 use crate::context::{Context, command_line};
 use crate::interrupt;
 use crate::{http, tools, version};
 
-/// Check the preview: /health answers 200 with the expected version, / answers 200
-#[derive(Args, Debug)]
-#[command(
-    long_about = "Check the preview before it gets traffic: GET /health must answer 200 with \
+const ABOUT: &str =
+    "Check the preview: /health answers 200 with the expected version, / answers 200";
+
+const LONG_ABOUT: &str =
+    "Check the preview before it gets traffic: GET /health must answer 200 with \
 {\"status\":\"ok\",\"version\":V}, V being the version this commit builds ($API_VERSION, else \
 `git describe --tags --always --dirty`) or --expect-version; GET / must answer 200.
 
@@ -34,8 +34,9 @@ its own reason is shown, and it is started again until --timeout.
 Runs:
   kubectl port-forward service/PREVIEW_SERVICE :80 --address 127.0.0.1 \\
       --pod-running-timeout=DURATION [-n NAMESPACE] [--context CONTEXT]
-  GET http://127.0.0.1:<forwarded port>/health, then GET /",
-    after_long_help = "Environment:
+  GET http://127.0.0.1:<forwarded port>/health, then GET /";
+
+const AFTER_LONG_HELP: &str = "Environment:
   API_VERSION                          the expected version, instead of git describe's
   API_PREVIEW_SERVICE                  the preview Service [default: api-preview]
   API_NAMESPACE, KUBE_NAMESPACE        the namespace (in that order)
@@ -43,37 +44,58 @@ Runs:
 
 Examples:
   cargo xtask sanity -n staging
-  cargo xtask sanity --url http://127.0.0.1:8080 --expect-version v1.4.0"
-)]
+  cargo xtask sanity --url http://127.0.0.1:8080 --expect-version v1.4.0";
+
+#[derive(Debug)]
 pub struct Sanity {
-    #[command(flatten)]
     pub target: RolloutArgs,
-
-    #[command(flatten)]
     pub check: SanityArgs,
-
-    /// The longest time to retry the checks, such as 60s
-    #[arg(long, default_value = "60s", value_parser = parse_duration, value_name = "DURATION")]
+    /// The longest time to retry the checks.
     pub timeout: Duration,
 }
 
 /// What `sanity` checks and where; shared with `release`.
-#[derive(Args, Debug, Clone)]
+#[derive(Debug, Clone)]
 pub struct SanityArgs {
-    /// Check this base URL (http://HOST[:PORT]) instead of port-forwarding to the preview Service
-    #[arg(long, value_name = "URL", value_parser = CheckUrl)]
+    /// Where to check instead of the preview Service.
     pub url: Option<http::BaseUrl>,
-
-    /// The Service in front of the preview pods
-    #[arg(long, env = "API_PREVIEW_SERVICE", default_value = DEFAULT_PREVIEW_SERVICE, value_name = "NAME")]
     pub preview_service: String,
-
-    /// The version /health must report [default: the version this commit builds]
-    #[arg(long, value_name = "VERSION")]
+    /// The version /health must report, if not this commit's.
     pub expect_version: Option<String>,
 }
 
 impl SanityArgs {
+    pub fn args() -> [Arg; 3] {
+        [
+            option(
+                "url",
+                "URL",
+                "Check this base URL (http://HOST[:PORT]) instead of port-forwarding to the preview Service",
+            )
+            .value_parser(CheckUrl),
+            option(
+                "preview-service",
+                "NAME",
+                "The Service in front of the preview pods",
+            )
+            .env("API_PREVIEW_SERVICE")
+            .default_value(DEFAULT_PREVIEW_SERVICE),
+            option(
+                "expect-version",
+                "VERSION",
+                "The version /health must report [default: the version this commit builds]",
+            ),
+        ]
+    }
+
+    pub fn from(matches: &ArgMatches) -> SanityArgs {
+        SanityArgs {
+            url: cli::optional(matches, "url"),
+            preview_service: cli::value(matches, "preview-service"),
+            expect_version: cli::optional(matches, "expect-version"),
+        }
+    }
+
     /// The version the preview must report.
     pub fn expected_version(&self, cx: &Context) -> Result<String> {
         match &self.expect_version {
@@ -96,6 +118,28 @@ impl SanityArgs {
 }
 
 impl Sanity {
+    pub fn command() -> Command {
+        Command::new("sanity")
+            .about(ABOUT)
+            .long_about(LONG_ABOUT)
+            .after_long_help(AFTER_LONG_HELP)
+            .args(RolloutArgs::args())
+            .args(SanityArgs::args())
+            .arg(duration(
+                "timeout",
+                "60s",
+                "The longest time to retry the checks, such as 60s",
+            ))
+    }
+
+    pub fn from(matches: &ArgMatches) -> Sanity {
+        Sanity {
+            target: RolloutArgs::from(matches),
+            check: SanityArgs::from(matches),
+            timeout: cli::value(matches, "timeout"),
+        }
+    }
+
     pub fn run(self, cx: &Context) -> Result<()> {
         let target = self.target.checked()?;
         let kubectl = self.check.prepare()?;

@@ -3,17 +3,16 @@
 use std::process::ExitCode;
 
 use anyhow::Result;
-use clap::Args;
 
 use super::RolloutArgs;
 use super::kube::Kubectl;
 use super::state::{Phase, PhaseLine, RolloutState};
+use crate::cli::{ArgMatches, Command, switch};
 use crate::context::Context;
 
-/// Show what runs where: the active and the preview image, the phase (or JSON)
-#[derive(Args, Debug)]
-#[command(
-    long_about = "Show what runs where, read from the Rollout object: the image the active Service \
+const ABOUT: &str = "Show what runs where: the active and the preview image, the phase (or JSON)";
+
+const LONG_ABOUT: &str = "Show what runs where, read from the Rollout object: the image the active Service \
 serves (the stable ReplicaSet), the preview's image when an update is in flight, the phase as the \
 plugin computes it, and whether a promotion is waiting. One line a person reads, or one JSON object \
 with --json. Changes nothing (it also runs under --dry-run).
@@ -22,22 +21,42 @@ Exits 1 when the rollout is Degraded (aborted, or a preview that never became re
 
 Runs (read-only):
   kubectl get rollouts.argoproj.io ROLLOUT -o json [-n NS] [--context CTX] --request-timeout=10s
-  kubectl get replicasets.apps -l rollouts-pod-template-hash=HASH -o json ...    (the active image, when it is not the current template's)",
-    after_long_help = "Environment:
+  kubectl get replicasets.apps -l rollouts-pod-template-hash=HASH -o json ...    (the active image, when it is not the current template's)";
+
+const AFTER_LONG_HELP: &str = "Environment:
   API_ROLLOUT, API_CONTAINER, API_NAMESPACE (then KUBE_NAMESPACE), API_KUBE_CONTEXT: as the flags
 
 Examples:
   cargo xtask status -n production
-  cargo xtask status --json | jq -r .active.image"
-)]
-pub struct Status {
-    #[command(flatten)]
-    pub target: RolloutArgs,
+  cargo xtask status --json | jq -r .active.image";
 
-    /// Print one JSON object: rollout, namespace, context, phase, message, line, active, preview,
-    /// stable_pod_hash, promotion_waiting, aborted, observed
-    #[arg(long)]
+/// `cargo xtask status`.
+#[derive(Debug)]
+pub struct Status {
+    pub target: RolloutArgs,
     pub json: bool,
+}
+
+impl Status {
+    pub fn command() -> Command {
+        Command::new("status")
+            .about(ABOUT)
+            .long_about(LONG_ABOUT)
+            .after_long_help(AFTER_LONG_HELP)
+            .args(RolloutArgs::args())
+            .arg(switch(
+                "json",
+                "Print one JSON object: rollout, namespace, context, phase, message, line, active, preview, \
+                 stable_pod_hash, promotion_waiting, aborted, observed",
+            ))
+    }
+
+    pub fn from(matches: &ArgMatches) -> Status {
+        Status {
+            target: RolloutArgs::from(matches),
+            json: matches.get_flag("json"),
+        }
+    }
 }
 
 /// One side of the blue/green pair: its ReplicaSet and image.
