@@ -6,6 +6,7 @@ use xshell::cmd;
 
 use crate::cli::{ArgMatches, Command, switch};
 use crate::context::Context;
+use crate::process::Stdout;
 use crate::{tools, version};
 
 /// The target a static build names explicitly: `+crt-static` on the host
@@ -81,27 +82,29 @@ impl Build {
     /// whose stdout is their own result, such as `bench --json`).
     pub fn compile(&self, cx: &Context) -> Result<Built> {
         tools::require(&[&tools::CARGO])?;
-        let version = version::resolve(&cx.sh, &cx.root)?;
+        let version = version::resolve(cx, &cx.root)?;
         let sh = &cx.sh;
         let cargo = tools::cargo();
 
-        let mut target_args: Vec<&str> = Vec::new();
-        let mut env = vec![(version::API_VERSION, version.as_str())];
-        if self.static_link {
-            target_args.extend(["--target", STATIC_TARGET]);
-            env.insert(0, ("RUSTFLAGS", "-C target-feature=+crt-static"));
-        }
+        let target_args: &[&str] = match self.static_link {
+            true => &["--target", STATIC_TARGET],
+            false => &[],
+        };
         // Cargo says where it put the executable (CARGO_TARGET_DIR, a config's
         // build.target-dir): its JSON messages on stdout, diagnostics on stderr.
-        let messages = cx
-            .run_for_output(
-                &env,
-                cmd!(
-                    sh,
-                    "{cargo} build --message-format=json-render-diagnostics --release --package api {target_args...}"
-                ),
-            )
-            .context("compile api")?;
+        let mut compile = cx.change(cmd!(
+            sh,
+            "{cargo} build --message-format=json-render-diagnostics --release --package api {target_args...}"
+        ));
+        if self.static_link {
+            compile = compile.env("RUSTFLAGS", "-C target-feature=+crt-static");
+        }
+        let messages = compile
+            .env(version::API_VERSION, &version)
+            .stdout(Stdout::Kept)
+            .run(cx)
+            .context("compile api")?
+            .map(|done| done.stdout);
         let built = match messages {
             Some(messages) => api_executable(&messages)?,
             // --dry-run: where it would be, by the same rules cargo follows for the environment.

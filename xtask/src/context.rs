@@ -1,13 +1,18 @@
-//! What every task shares: the workspace root, one `Shell`, and the one place
-//! where commands are echoed, run, or (under `--dry-run`) only printed.
+//! What every task shares: the workspace root, one `Shell`, and [`Step`], the
+//! one way a task runs a program: echoed, run, or (under `--dry-run`) only
+//! printed.
 
 use std::ffi::OsStr;
 use std::io::Write;
-use std::process::{Command, Stdio};
+use std::process::Command;
+use std::time::Duration;
 
 use anyhow::{Context as _, Result, bail};
 use camino::{Utf8Path, Utf8PathBuf};
-use xshell::{Cmd, Shell};
+use xshell::Shell;
+
+use crate::interrupt;
+use crate::process::{self, Background, Cut, Ended, Finished, Io, Stderr, Stdout};
 
 pub struct Context {
     pub sh: Shell,
@@ -34,78 +39,51 @@ impl Context {
         self.root.join(rel)
     }
 
-    /// Runs a command that changes something. It is echoed to stderr first;
-    /// under `--dry-run` it is printed to stdout, exactly as it would run, and
+    /// A program that changes something: echoed to stderr (`$ ...`) before it
+    /// runs; under `--dry-run` printed to stdout, exactly as it would run, and
     /// not run at all.
-    pub fn run(&self, cmd: Cmd<'_>) -> Result<()> {
-        self.run_with_env(&[], cmd)
+    pub fn change(&self, command: impl Into<Command>) -> Step {
+        Step::new(command.into(), true)
     }
 
-    /// [`Context::run`] with environment variables that the echo shows too.
-    /// Never pass a secret here: pass it on stdin instead.
-    pub fn run_with_env(&self, env: &[(&str, &str)], cmd: Cmd<'_>) -> Result<()> {
-        self.execute(env, cmd, false).map(drop)
+    /// A read-only probe: it changes nothing, so it runs under `--dry-run`
+    /// too; echoed with `--verbose`. Its stdout is kept.
+    pub fn probe(&self, command: impl Into<Command>) -> Step {
+        Step::new(command.into(), false).stdout(Stdout::Kept)
     }
 
-    /// [`Context::run_with_env`] for a command whose stdout is data for us
-    /// (cargo's JSON messages, say): it is returned, not shown; stderr shows
-    /// as usual. `None` under `--dry-run`, where nothing runs.
-    pub fn run_for_output(&self, env: &[(&str, &str)], cmd: Cmd<'_>) -> Result<Option<String>> {
-        self.execute(env, cmd, true)
+    /// A check that changes nothing but is the point of the task (a linter):
+    /// it runs under `--dry-run` too, and is always echoed.
+    pub fn check(&self, command: impl Into<Command>) -> Step {
+        let mut step = Step::new(command.into(), false);
+        step.echoed = true;
+        step
     }
 
-    fn execute(&self, env: &[(&str, &str)], cmd: Cmd<'_>, capture: bool) -> Result<Option<String>> {
-        let mut command = Command::from(cmd);
-        let line = echo_line(env, &command);
+    /// A step that is not a program (a file written, copied or removed): under
+    /// `--dry-run` its line is printed to stdout and `false` returned, so the
+    /// caller does nothing; else it is shown on stderr and `true` returned.
+    pub fn announce(&self, line: impl std::fmt::Display) -> bool {
         if self.dry_run {
-            println!("{line}");
-            return Ok(None);
+            self.plan(line);
+            return false;
         }
-        eprintln!("$ {line}");
-        for (key, value) in env {
-            command.env(key, value);
-        }
-        command.stdin(Stdio::null());
-        if !capture {
-            let status = command
-                .status()
-                .map_err(|err| start_error(err, &command, &line))?;
-            if !status.success() {
-                bail!("`{line}` failed ({status})");
-            }
-            return Ok(Some(String::new()));
-        }
-        stdout_of(&mut command, &line).map(Some)
+        eprintln!("{line}");
+        true
     }
 
-    /// Runs a read-only probe (it changes nothing, so it runs under `--dry-run`
-    /// too) and returns its stdout without the final line break. Echoed with
-    /// `--verbose`. A probe that fails is an error.
-    pub fn read(&self, cmd: Cmd<'_>) -> Result<String> {
-        let mut command = Command::from(cmd);
-        let line = line_of(&command);
-        if self.verbose {
-            eprintln!("$ {line}");
-        }
-        let mut text = stdout_of(command.stdin(Stdio::null()), &line)?;
-        if text.ends_with('\n') {
-            text.pop();
-        }
-        if text.ends_with('\r') {
-            text.pop();
-        }
-        Ok(text)
+    /// A line of the `--dry-run` plan (a command, or `# ...` for what is not
+    /// one, such as a wait): stdout.
+    pub fn plan(&self, line: impl std::fmt::Display) {
+        self.result(line);
     }
 
     /// Copies a file, atomically (a running `bin/api` keeps running). Under
     /// `--dry-run` it is printed as a comment line, since no command runs.
     pub fn copy(&self, from: &Utf8Path, to: &Utf8Path) -> Result<()> {
-        let line = format!("# copy {from} to {to}");
-        if self.dry_run {
-            println!("{line}");
+        if !self.announce(format_args!("# copy {from} to {to}")) {
             return Ok(());
         }
-        eprintln!("{line}");
         if let Some(dir) = to.parent() {
             std::fs::create_dir_all(dir).with_context(|| format!("create {dir}"))?;
         }
@@ -125,6 +103,177 @@ impl Context {
         let mut out = std::io::stdout().lock();
         // A closed pipe (`cargo xtask ... | head -1`) is not worth a panic.
         let _ = writeln!(out, "{msg}");
+    }
+}
+
+/// A program to run, and how: the one way a task runs one. Made by
+/// [`Context::change`] or [`Context::probe`]; then, as needed, variables that
+/// the echo shows ([`Step::env`]), where stdout goes ([`Step::stdout`]), a
+/// secret on stdin ([`Step::secret_stdin`]) and a deadline ([`Step::within`]).
+/// Its time counts as time in the tools (`timing`).
+#[must_use]
+pub struct Step {
+    command: Command,
+    env: Vec<(String, String)>,
+    /// Under `--dry-run` printed, not run.
+    changes: bool,
+    /// Echoed even without `--verbose` (a change always is).
+    echoed: bool,
+    io: Io,
+    hint: &'static str,
+}
+
+impl Step {
+    fn new(command: Command, changes: bool) -> Step {
+        Step {
+            command,
+            env: Vec::new(),
+            changes,
+            echoed: changes,
+            io: Io {
+                stdout: Stdout::Shown,
+                stderr: Stderr::Shown,
+                stdin: None,
+                limit: None,
+            },
+            hint: "",
+        }
+    }
+
+    /// A variable set for the program and shown before it in the echo. Never
+    /// a secret: that goes on stdin ([`Step::secret_stdin`]).
+    pub fn env(mut self, key: &str, value: &str) -> Step {
+        self.env.push((key.to_owned(), value.to_owned()));
+        self
+    }
+
+    pub fn stdout(mut self, stdout: Stdout) -> Step {
+        self.io.stdout = stdout;
+        self
+    }
+
+    /// Keeps the program's stderr (for an error that quotes it) instead of showing it.
+    pub fn keep_stderr(mut self) -> Step {
+        self.io.stderr = Stderr::Kept;
+        self
+    }
+
+    /// Shows the program's stderr nowhere: for a probe whose status says enough.
+    pub fn drop_stderr(mut self) -> Step {
+        self.io.stderr = Stderr::Dropped;
+        self
+    }
+
+    /// Written to the program's stdin and shown nowhere: not in the echo, not in the plan.
+    pub fn secret_stdin(mut self, secret: &str) -> Step {
+        self.io.stdin = Some(secret.to_owned());
+        self
+    }
+
+    /// Killed after `limit`; [`Step::run`]'s error then ends with `hint`,
+    /// what to check before trying again.
+    pub fn within(mut self, limit: Duration, hint: &'static str) -> Step {
+        self.io.limit = Some(limit);
+        self.hint = hint;
+        self
+    }
+
+    /// The command as it would be typed: `KEY=value prog 'arg with space'`.
+    pub fn line(&self) -> String {
+        let mut line = String::new();
+        for (key, value) in &self.env {
+            line.push_str(&format!("{key}={} ", shell_quote(value)));
+        }
+        line.push_str(&line_of(&self.command));
+        line
+    }
+
+    /// Runs it to its end, or, a change under `--dry-run`, prints it and
+    /// returns `None`. A start that fails, a non-zero exit, the deadline and
+    /// Ctrl-C are errors (the last one [`interrupt::Interrupted`]) that quote the line.
+    pub fn run(self, cx: &Context) -> Result<Option<Finished>> {
+        let line = self.line();
+        let hint = self.hint;
+        let Some(ended) = self.finish(cx)? else {
+            return Ok(None);
+        };
+        match ended {
+            Ok(done) if done.status.success() => Ok(Some(done)),
+            // The program's own words, when they were kept rather than shown.
+            Ok(done) => match done.stderr.trim() {
+                "" => bail!("`{line}` failed ({})", done.status),
+                said => bail!("`{line}` failed ({}): {said}", done.status),
+            },
+            Err((Cut::Interrupted, _)) => Err(interrupt::Interrupted.into()),
+            Err((Cut::Deadline(limit), _)) => bail!(
+                "`{line}` did not finish within {} s, so it was stopped; {hint}",
+                limit.as_secs()
+            ),
+        }
+    }
+
+    /// [`Step::run`] of a probe: its stdout without the final line break.
+    pub fn read(self, cx: &Context) -> Result<String> {
+        let mut text = self
+            .stdout(Stdout::Kept)
+            .run(cx)?
+            .map(|done| done.stdout)
+            .unwrap_or_default();
+        if text.ends_with('\n') {
+            text.pop();
+        }
+        if text.ends_with('\r') {
+            text.pop();
+        }
+        Ok(text)
+    }
+
+    /// [`Step::run`] for a caller that reads the end itself (a tool's own
+    /// exit codes and messages): `Err` only when it could not start.
+    pub fn finish(self, cx: &Context) -> Result<Option<Ended>> {
+        let line = self.line();
+        let Some((command, io)) = self.prepare(cx, &line, "") else {
+            return Ok(None);
+        };
+        crate::timing::in_tools(|| process::run(command, &io))
+            .map(Some)
+            .with_context(|| format!("run `{line}`"))
+    }
+
+    /// Starts it in the background, echoed with ` &`; stopped when the
+    /// [`Background`] is dropped. `None` for a change under `--dry-run`.
+    pub fn spawn(self, cx: &Context) -> Result<Option<Background>> {
+        let line = self.line();
+        let Some((command, io)) = self.prepare(cx, &line, " &") else {
+            return Ok(None);
+        };
+        process::spawn(command, &io)
+            .map(Some)
+            .with_context(|| format!("start `{line}`"))
+    }
+
+    /// Echoes it (under `--dry-run`, prints a change and gives `None`), then
+    /// hands the command over, for a caller that runs it in a way no `Step`
+    /// does: `run` replaces this process with the service (exec).
+    pub fn into_command(self, cx: &Context) -> Option<Command> {
+        let line = self.line();
+        self.prepare(cx, &line, "").map(|(command, _)| command)
+    }
+
+    /// Echoes it, or under `--dry-run` prints a change and gives `None`; else
+    /// the command with its variables.
+    fn prepare(mut self, cx: &Context, line: &str, suffix: &str) -> Option<(Command, Io)> {
+        if self.changes && cx.dry_run {
+            cx.plan(line);
+            return None;
+        }
+        if self.echoed || cx.verbose {
+            eprintln!("$ {line}{suffix}");
+        }
+        for (key, value) in &self.env {
+            self.command.env(key, value);
+        }
+        Some((self.command, self.io))
     }
 }
 
@@ -209,43 +358,6 @@ fn has_xtask_member(manifest: &str) -> bool {
         .any(|member| member == "xtask")
 }
 
-/// Runs `command` to its end and returns its stdout; its stderr goes where
-/// it was set to go (ours, unless the command said otherwise).
-fn stdout_of(command: &mut Command, line: &str) -> Result<String> {
-    // spawn, not output(): output() would capture stderr too, and hide it.
-    let output = command
-        .stdout(Stdio::piped())
-        .spawn()
-        .and_then(|child| child.wait_with_output())
-        .map_err(|err| start_error(err, command, line))?;
-    if !output.status.success() {
-        bail!("`{line}` failed ({})", output.status);
-    }
-    String::from_utf8(output.stdout)
-        .with_context(|| format!("`{line}` printed something that is not UTF-8"))
-}
-
-fn start_error(err: std::io::Error, command: &Command, line: &str) -> anyhow::Error {
-    if err.kind() == std::io::ErrorKind::NotFound {
-        anyhow::anyhow!(
-            "command not found: {} (for `{line}`)",
-            shell_quote(&command.get_program().to_string_lossy())
-        )
-    } else {
-        anyhow::Error::new(err).context(format!("start `{line}`"))
-    }
-}
-
-/// The command as it would be typed: `KEY=value prog 'arg with space'`.
-fn echo_line(env: &[(&str, &str)], command: &Command) -> String {
-    let mut line = String::new();
-    for (key, value) in env {
-        line.push_str(&format!("{key}={} ", shell_quote(value)));
-    }
-    line.push_str(&line_of(command));
-    line
-}
-
 /// A command line that, pasted into a shell (sh, bash, zsh), runs exactly
 /// this program with exactly these arguments: every word is quoted as
 /// [`shell_quote`] does, so `$(...)`, `;`, quotes and spaces in an argument
@@ -315,10 +427,8 @@ mod tests {
     fn echo_shows_env_then_command() {
         let sh = Shell::new().unwrap();
         let cmd = xshell::cmd!(sh, "cargo build --release");
-        assert_eq!(
-            echo_line(&[("API_VERSION", "v1 2")], &Command::from(cmd)),
-            "API_VERSION='v1 2' cargo build --release"
-        );
+        let step = Step::new(cmd.into(), true).env("API_VERSION", "v1 2");
+        assert_eq!(step.line(), "API_VERSION='v1 2' cargo build --release");
     }
 
     #[test]

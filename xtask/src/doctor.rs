@@ -1,6 +1,7 @@
 //! `cargo xtask doctor`: what this machine has for each task.
 
 use std::process::ExitCode;
+use std::time::Duration;
 
 use anyhow::Result;
 use xshell::cmd;
@@ -60,7 +61,12 @@ impl Doctor {
         if tools::locate(tools::DOCKER.name).is_some() {
             let sh = &cx.sh;
             let format = "{{.Server.Version}}";
-            let engine = match cx.read(cmd!(sh, "docker version --format {format}").ignore_stderr())
+            // An engine behind a dead TCP address can leave the CLI waiting for minutes.
+            let engine = match cx
+                .probe(cmd!(sh, "docker version --format {format}"))
+                .drop_stderr()
+                .within(PROBE_LIMIT, "")
+                .read(cx)
             {
                 Ok(version) => format!("ok       {:<24} {version}", "docker engine"),
                 Err(_) => format!(
@@ -82,18 +88,23 @@ impl Doctor {
 fn probe_version(cx: &Context, tool: &Tool, path: &str) -> String {
     let sh = &cx.sh;
     let args = tool.version_args;
+    let probe = cx
+        .probe(cmd!(sh, "{path} {args...}"))
+        .drop_stderr()
+        .within(PROBE_LIMIT, "");
     // wrk prints its version with a usage text and exits 1: take the first line either way.
-    match cmd!(sh, "{path} {args...}")
-        .quiet()
-        .ignore_status()
-        .ignore_stderr()
-        .read()
-    {
-        Ok(out) => out
+    match probe.finish(cx) {
+        Ok(Some(Ok(done))) => done
+            .stdout
             .lines()
             .next()
             .unwrap_or("(no version printed)")
             .to_owned(),
-        Err(err) => format!("(version unknown: {err})"),
+        Ok(Some(Err(_))) => format!("(version unknown: no answer within {PROBE_LIMIT:?})"),
+        Ok(None) => "(version unknown: not run)".to_owned(),
+        Err(err) => format!("(version unknown: {err:#})"),
     }
 }
+
+/// How long a `--version` or `docker version` may take.
+const PROBE_LIMIT: Duration = Duration::from_secs(30);

@@ -223,8 +223,8 @@ impl ImageArgs {
         let tag = match first_set([self.tag.clone(), env("CI_COMMIT_SHA")]) {
             Some(tag) => tag,
             None => {
-                let sha = version::head_sha(&cx.sh, &cx.root)?;
-                if version::is_dirty(&cx.sh, &cx.root)? {
+                let sha = version::head_sha(cx, &cx.root)?;
+                if version::is_dirty(cx, &cx.root)? {
                     if !self.allow_dirty {
                         bail!(
                             "the work tree has uncommitted changes, so an image tagged {sha} would not hold what that commit holds; \

@@ -110,12 +110,10 @@ impl Lint {
                 skipped.push(format!("  {}: {}", linter.name, linter.install));
                 continue;
             };
-            let check = cmd!(sh, "{path} {args...}");
             // Linters change nothing, so they run under --dry-run too.
-            eprintln!("$ {check}");
-            if let Err(err) = check
-                .quiet()
-                .run()
+            if let Err(err) = cx
+                .check(cmd!(sh, "{path} {args...}"))
+                .run(cx)
                 .with_context(|| format!("{} found problems", linter.name))
             {
                 eprintln!("{err:#}");

@@ -17,6 +17,7 @@ mod process;
 mod rollout;
 mod run;
 mod test;
+mod timing;
 mod tools;
 mod version;
 

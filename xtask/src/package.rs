@@ -1,18 +1,18 @@
 //! `cargo xtask package`: the container image, built with the `Dockerfile`,
 //! tagged with the commit it holds, and optionally pushed.
 
-use std::io::{BufRead as _, BufReader, Write as _};
-use std::process::{Command, Stdio};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::process::Command;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context as _, Result, bail};
 use camino::{Utf8Path, Utf8PathBuf};
 use xshell::{Cmd, cmd};
 
 use crate::cli;
-use crate::context::{Context, command_line};
+use crate::context::{Context, Step};
 use crate::image::{ImageArgs, ImageRef};
-use crate::{process, tools, version};
+use crate::process::Stdout;
+use crate::{tools, version};
 
 /// GitLab's predefined variables for the project's registry and its credentials.
 const CI_REGISTRY: &str = "CI_REGISTRY";
@@ -128,8 +128,8 @@ impl Package {
         if let Some(file) = &self.dotenv {
             check_dotenv_dir(file)?;
         }
-        let version = version::resolve(&cx.sh, &cx.root)?;
-        let revision = version::head_sha(&cx.sh, &cx.root)?;
+        let version = version::resolve(cx, &cx.root)?;
+        let revision = version::head_sha(cx, &cx.root)?;
         check_engine(cx)?;
 
         if let Some(credentials) = &credentials {
@@ -142,15 +142,19 @@ impl Package {
         }
         let sh = &cx.sh;
         let reference = image.to_string();
-        let said = run_on_stderr(cx, cmd!(sh, "docker push {reference}"), None, PUSH_LIMIT)
+        let pushed = docker(cx, cmd!(sh, "docker push {reference}"), PUSH_LIMIT)
+            .run(cx)
             .with_context(|| format!("push {image}"))?;
-        if cx.dry_run {
+        let Some(pushed) = pushed else {
             if let Some(file) = &self.dotenv {
-                println!("# write {DIGEST_VARIABLE}=<the digest docker push reports> to {file}");
+                cx.plan(format_args!(
+                    "# write {DIGEST_VARIABLE}=<the digest docker push reports> to {file}"
+                ));
             }
             cx.result(&image);
             return Ok(());
-        }
+        };
+        let said = pushed.stdout;
         let digest = pushed_digest(&said, &image.tag).with_context(|| {
             format!(
                 "`docker push {reference}` succeeded but printed no `{}: digest: sha256:...` line, \
@@ -165,6 +169,16 @@ impl Package {
         cx.result(format!("{image}@{digest}"));
         Ok(())
     }
+}
+
+/// A docker command that changes something: its stdout goes to our stderr
+/// (docker's progress is not a result; stdout carries only the image
+/// reference) and is kept, and it is stopped after `limit`.
+fn docker(cx: &Context, cmd: Cmd<'_>, limit: Duration) -> Step {
+    cx.change(cmd).stdout(Stdout::OnStderr).within(
+        limit,
+        "check that the engine and the registry answer, then run it again",
+    )
 }
 
 /// Deadlines: a cold release build on a busy 2-core runner takes minutes, a
@@ -220,23 +234,25 @@ fn write_dotenv(file: &Utf8Path, digest: &str) -> Result<()> {
 
 /// `docker version` asks the engine; the CLI alone answers `docker --version`.
 fn check_engine(cx: &Context) -> Result<()> {
-    let format = "{{.Server.Version}}";
-    let args = ["version", "--format", format];
-    if cx.verbose {
-        eprintln!("$ {}", command_line("docker", args));
-    }
     let host = match std::env::var("DOCKER_HOST") {
         Ok(host) if !host.is_empty() => format!("DOCKER_HOST={host}"),
         _ => "the default socket (DOCKER_HOST is not set)".to_owned(),
     };
     let mut probe = Command::new("docker");
-    probe.args(args);
+    probe.args(["version", "--format", "{{.Server.Version}}"]);
     // An engine behind a dead TCP address can leave the CLI waiting for minutes.
     let limit = Duration::from_secs(30);
-    let said = match process::run_within(probe, limit).context("run `docker version`")? {
-        Ok(done) if done.status.success() => return Ok(()),
-        Ok(done) => done.stderr.trim().to_owned(),
-        Err(_) => format!("no answer within {}s", limit.as_secs()),
+    let ended = cx
+        .probe(probe)
+        .keep_stderr()
+        .within(limit, "")
+        .finish(cx)
+        .context("run `docker version`")?;
+    let said = match ended {
+        None => return Ok(()),
+        Some(Ok(done)) if done.status.success() => return Ok(()),
+        Some(Ok(done)) => done.stderr.trim().to_owned(),
+        Some(Err(_)) => format!("no answer within {}s", limit.as_secs()),
     };
     bail!(
         "the docker CLI is installed, but no Docker engine answers at {host}: {said}\n\
@@ -265,17 +281,14 @@ fn build(
         .into_iter()
         .flat_map(|arg| ["--build-arg".to_owned(), arg])
         .collect();
-    run_on_stderr(
-        cx,
-        cmd!(
-            sh,
-            "docker build --file Dockerfile --tag {reference} {build_args...} {docker_args...} ."
-        ),
-        None,
-        BUILD_LIMIT,
-    )
-    .map(drop)
-    .with_context(|| format!("build {image}"))
+    let build = cmd!(
+        sh,
+        "docker build --file Dockerfile --tag {reference} {build_args...} {docker_args...} ."
+    );
+    docker(cx, build, BUILD_LIMIT)
+        .run(cx)
+        .map(drop)
+        .with_context(|| format!("build {image}"))
 }
 
 /// Registry credentials, all three or none: a half-set is a mistake worth naming.
@@ -329,92 +342,15 @@ fn login(cx: &Context, credentials: &Credentials) -> Result<()> {
         user,
         password,
     } = credentials;
-    run_on_stderr(
-        cx,
-        cmd!(
-            sh,
-            "docker login --username {user} --password-stdin {registry}"
-        ),
-        Some(password),
-        LOGIN_LIMIT,
-    )
-    .map(drop)
-    .with_context(|| format!("log in to {registry} as {user}"))
-}
-
-/// [`Context::run`], except that the command's stdout goes to our stderr:
-/// docker's progress is not a result, and stdout carries only the image
-/// reference. What it printed on stdout is returned too (empty under
-/// --dry-run). `stdin`, when given, is written to the command's standard
-/// input and shown nowhere.
-fn run_on_stderr(
-    cx: &Context,
-    cmd: Cmd<'_>,
-    stdin: Option<&str>,
-    limit: Duration,
-) -> Result<String> {
-    let mut command = Command::from(cmd);
-    let line = command_line(command.get_program(), command.get_args());
-    if cx.dry_run {
-        println!("{line}");
-        return Ok(String::new());
-    }
-    eprintln!("$ {line}");
-    command.stdout(Stdio::piped());
-    command.stdin(match stdin {
-        Some(_) => Stdio::piped(),
-        None => Stdio::null(),
-    });
-    let mut child = command.spawn().with_context(|| format!("start `{line}`"))?;
-    if let (Some(input), Some(mut pipe)) = (stdin, child.stdin.take()) {
-        // A command that exits before reading says why on stderr; its status tells.
-        let _ = pipe.write_all(input.as_bytes());
-    }
-    // Shown as it comes, line by line, and kept.
-    let reader = child.stdout.take().map(|stdout| {
-        std::thread::spawn(move || {
-            let mut stdout = BufReader::new(stdout);
-            let mut stderr = std::io::stderr();
-            let mut said = String::new();
-            let mut chunk = Vec::new();
-            while let Ok(read) = stdout.read_until(b'\n', &mut chunk) {
-                if read == 0 {
-                    break;
-                }
-                let _ = stderr.write_all(&chunk);
-                said.push_str(&String::from_utf8_lossy(&chunk));
-                chunk.clear();
-            }
-            said
-        })
-    });
-    let deadline = Instant::now() + limit;
-    let status = loop {
-        if let Some(status) = child
-            .try_wait()
-            .with_context(|| format!("wait for `{line}`"))?
-        {
-            break status;
-        }
-        if Instant::now() >= deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            bail!(
-                "`{line}` did not finish within {} s, so it was stopped; \
-                 check that the engine and the registry answer, then run it again",
-                limit.as_secs()
-            );
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    };
-    let said = match reader {
-        Some(reader) => reader.join().unwrap_or_default(),
-        None => String::new(),
-    };
-    if !status.success() {
-        bail!("`{line}` failed ({status})");
-    }
-    Ok(said)
+    let login = cmd!(
+        sh,
+        "docker login --username {user} --password-stdin {registry}"
+    );
+    docker(cx, login, LOGIN_LIMIT)
+        .secret_stdin(password)
+        .run(cx)
+        .map(drop)
+        .with_context(|| format!("log in to {registry} as {user}"))
 }
 
 /// Where the source lives, for the label: GitLab's project page, else the
@@ -427,8 +363,9 @@ fn source_url(cx: &Context) -> Option<String> {
     }
     let sh = &cx.sh;
     let _cd = sh.push_dir(&cx.root);
-    let probe = cmd!(sh, "git remote get-url origin").ignore_stderr();
-    cx.read(probe)
+    cx.probe(cmd!(sh, "git remote get-url origin"))
+        .drop_stderr()
+        .read(cx)
         .ok()
         .filter(|url| !url.is_empty())
         .map(|url| public_url(&url))

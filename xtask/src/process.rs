@@ -1,9 +1,10 @@
-//! A child process with a deadline: its output captured, and killed (then
-//! reaped) when the deadline passes or a signal comes. Every call to a tool
-//! that talks to a cluster goes through here, because such a tool can wait
-//! forever on an API server that does not answer.
+//! Running a child process to its end: where its output goes, a secret on
+//! its stdin, and a deadline after which (or on Ctrl-C/SIGTERM) it is killed
+//! and reaped. Every program a task runs goes through [`run`] (by way of
+//! `context::Step`), because a tool can wait forever: an API server that does
+//! not answer, an engine behind a dead address.
 
-use std::io::Read;
+use std::io::{BufRead as _, BufReader, Read, Write as _};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -12,7 +13,42 @@ use anyhow::{Context as _, Result};
 
 use crate::interrupt;
 
-/// What a bounded run ended with.
+/// Where a child's stdout goes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stdout {
+    /// Ours: the person at the terminal sees it.
+    Shown,
+    /// Our stderr, line by line as it comes, and kept: progress that is not
+    /// a result (docker's), since our stdout carries only results.
+    OnStderr,
+    /// Kept, not shown: data for us (cargo's JSON messages, a probe's answer).
+    Kept,
+    /// Nowhere: a server under measurement, whose output nobody reads.
+    Dropped,
+}
+
+/// Where a child's stderr goes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stderr {
+    /// Ours.
+    Shown,
+    /// Kept, for an error that quotes it.
+    Kept,
+    /// Nowhere: a probe whose failure says enough by its status.
+    Dropped,
+}
+
+/// How to run a child: where its stdout and stderr go, what it reads on
+/// stdin (else nothing), and its deadline.
+#[derive(Debug, Clone)]
+pub struct Io {
+    pub stdout: Stdout,
+    pub stderr: Stderr,
+    pub stdin: Option<String>,
+    pub limit: Option<Duration>,
+}
+
+/// What a run ended with; `stdout` and `stderr` hold what was kept.
 #[derive(Debug)]
 pub struct Finished {
     pub status: ExitStatus,
@@ -20,7 +56,7 @@ pub struct Finished {
     pub stderr: String,
 }
 
-/// Why a bounded run did not finish by itself.
+/// Why a run did not finish by itself.
 #[derive(Debug)]
 pub enum Cut {
     /// The deadline passed; the process was killed.
@@ -29,22 +65,28 @@ pub enum Cut {
     Interrupted,
 }
 
-/// Runs `command` (stdin closed, stdout and stderr captured) for at most
-/// `limit`. `Err` only when it could not start.
-pub fn run_within(
-    mut command: Command,
-    limit: Duration,
-) -> Result<std::result::Result<Finished, (Cut, Finished)>> {
+/// How a run ended: by itself, or cut (with what it said until then).
+pub type Ended = std::result::Result<Finished, (Cut, Finished)>;
+
+/// Runs `command` to its end, as `io` says. `Err` only when it could not start.
+pub fn run(mut command: Command, io: &Io) -> Result<Ended> {
     let program = command.get_program().to_string_lossy().into_owned();
     let mut child = command
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
+        .stdin(match io.stdin {
+            Some(_) => Stdio::piped(),
+            None => Stdio::null(),
+        })
+        .stdout(stdout_of(io.stdout))
+        .stderr(stderr_of(io.stderr))
         .spawn()
-        .with_context(|| format!("start {program}"))?;
-    let stdout = drain(child.stdout.take());
-    let stderr = drain(child.stderr.take());
-    let deadline = Instant::now().checked_add(limit);
+        .map_err(|err| start_error(err, &program))?;
+    if let (Some(input), Some(mut pipe)) = (&io.stdin, child.stdin.take()) {
+        // A command that exits before reading says why on stderr; its status tells.
+        let _ = pipe.write_all(input.as_bytes());
+    }
+    let stdout = drain(child.stdout.take(), io.stdout == Stdout::OnStderr);
+    let stderr = drain(child.stderr.take(), false);
+    let deadline = io.limit.and_then(|limit| Instant::now().checked_add(limit));
     let cut = loop {
         if let Some(status) = child.try_wait()? {
             return Ok(Ok(collect(status, stdout, stderr)));
@@ -52,7 +94,9 @@ pub fn run_within(
         if interrupt::interrupted() {
             break Cut::Interrupted;
         }
-        if deadline.is_some_and(|d| Instant::now() >= d) {
+        if let (Some(deadline), Some(limit)) = (deadline, io.limit)
+            && Instant::now() >= deadline
+        {
             break Cut::Deadline(limit);
         }
         std::thread::sleep(Duration::from_millis(10));
@@ -61,18 +105,101 @@ pub fn run_within(
     Ok(Err((cut, collect(status, stdout, stderr))))
 }
 
+/// A child left running in the background (a server, a port-forward): killed
+/// and reaped when dropped, so no task leaves one behind, on success, on an
+/// error, or when Ctrl-C unwinds it. What it prints is in its pipes (`Kept`
+/// output is piped and left for the owner to read; `OnStderr` is kept too).
+pub struct Background {
+    child: Child,
+    started: Instant,
+}
+
+/// Starts `command` as `io` says (stdin closed; no secret, no deadline: the
+/// owner decides when it ends).
+pub fn spawn(mut command: Command, io: &Io) -> Result<Background> {
+    let program = command.get_program().to_string_lossy().into_owned();
+    let started = Instant::now();
+    let child = command
+        .stdin(Stdio::null())
+        .stdout(stdout_of(io.stdout))
+        .stderr(stderr_of(io.stderr))
+        .spawn()
+        .map_err(|err| start_error(err, &program))?;
+    Ok(Background { child, started })
+}
+
+impl Background {
+    pub fn id(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Just before it was started (for a time from exec, say).
+    pub fn started(&self) -> Instant {
+        self.started
+    }
+
+    /// The child, for its pipes and `try_wait`.
+    pub fn child(&mut self) -> &mut Child {
+        &mut self.child
+    }
+}
+
+impl Drop for Background {
+    fn drop(&mut self) {
+        let _ = kill(&mut self.child);
+    }
+}
+
+fn stdout_of(stdout: Stdout) -> Stdio {
+    match stdout {
+        Stdout::Shown => Stdio::inherit(),
+        Stdout::OnStderr | Stdout::Kept => Stdio::piped(),
+        Stdout::Dropped => Stdio::null(),
+    }
+}
+
+fn stderr_of(stderr: Stderr) -> Stdio {
+    match stderr {
+        Stderr::Shown => Stdio::inherit(),
+        Stderr::Kept => Stdio::piped(),
+        Stderr::Dropped => Stdio::null(),
+    }
+}
+
+/// A program that is not there is named as such; anything else says what failed.
+fn start_error(err: std::io::Error, program: &str) -> anyhow::Error {
+    if err.kind() == std::io::ErrorKind::NotFound {
+        anyhow::anyhow!("command not found: {program}")
+    } else {
+        anyhow::Error::new(err).context(format!("start {program}"))
+    }
+}
+
 fn kill(child: &mut Child) -> Result<ExitStatus> {
     let _ = child.kill();
     child.wait().context("reap a killed process")
 }
 
-fn drain(pipe: Option<impl Read + Send + 'static>) -> JoinHandle<String> {
+/// Reads a pipe to its end on a thread; with `tee`, each line also goes to
+/// our stderr as it comes.
+fn drain(pipe: Option<impl Read + Send + 'static>, tee: bool) -> JoinHandle<String> {
     std::thread::spawn(move || {
         let mut bytes = Vec::new();
-        if let Some(mut pipe) = pipe {
+        if let Some(pipe) = pipe {
             // A grandchild may keep the pipe open after the kill: the read
             // ends when it does, and nobody waits for that (see `collect`).
-            let _ = pipe.read_to_end(&mut bytes);
+            let mut pipe = BufReader::new(pipe);
+            let mut stderr = std::io::stderr();
+            let mut line = Vec::new();
+            while let Ok(read) = pipe.read_until(b'\n', &mut line) {
+                if read == 0 {
+                    break;
+                }
+                if tee {
+                    let _ = stderr.write_all(&line);
+                }
+                bytes.append(&mut line);
+            }
         }
         String::from_utf8_lossy(&bytes).into_owned()
     })
@@ -104,14 +231,46 @@ fn join_within(reader: JoinHandle<String>) -> String {
 mod tests {
     use super::*;
 
+    fn kept(limit: Duration) -> Io {
+        Io {
+            stdout: Stdout::Kept,
+            stderr: Stderr::Kept,
+            stdin: None,
+            limit: Some(limit),
+        }
+    }
+
+    fn sh(script: &str) -> Command {
+        let mut cmd = Command::new("sh");
+        cmd.args(["-c", script]);
+        cmd
+    }
+
     #[test]
     fn output_and_status_are_captured() {
-        let mut cmd = Command::new("sh");
-        cmd.args(["-c", "echo out; echo err >&2; exit 3"]);
-        let done = run_within(cmd, Duration::from_secs(10)).unwrap().unwrap();
+        let done = run(
+            sh("echo out; echo err >&2; exit 3"),
+            &kept(Duration::from_secs(10)),
+        )
+        .unwrap()
+        .unwrap();
         assert_eq!(done.status.code(), Some(3));
         assert_eq!(done.stdout, "out\n");
         assert_eq!(done.stderr, "err\n");
+    }
+
+    #[test]
+    fn a_secret_goes_to_stdin_and_stdout_shown_on_stderr_is_kept_too() {
+        let io = Io {
+            stdout: Stdout::OnStderr,
+            stdin: Some("s3cret\n".to_owned()),
+            ..kept(Duration::from_secs(10))
+        };
+        let done = run(sh("read line; echo \"got $line\""), &io)
+            .unwrap()
+            .unwrap();
+        assert!(done.status.success());
+        assert_eq!(done.stdout, "got s3cret\n");
     }
 
     #[test]
@@ -119,7 +278,7 @@ mod tests {
         let mut cmd = Command::new("sleep");
         cmd.arg("30");
         let start = Instant::now();
-        let (cut, done) = run_within(cmd, Duration::from_millis(200))
+        let (cut, done) = run(cmd, &kept(Duration::from_millis(200)))
             .unwrap()
             .unwrap_err();
         assert!(matches!(cut, Cut::Deadline(_)), "{cut:?}");
@@ -132,9 +291,33 @@ mod tests {
 
     #[test]
     fn a_missing_program_is_an_error_that_names_it() {
-        let err = run_within(Command::new("no-such-program-here"), Duration::from_secs(1))
-            .unwrap_err()
-            .to_string();
-        assert!(err.contains("no-such-program-here"), "{err}");
+        let err = run(
+            Command::new("no-such-program-here"),
+            &kept(Duration::from_secs(1)),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            err.contains("command not found: no-such-program-here"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn a_background_process_is_killed_and_reaped_when_dropped() {
+        let mut cmd = Command::new("sleep");
+        cmd.arg("30");
+        let io = Io {
+            stdout: Stdout::Dropped,
+            stderr: Stderr::Dropped,
+            ..kept(Duration::from_secs(1))
+        };
+        let background = spawn(cmd, &io).unwrap();
+        let pid = background.id();
+        assert!(std::path::Path::new(&format!("/proc/{pid}")).exists());
+        drop(background);
+        // Reaped, not a zombie: the pid is gone (or, reused at once, another process).
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+        assert!(!stat.contains("(sleep)"), "still there: {stat}");
     }
 }

@@ -6,7 +6,7 @@ use anyhow::Result;
 
 use crate::build::Build;
 use crate::cli::{self, ArgMatches, Command, trailing};
-use crate::context::{Context, command_line};
+use crate::context::Context;
 
 const ABOUT: &str = "Build, then start bin/api in the foreground";
 
@@ -56,13 +56,10 @@ impl Run {
         let built = Build::default().compile(cx)?;
         let mut service = std::process::Command::new(&built.binary);
         service.args(&self.args);
-        let line = command_line(service.get_program(), service.get_args());
-        if cx.dry_run {
-            println!("{line}");
-            return Ok(ExitCode::SUCCESS);
+        match cx.change(service).into_command(cx) {
+            Some(service) => exec(service, &built.binary),
+            None => Ok(ExitCode::SUCCESS),
         }
-        eprintln!("$ {line}");
-        exec(service, &built.binary)
     }
 }
 

@@ -70,12 +70,14 @@ impl Test {
         let args = &self.args;
 
         remove_stale_report(cx, &junit_report(cx))?;
-        cx.run(cmd!(sh, "{cargo} fmt --all -- --check"))
+        cx.change(cmd!(sh, "{cargo} fmt --all -- --check"))
+            .run(cx)
             .context("step `fmt` failed: run `cargo fmt --all` and commit the result")?;
-        cx.run(cmd!(
+        cx.change(cmd!(
             sh,
             "{cargo} clippy --workspace --all-targets -- -D warnings"
         ))
+        .run(cx)
         .context("step `clippy` failed: fix the warnings above")?;
         let nextest = !self.no_nextest && nextest_installed();
         let tests = if nextest {
@@ -83,7 +85,7 @@ impl Test {
         } else {
             cmd!(sh, "{cargo} test --workspace {args...}")
         };
-        cx.run(tests).context("step `tests` failed")?;
+        cx.change(tests).run(cx).context("step `tests` failed")?;
         Ok(())
     }
 }
@@ -122,12 +124,11 @@ fn remove_stale_report(cx: &Context, report: &Utf8Path) -> Result<()> {
     if !report.exists() {
         return Ok(());
     }
-    let line = format!("# remove {report}   (an earlier run's report)");
-    if cx.dry_run {
-        println!("{line}");
+    if !cx.announce(format_args!(
+        "# remove {report}   (an earlier run's report)"
+    )) {
         return Ok(());
     }
-    eprintln!("{line}");
     std::fs::remove_file(report).with_context(|| format!("remove {report}"))
 }
 

@@ -2,73 +2,61 @@
 
 use anyhow::{Context as _, Result, bail};
 use camino::Utf8Path;
-use xshell::{Shell, cmd};
+use xshell::cmd;
 
+use crate::context::Context;
 use crate::tools;
 
 /// Environment variable that overrides the version `git describe` gives.
 pub const API_VERSION: &str = "API_VERSION";
 
 /// `API_VERSION` if set and not empty, else `git describe --tags --always --dirty`.
-pub fn resolve(sh: &Shell, dir: &Utf8Path) -> Result<String> {
-    resolve_with(sh, dir, std::env::var(API_VERSION).ok())
+pub fn resolve(cx: &Context, dir: &Utf8Path) -> Result<String> {
+    resolve_with(cx, dir, std::env::var(API_VERSION).ok())
 }
 
-fn resolve_with(sh: &Shell, dir: &Utf8Path, from_env: Option<String>) -> Result<String> {
+fn resolve_with(cx: &Context, dir: &Utf8Path, from_env: Option<String>) -> Result<String> {
     if let Some(version) = from_env
         && !version.is_empty()
     {
         check_version(&version).with_context(|| format!("{API_VERSION}={version:?}"))?;
         return Ok(version);
     }
-    describe(sh, dir)
+    describe(cx, dir)
 }
 
 /// `git describe --tags --always --dirty` of the checkout at `dir`.
-pub fn describe(sh: &Shell, dir: &Utf8Path) -> Result<String> {
-    let _cd = sh.push_dir(dir);
-    cmd!(sh, "git describe --tags --always --dirty")
-        .quiet()
-        .ignore_stderr()
-        .read()
-        .map_err(|err| {
-            git_failed(
-                sh,
-                err,
-                "cannot tell the version",
-                &format!("{dir} is not a git checkout with a commit; run from a clone"),
-                &format!("or set {API_VERSION}"),
-            )
-        })
+pub fn describe(cx: &Context, dir: &Utf8Path) -> Result<String> {
+    git(cx, dir, &["describe", "--tags", "--always", "--dirty"]).map_err(|err| {
+        git_failed(
+            cx,
+            err,
+            "cannot tell the version",
+            &format!("{dir} is not a git checkout with a commit; run from a clone"),
+            &format!("or set {API_VERSION}"),
+        )
+    })
 }
 
 /// The full SHA of `HEAD`.
-pub fn head_sha(sh: &Shell, dir: &Utf8Path) -> Result<String> {
-    let _cd = sh.push_dir(dir);
-    cmd!(sh, "git rev-parse --verify HEAD")
-        .quiet()
-        .ignore_stderr()
-        .read()
-        .map_err(|err| {
-            git_failed(
-                sh,
-                err,
-                &format!("cannot read the commit of {dir}"),
-                "not a git checkout with a commit",
-                "or give --tag",
-            )
-        })
+pub fn head_sha(cx: &Context, dir: &Utf8Path) -> Result<String> {
+    git(cx, dir, &["rev-parse", "--verify", "HEAD"]).map_err(|err| {
+        git_failed(
+            cx,
+            err,
+            &format!("cannot read the commit of {dir}"),
+            "not a git checkout with a commit",
+            "or give --tag",
+        )
+    })
 }
 
 /// Whether tracked files differ from `HEAD` (what `--dirty` means to `git describe`).
-pub fn is_dirty(sh: &Shell, dir: &Utf8Path) -> Result<bool> {
-    let _cd = sh.push_dir(dir);
-    let status = cmd!(sh, "git status --porcelain --untracked-files=no")
-        .quiet()
-        .read()
-        .map_err(|err| {
+pub fn is_dirty(cx: &Context, dir: &Utf8Path) -> Result<bool> {
+    let status =
+        git(cx, dir, &["status", "--porcelain", "--untracked-files=no"]).map_err(|err| {
             git_failed(
-                sh,
+                cx,
                 err,
                 &format!("git status in {dir}"),
                 "not a git checkout",
@@ -78,16 +66,23 @@ pub fn is_dirty(sh: &Shell, dir: &Utf8Path) -> Result<bool> {
     Ok(!status.is_empty())
 }
 
-/// `what: why, otherwise` for a git command that failed, unless git itself
-/// is missing: then that, and how to install it, instead of blaming the checkout.
+/// A read-only git command in `dir` (echoed with --verbose); its stdout. Its
+/// stderr is dropped: the error says what it means.
+fn git(cx: &Context, dir: &Utf8Path, args: &[&str]) -> Result<String> {
+    let sh = &cx.sh;
+    let _cd = sh.push_dir(dir);
+    cx.probe(cmd!(sh, "git {args...}")).drop_stderr().read(cx)
+}
+
 fn git_failed(
-    sh: &Shell,
-    err: xshell::Error,
+    cx: &Context,
+    err: anyhow::Error,
     what: &str,
     why: &str,
     otherwise: &str,
 ) -> anyhow::Error {
     // Where the shell's commands look for git: its PATH, which may not be ours.
+    let sh = &cx.sh;
     let found = which::which_in(tools::GIT.name, sh.var_os("PATH"), sh.current_dir()).is_ok();
     if !found {
         return anyhow::anyhow!(
@@ -95,7 +90,7 @@ fn git_failed(
             tools::GIT.install
         );
     }
-    anyhow::Error::from(err).context(format!("{what}: {why}, {otherwise}"))
+    err.context(format!("{what}: {why}, {otherwise}"))
 }
 
 /// A version goes into JSON, logs and labels: keep it to what a tag may hold.
@@ -117,10 +112,21 @@ pub fn check_version(version: &str) -> Result<()> {
 mod tests {
     use super::*;
     use camino::Utf8PathBuf;
+    use xshell::Shell;
+
+    /// A context in `dir`, quiet, not a dry run.
+    fn context_in(sh: Shell, dir: &Utf8Path) -> Context {
+        Context {
+            sh,
+            root: dir.to_owned(),
+            dry_run: false,
+            verbose: false,
+        }
+    }
 
     /// A real git repository in a temporary folder, removed on drop.
     struct Repo {
-        sh: Shell,
+        cx: Context,
         dir: Utf8PathBuf,
         _tmp: xshell::TempDir,
     }
@@ -137,27 +143,28 @@ mod tests {
                 .unwrap();
             cmd!(sh, "git config user.name test").run().unwrap();
             cmd!(sh, "git config commit.gpgsign false").run().unwrap();
-            Repo { sh, dir, _tmp: tmp }
+            let cx = context_in(sh, &dir);
+            Repo { cx, dir, _tmp: tmp }
         }
 
         fn commit(&self, file: &str, text: &str) {
-            let sh = &self.sh;
+            let sh = &self.cx.sh;
             sh.write_file(self.dir.join(file), text).unwrap();
             cmd!(sh, "git add {file}").run().unwrap();
             cmd!(sh, "git commit -q -m {file}").run().unwrap();
         }
 
         fn tag(&self, name: &str) {
-            let sh = &self.sh;
+            let sh = &self.cx.sh;
             cmd!(sh, "git tag -a {name} -m {name}").run().unwrap();
         }
 
         fn describe(&self) -> String {
-            describe(&self.sh, &self.dir).unwrap()
+            describe(&self.cx, &self.dir).unwrap()
         }
 
         fn head(&self) -> String {
-            head_sha(&self.sh, &self.dir).unwrap()
+            head_sha(&self.cx, &self.dir).unwrap()
         }
     }
 
@@ -200,10 +207,13 @@ mod tests {
         let repo = Repo::new();
         repo.commit("a", "1");
         repo.tag("v1.0.0");
-        assert!(!is_dirty(&repo.sh, &repo.dir).unwrap());
-        repo.sh.write_file(repo.dir.join("a"), "changed").unwrap();
+        assert!(!is_dirty(&repo.cx, &repo.dir).unwrap());
+        repo.cx
+            .sh
+            .write_file(repo.dir.join("a"), "changed")
+            .unwrap();
         assert_eq!(repo.describe(), "v1.0.0-dirty");
-        assert!(is_dirty(&repo.sh, &repo.dir).unwrap());
+        assert!(is_dirty(&repo.cx, &repo.dir).unwrap());
     }
 
     #[test]
@@ -213,7 +223,8 @@ mod tests {
         let dir = Utf8PathBuf::from_path_buf(tmp.path().to_owned()).unwrap();
         // GIT_CEILING_DIRECTORIES keeps git from finding a repository above the temp folder.
         let _ceiling = sh.push_env("GIT_CEILING_DIRECTORIES", tmp.path().parent().unwrap());
-        let err = format!("{:#}", describe(&sh, &dir).unwrap_err());
+        let cx = context_in(sh.clone(), &dir);
+        let err = format!("{:#}", describe(&cx, &dir).unwrap_err());
         assert!(err.contains("not a git checkout"), "{err}");
         assert!(err.contains(API_VERSION), "{err}");
     }
@@ -225,10 +236,11 @@ mod tests {
         let dir = Utf8PathBuf::from_path_buf(tmp.path().to_owned()).unwrap();
         // An empty PATH: git is nowhere. Only this Shell's children see it.
         let _path = sh.push_env("PATH", tmp.path());
+        let cx = context_in(sh.clone(), &dir);
         for err in [
-            describe(&sh, &dir).unwrap_err(),
-            head_sha(&sh, &dir).unwrap_err(),
-            is_dirty(&sh, &dir).unwrap_err(),
+            describe(&cx, &dir).unwrap_err(),
+            head_sha(&cx, &dir).unwrap_err(),
+            is_dirty(&cx, &dir).unwrap_err(),
         ] {
             let err = format!("{err:#}");
             assert!(err.contains("git is not installed"), "{err}");
@@ -241,12 +253,12 @@ mod tests {
     fn api_version_overrides_git() {
         let repo = Repo::new();
         repo.commit("a", "1");
-        let set = |v: &str| resolve_with(&repo.sh, &repo.dir, Some(v.to_owned()));
+        let set = |v: &str| resolve_with(&repo.cx, &repo.dir, Some(v.to_owned()));
         assert_eq!(set("v9.9.9").unwrap(), "v9.9.9");
         assert!(set("bad version").is_err());
         assert_eq!(set("").unwrap(), repo.describe());
         assert_eq!(
-            resolve_with(&repo.sh, &repo.dir, None).unwrap(),
+            resolve_with(&repo.cx, &repo.dir, None).unwrap(),
             repo.describe()
         );
     }

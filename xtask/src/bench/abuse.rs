@@ -4,7 +4,7 @@
 use std::collections::BTreeMap;
 use std::io::{ErrorKind, Read as _, Write as _};
 use std::net::{SocketAddr, TcpStream};
-use std::process::{Child, Command, Output, Stdio};
+use std::process::Command;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread::JoinHandle;
@@ -14,11 +14,13 @@ use anyhow::{Context as _, Result, bail};
 use camino::Utf8Path;
 use serde_json::{Value, json};
 
+use crate::process::{self, Background, Io, Stderr, Stdout};
+
 /// rollout.yaml's memory limit, as `docker run --memory` takes it.
 pub const MEMORY_LIMIT: &str = "128m";
 pub const MEMORY_LIMIT_BYTES: u64 = 128 * 1024 * 1024;
 /// What every docker command may take.
-const DOCKER_DEADLINE: Duration = Duration::from_secs(120);
+pub const DOCKER_DEADLINE: Duration = Duration::from_secs(120);
 /// A well-behaved client's deadline per request: a kubelet probe's timeoutSeconds.
 const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
 /// The goal for the well-behaved client's p99 during a flood.
@@ -155,7 +157,7 @@ impl Report {
 
 /// The server under abuse: a process, or a container of the static binary.
 pub struct Target {
-    child: Option<Child>,
+    process: Option<Background>,
     container: Option<String>,
     pub pid: u32,
     pub addr: SocketAddr,
@@ -168,14 +170,17 @@ impl Target {
         command
             .envs(env)
             .env("PORT", port.to_string())
-            .env("HOST", "127.0.0.1")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null());
-        let child = command.spawn().with_context(|| format!("start {binary}"))?;
-        let pid = child.id();
+            .env("HOST", "127.0.0.1");
+        let io = Io {
+            stdout: Stdout::Dropped,
+            stderr: Stderr::Dropped,
+            stdin: None,
+            limit: None,
+        };
+        let process = process::spawn(command, &io).with_context(|| format!("start {binary}"))?;
+        let pid = process.id();
         let target = Target {
-            child: Some(child),
+            process: Some(process),
             container: None,
             pid,
             addr: SocketAddr::from(([127, 0, 0, 1], port)),
@@ -217,7 +222,7 @@ impl Target {
         args.push(image.into());
         docker_run(docker, &args)?;
         let mut target = Target {
-            child: None,
+            process: None,
             container: Some(name.to_owned()),
             pid: 0,
             addr: SocketAddr::from(([127, 0, 0, 1], port)),
@@ -281,8 +286,8 @@ impl Target {
 
     /// Still running; for a container, and whether the kernel OOM-killed it.
     pub fn alive(&mut self, docker: Option<&Utf8Path>) -> (bool, bool) {
-        if let Some(child) = &mut self.child {
-            return (matches!(child.try_wait(), Ok(None)), false);
+        if let Some(process) = &mut self.process {
+            return (matches!(process.child().try_wait(), Ok(None)), false);
         }
         let (Some(name), Some(docker)) = (&self.container, docker) else {
             return (false, false);
@@ -305,10 +310,8 @@ impl Target {
     }
 
     pub fn stop(&mut self, docker: Option<&Utf8Path>) {
-        if let Some(child) = &mut self.child {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
+        // Killed and reaped as it is dropped.
+        self.process = None;
         if let (Some(name), Some(docker)) = (self.container.take(), docker) {
             let _ = docker_run(docker, &["rm", "--force", &name]);
         }
@@ -382,59 +385,23 @@ fn memory_cgroup(pid: u32) -> Option<std::path::PathBuf> {
     None
 }
 
-/// Runs `docker args...` within [`DOCKER_DEADLINE`]; its stdout.
+/// Runs `docker args...` within [`DOCKER_DEADLINE`], unechoed; its stdout.
 pub fn docker_run(docker: &Utf8Path, args: &[impl AsRef<str>]) -> Result<String> {
     let args: Vec<&str> = args.iter().map(AsRef::as_ref).collect();
     let line = format!("{docker} {}", args.join(" "));
-    let child = Command::new(docker.as_std_path())
-        .args(&args)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .with_context(|| format!("run {line}"))?;
-    let output = wait_within(child, DOCKER_DEADLINE).with_context(|| format!("run {line}"))?;
-    if !output.status.success() {
-        bail!(
-            "`{line}` failed ({}): {}",
-            output.status,
-            String::from_utf8_lossy(&output.stderr).trim()
-        );
+    let mut command = Command::new(docker.as_std_path());
+    command.args(&args);
+    let io = Io {
+        stdout: Stdout::Kept,
+        stderr: Stderr::Kept,
+        stdin: None,
+        limit: Some(DOCKER_DEADLINE),
+    };
+    match process::run(command, &io).with_context(|| format!("run {line}"))? {
+        Ok(done) if done.status.success() => Ok(done.stdout),
+        Ok(done) => bail!("`{line}` failed ({}): {}", done.status, done.stderr.trim()),
+        Err(_) => bail!("run {line}: still running after {DOCKER_DEADLINE:?}: killed"),
     }
-    Ok(String::from_utf8_lossy(&output.stdout).into_owned())
-}
-
-/// Waits for `child` at most `limit`, then kills it; its output either way.
-pub fn wait_within(mut child: Child, limit: Duration) -> Result<Output> {
-    let mut pipes = (child.stdout.take(), child.stderr.take());
-    let read = |pipe: Option<Box<dyn std::io::Read + Send>>| {
-        std::thread::spawn(move || {
-            let mut buf = Vec::new();
-            if let Some(mut pipe) = pipe {
-                let _ = pipe.read_to_end(&mut buf);
-            }
-            buf
-        })
-    };
-    let out = read(pipes.0.take().map(|p| Box::new(p) as _));
-    let err = read(pipes.1.take().map(|p| Box::new(p) as _));
-    let deadline = Instant::now() + limit;
-    let status = loop {
-        if let Some(status) = child.try_wait()? {
-            break status;
-        }
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            bail!("still running after {limit:?}: killed");
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    };
-    Ok(Output {
-        status,
-        stdout: out.join().unwrap_or_default(),
-        stderr: err.join().unwrap_or_default(),
-    })
 }
 
 /// Raises this process's open-file limit to `want` with util-linux's
@@ -442,15 +409,16 @@ pub fn wait_within(mut child: Child, limit: Duration) -> Result<Output> {
 pub fn raise_nofile(want: u64) -> u64 {
     let pid = std::process::id().to_string();
     let nofile = format!("--nofile={want}:{want}");
-    if let Ok(child) = Command::new("prlimit")
-        .args(["--pid", &pid, &nofile])
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-    {
-        let _ = wait_within(child, Duration::from_secs(5));
-    }
+    let mut prlimit = Command::new("prlimit");
+    prlimit.args(["--pid", &pid, &nofile]);
+    let io = Io {
+        stdout: Stdout::Dropped,
+        stderr: Stderr::Dropped,
+        stdin: None,
+        limit: Some(Duration::from_secs(5)),
+    };
+    // What counts is the limit read back below, whatever prlimit said.
+    let _ = process::run(prlimit, &io);
     std::fs::read_to_string("/proc/self/limits")
         .ok()
         .and_then(|l| {

@@ -5,8 +5,8 @@ use std::collections::BTreeMap;
 use std::io::Read as _;
 use std::net::TcpListener;
 use std::ops::RangeInclusive;
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+
+use std::time::Duration;
 
 use anyhow::{Context as _, Result, bail};
 use camino::{Utf8Path, Utf8PathBuf};
@@ -23,6 +23,7 @@ use table::table;
 use crate::build::Build;
 use crate::cli;
 use crate::context::{Context, shell_quote};
+use crate::process::{Background, Stdout};
 use crate::{http, tools};
 
 /// The path under load.
@@ -577,7 +578,8 @@ impl Bench {
             let source = cx.path(GO_SOURCE);
             // The same version in both bodies, so both answer the same bytes.
             let ldflags = format!("-ldflags=-s -w -X main.version={}", built.version);
-            cx.run(cmd!(sh, "{go} build -trimpath {ldflags} -o {out} {source}"))
+            cx.change(cmd!(sh, "{go} build -trimpath {ldflags} -o {out} {source}"))
+                .run(cx)
                 .context("build the Go comparison server")?;
             servers.push(Server {
                 name: "go",
@@ -587,7 +589,7 @@ impl Bench {
 
         if cx.dry_run {
             for line in self.plan(cx, &servers, server_cpu, wrk_cpu) {
-                println!("{line}");
+                cx.plan(line);
             }
             return Ok(());
         }
@@ -710,28 +712,30 @@ impl Bench {
         let pid = std::process::id();
         let tag = format!("api-abuse-{pid}:bench");
         if cx.dry_run {
-            println!(
+            cx.plan(format_args!(
                 "# raise this process's open-file limit: prlimit --pid {pid} --nofile=65536:65536"
-            );
+            ));
             if let Some(docker) = &docker {
-                println!(
+                cx.plan(format_args!(
                     "# an image FROM scratch with {} as /api, USER 65534:65534",
                     built.binary
-                );
-                println!("{docker} build --tag {tag} target/bench/abuse-{pid}");
-                println!(
+                ));
+                cx.plan(format_args!(
+                    "{docker} build --tag {tag} target/bench/abuse-{pid}"
+                ));
+                cx.plan(format_args!(
                     "{docker} run --detach --name api-abuse-{pid}-<phase> --network host --memory {m} \
                      --memory-swap {m} --env PORT=<port> --env HOST=127.0.0.1 {tag}",
                     m = abuse::MEMORY_LIMIT
-                );
+                ));
             } else {
-                println!("PORT=<port> HOST=127.0.0.1 {}", built.binary);
+                cx.plan(format_args!("PORT=<port> HOST=127.0.0.1 {}", built.binary));
             }
-            println!(
+            cx.plan(format_args!(
                 "# phases, each on a fresh server: {} silent, {} slowloris, {} pipelining non-readers, \
                  held {} s each; then a burst of {} and RSS for {} s",
                 self.silent, self.slowloris, self.pipeliners, self.hold, self.burst, self.settle
-            );
+            ));
             return Ok(());
         }
 
@@ -772,8 +776,16 @@ impl Bench {
                     tag: tag.clone(),
                     dir: dir.clone(),
                 };
-                eprintln!("$ {docker} build --tag {tag} {dir}");
-                abuse::docker_run(docker, &["build", "--tag", &tag, dir.as_str()])?;
+                let mut build = std::process::Command::new(docker.as_std_path());
+                build.args(["build", "--tag", &tag, dir.as_str()]);
+                cx.change(build)
+                    .stdout(Stdout::Kept)
+                    .keep_stderr()
+                    .within(
+                        abuse::DOCKER_DEADLINE,
+                        "check that the Docker engine answers",
+                    )
+                    .run(cx)?;
                 Some(image)
             }
             None => None,
@@ -910,23 +922,15 @@ impl Bench {
         measured: bool,
     ) -> Result<Option<WrkRun>> {
         let cmd = self.wrk_cmd(&cx.sh, cpu, secs, url, measured);
-        let line = echo(&[], &cmd);
-        eprintln!("$ {line}");
-        let output = Command::from(cmd)
-            .stdin(Stdio::null())
-            .output()
-            .with_context(|| format!("run {line}"))?;
-        if !output.status.success() {
-            bail!(
-                "`{line}` failed ({}): {}",
-                output.status,
-                String::from_utf8_lossy(&output.stderr).trim()
-            );
-        }
+        let step = cx.change(cmd).stdout(Stdout::Kept).keep_stderr();
+        let line = step.line();
+        let Some(output) = step.run(cx)? else {
+            return Ok(None);
+        };
         if !measured {
             return Ok(None);
         }
-        let stdout = String::from_utf8_lossy(&output.stdout);
+        let stdout = output.stdout;
         if cx.verbose {
             eprint!("{stdout}");
         }
@@ -950,7 +954,7 @@ impl Bench {
         )];
         for server in servers {
             let (env, cmd) = server_cmd(sh, &server.binary, None, "<port>");
-            lines.push(echo(&env, &cmd));
+            lines.push(plan_line(&env, &cmd));
         }
         lines.push(format!(
             "# {} rounds, the servers in turn: start pinned, read /proc/<pid>/status VmRSS, \
@@ -959,12 +963,12 @@ impl Bench {
         ));
         for server in servers {
             let (env, cmd) = server_cmd(sh, &server.binary, Some(server_cpu), "<port>");
-            lines.push(echo(&env, &cmd));
-            lines.push(echo(
+            lines.push(plan_line(&env, &cmd));
+            lines.push(plan_line(
                 &[],
                 &self.wrk_cmd(sh, wrk_cpu, WARMUP_SECS, &url, false),
             ));
-            lines.push(echo(
+            lines.push(plan_line(
                 &[],
                 &self.wrk_cmd(sh, wrk_cpu, self.duration, &url, true),
             ));
@@ -1001,8 +1005,11 @@ fn server_cmd<'a>(
     (env, cmd)
 }
 
-/// `K=v ... program args`, as Context echoes a command.
-fn echo(env: &[(&str, String)], cmd: &Cmd<'_>) -> String {
+/// A line of the `--dry-run` plan, `K=v ... program args`, whose `<port>`
+/// placeholders stand for what is only known when it runs: the program and
+/// its arguments as xshell shows them (a word is quoted only for a space),
+/// so a placeholder stays as it is. The steps that run are echoed by `Step`.
+fn plan_line(env: &[(&str, String)], cmd: &Cmd<'_>) -> String {
     let mut line = String::new();
     for (key, value) in env {
         line.push_str(&format!("{key}={} ", shell_quote(value)));
@@ -1013,9 +1020,8 @@ fn echo(env: &[(&str, String)], cmd: &Cmd<'_>) -> String {
 
 /// A server process, killed when dropped: no bench leaves one running.
 struct Running {
-    child: Child,
+    process: Background,
     port: u16,
-    started: Instant,
     line: String,
 }
 
@@ -1023,25 +1029,23 @@ impl Running {
     fn start(cx: &Context, server: &Server, cpu: Option<usize>, say: bool) -> Result<Running> {
         let port = free_port()?;
         let (env, cmd) = server_cmd(&cx.sh, &server.binary, cpu, &port.to_string());
-        let line = echo(&env, &cmd);
-        if say || cx.verbose {
-            eprintln!("$ {line}");
-        }
-        let mut command = Command::from(cmd);
+        // Echoed when `say`, or with --verbose (a probe's rule): the startup
+        // timing starts a server 20 times.
+        let mut step = match say {
+            true => cx.change(cmd),
+            false => cx.probe(cmd),
+        };
         for (key, value) in &env {
-            command.env(key, value);
+            step = step.env(key, value);
         }
-        let started = Instant::now();
-        let child = command
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .with_context(|| format!("start {line}"))?;
+        let step = step.stdout(Stdout::Dropped).keep_stderr();
+        let line = step.line();
+        let process = step
+            .spawn(cx)?
+            .context("a bench server is not started under --dry-run")?;
         Ok(Running {
-            child,
+            process,
             port,
-            started,
             line,
         })
     }
@@ -1057,16 +1061,16 @@ impl Running {
             if let Ok(response) = http::get(&url, Duration::from_secs(1))
                 && response.status == 200
             {
-                return Ok(self.started.elapsed());
+                return Ok(self.process.started().elapsed());
             }
-            if let Some(status) = self.child.try_wait()? {
+            if let Some(status) = self.process.child().try_wait()? {
                 let mut stderr = String::new();
-                if let Some(mut pipe) = self.child.stderr.take() {
+                if let Some(mut pipe) = self.process.child().stderr.take() {
                     let _ = pipe.read_to_string(&mut stderr);
                 }
                 bail!("`{}` exited ({status}): {}", self.line, stderr.trim());
             }
-            if self.started.elapsed() > limit {
+            if self.process.started().elapsed() > limit {
                 bail!(
                     "`{}` did not answer 200 on {url} within {limit:?}",
                     self.line
@@ -1078,23 +1082,16 @@ impl Running {
 
     /// User plus system CPU time so far, in clock ticks (/proc/<pid>/stat).
     fn cpu_ticks(&self) -> Result<u64> {
-        let path = format!("/proc/{}/stat", self.child.id());
+        let path = format!("/proc/{}/stat", self.process.id());
         let stat = std::fs::read_to_string(&path).with_context(|| format!("read {path}"))?;
         stat_cpu_ticks(&stat).with_context(|| format!("utime and stime in {path}"))
     }
 
     /// A `kB` field of /proc/<pid>/status: VmRSS, VmHWM.
     fn status_kib(&self, field: &str) -> Result<u64> {
-        let path = format!("/proc/{}/status", self.child.id());
+        let path = format!("/proc/{}/status", self.process.id());
         let status = std::fs::read_to_string(&path).with_context(|| format!("read {path}"))?;
         status_field_kib(&status, field).with_context(|| format!("{field} in {path}"))
-    }
-}
-
-impl Drop for Running {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
     }
 }
 

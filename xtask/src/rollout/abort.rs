@@ -132,7 +132,7 @@ pub fn abort(cx: &Context, cluster: &Cluster) -> Result<String> {
     let what = "the abort holds (Degraded - RolloutAborted, the latest template seen), or Healthy";
     if cx.dry_run {
         cluster.plugin.abort(cx)?;
-        wait::plan(cluster, what, limit, interval);
+        wait::plan(cx, cluster, what, limit, interval);
         return Ok(String::new());
     }
     let rollout = cluster.rollout().to_owned();

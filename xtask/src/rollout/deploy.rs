@@ -241,7 +241,7 @@ pub fn wait_for_preview(
 ) -> Result<Option<Arrival>> {
     let what = "the preview is ready (`Paused - BlueGreenPause`, or Healthy)";
     if cx.dry_run {
-        wait::plan(cluster, what, waiting.timeout, waiting.poll_interval);
+        wait::plan(cx, cluster, what, waiting.timeout, waiting.poll_interval);
         return Ok(None);
     }
     let container = cluster.target().container.clone();

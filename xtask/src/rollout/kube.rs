@@ -9,10 +9,10 @@ use anyhow::{Result, anyhow, bail};
 use camino::{Utf8Path, Utf8PathBuf};
 
 use super::state::{RolloutState, replica_set_images};
-use super::{RolloutArgs, go_duration, timing};
+use super::{RolloutArgs, go_duration};
 use crate::context::{Context, command_line};
 use crate::interrupt;
-use crate::process::{self, Cut, Finished};
+use crate::process::{Cut, Finished, Stdout};
 
 /// The Rollout's resource, fully qualified, so no other `rollouts` kind is meant.
 pub const ROLLOUT_RESOURCE: &str = "rollouts.argoproj.io";
@@ -44,14 +44,7 @@ impl Kubectl {
     /// The Rollout as the API has it now. Read-only: runs under --dry-run too.
     pub fn read(&self, cx: &Context) -> Result<RolloutState> {
         let asking = format!("read rollout {}", self.rollout());
-        let out = call(
-            cx,
-            &self.path,
-            &self.rollout_args(),
-            &asking,
-            &self.target,
-            false,
-        )?;
+        let out = read_call(cx, &self.path, &self.rollout_args(), &asking, &self.target)?;
         RolloutState::from_json(&out.stdout).map_err(|e| anyhow!("{asking}: {e:#}"))
     }
 
@@ -63,7 +56,7 @@ impl Kubectl {
             "read the ReplicaSet {pod_hash} of rollout {}",
             self.rollout()
         );
-        let out = call(cx, &self.path, &args, &asking, &self.target, false)?;
+        let out = read_call(cx, &self.path, &args, &asking, &self.target)?;
         replica_set_images(&out.stdout).map_err(|e| anyhow!("{asking}: {e:#}"))
     }
 
@@ -75,8 +68,9 @@ impl Kubectl {
 
 /// Runs a cluster tool within the target's bound: 3 times its request
 /// timeout (a call may make a discovery request, a get and a write, each
-/// bounded by `--request-timeout`), killed after that. Echoed to stderr when
-/// it changes something (`changes`), or with --verbose. A non-zero exit is an
+/// bounded by `--request-timeout`), killed after that. A change (`changes`)
+/// is echoed to stderr, or under --dry-run only printed (`None`); a read
+/// runs under --dry-run too, echoed with --verbose. A non-zero exit is an
 /// error quoting the tool, with the likely fix.
 pub fn call(
     cx: &Context,
@@ -85,26 +79,31 @@ pub fn call(
     asking: &str,
     target: &RolloutArgs,
     changes: bool,
-) -> Result<Finished> {
+) -> Result<Option<Finished>> {
     let line = command_line(program, args);
-    if changes || cx.verbose {
-        eprintln!("$ {line}");
-    }
-    let limit = target.call_limit();
     let mut command = Command::new(program.as_std_path());
     command.args(args).current_dir(cx.root.as_std_path());
-    let ended = timing::in_tools(|| process::run_within(command, limit))
+    let step = match changes {
+        true => cx.change(command),
+        false => cx.probe(command),
+    };
+    let ended = step
+        .stdout(Stdout::Kept)
+        .keep_stderr()
+        .within(target.call_limit(), "")
+        .finish(cx)
         .map_err(|e| anyhow!("{asking}: {e:#}"))?;
     match ended {
-        Ok(done) if done.status.success() => Ok(done),
-        Ok(done) => Err(anyhow!(
+        None => Ok(None),
+        Some(Ok(done)) if done.status.success() => Ok(Some(done)),
+        Some(Ok(done)) => Err(anyhow!(
             "{asking}: `{line}` exited with {}: {}{}",
             done.status,
             said(&done),
             hint(target, &done.stderr)
         )),
-        Err((Cut::Interrupted, _)) => Err(interrupt::Interrupted.into()),
-        Err((Cut::Deadline(limit), done)) => bail!(
+        Some(Err((Cut::Interrupted, _))) => Err(interrupt::Interrupted.into()),
+        Some(Err((Cut::Deadline(limit), done))) => bail!(
             "{asking}: `{line}` got no answer within {} and was stopped{}. {}",
             go_duration(limit),
             match done.stderr.trim() {
@@ -114,6 +113,18 @@ pub fn call(
             unreachable(target)
         ),
     }
+}
+
+/// [`call`] of a read, which runs under --dry-run too.
+fn read_call(
+    cx: &Context,
+    program: &Utf8Path,
+    args: &[String],
+    asking: &str,
+    target: &RolloutArgs,
+) -> Result<Finished> {
+    call(cx, program, args, asking, target, false)?
+        .ok_or_else(|| anyhow!("{asking}: a read did not run"))
 }
 
 /// What to check when the API server does not answer.

@@ -20,7 +20,7 @@ mod release;
 mod sanity;
 mod state;
 mod status;
-mod timing;
+
 mod wait;
 
 use std::time::Duration;

@@ -62,13 +62,10 @@ impl Plugin {
     /// callers read the Rollout back before they say what happened.
     fn change(&self, cx: &Context, args: &[&str], asking: &str) -> Result<()> {
         let args = self.args(args);
-        if cx.dry_run {
-            println!("{}", command_line(&self.path, &args));
-            return Ok(());
-        }
-        let done = call(cx, &self.path, &args, asking, &self.target, true)?;
-        for line in done.stdout.lines() {
-            eprintln!("{line}");
+        if let Some(done) = call(cx, &self.path, &args, asking, &self.target, true)? {
+            for line in done.stdout.lines() {
+                eprintln!("{line}");
+            }
         }
         Ok(())
     }

@@ -3,17 +3,19 @@
 //! no running pod), kubectl's own reason shown when it gives up, and always
 //! stopped when dropped.
 
-use std::io::{BufRead, BufReader};
-use std::sync::Arc;
+use std::io::{BufRead, BufReader, Read};
+use std::process::Command;
 use std::sync::mpsc::{Receiver, RecvTimeoutError, channel};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, Result, bail};
 use camino::Utf8PathBuf;
 
-use super::{RolloutArgs, SERVICE_PORT, go_duration, timing};
+use super::{RolloutArgs, SERVICE_PORT, go_duration};
 use crate::context::{Context, command_line};
 use crate::interrupt;
+use crate::process::{Background, Stdout};
+use crate::timing;
 
 /// Starts the port-forward, retrying until `deadline`: right after a deploy
 /// the Service may have no running pod yet, and kubectl then refuses. Each
@@ -30,7 +32,7 @@ pub fn start_within(
         let pod_wait = pod_running_timeout(left);
         let args = args(target, service, pod_wait);
         let line = command_line(kubectl, &args);
-        match timing::in_tools(|| PortForward::start(kubectl, &args, &line, pod_wait)) {
+        match timing::in_tools(|| PortForward::start(cx, kubectl, &args, &line, pod_wait)) {
             Ok(forward) => return Ok(forward),
             Err(err) if interrupt::is_interrupted(&err) || Instant::now() >= deadline => {
                 return Err(err);
@@ -68,10 +70,11 @@ pub fn args(target: &RolloutArgs, service: &str, pod_wait: Duration) -> Vec<Stri
     args
 }
 
-/// `kubectl port-forward` in the background; killed when dropped, so it
-/// stops on success, on failure, and when Ctrl-C unwinds the task.
+/// `kubectl port-forward` in the background; killed when dropped (its
+/// `Background` is), so it stops on success, on failure, and when Ctrl-C
+/// unwinds the task.
 pub struct PortForward {
-    handle: Arc<duct::ReaderHandle>,
+    _process: Background,
     lines: Receiver<Option<String>>,
     pub port: u16,
 }
@@ -79,34 +82,42 @@ pub struct PortForward {
 impl PortForward {
     /// Its stderr joins its stdout, so kubectl's reason for ending is ours to show.
     fn start(
+        cx: &Context,
         kubectl: &Utf8PathBuf,
         args: &[String],
         line: &str,
         pod_wait: Duration,
     ) -> Result<PortForward> {
-        eprintln!("$ {line} &");
-        let handle = Arc::new(
-            duct::cmd(kubectl.as_std_path(), args)
-                .stdin_null()
-                .stderr_to_stdout()
-                .unchecked()
-                .reader()
-                .with_context(|| format!("start {line}"))?,
-        );
+        let mut command = Command::new(kubectl.as_std_path());
+        command.args(args);
+        let mut process = cx
+            .change(command)
+            .stdout(Stdout::Kept)
+            .keep_stderr()
+            .spawn(cx)?
+            .with_context(|| format!("{line}: not started under --dry-run"))?;
         let (send, lines) = channel();
-        let reader = Arc::clone(&handle);
-        // Keeps reading, so kubectl never blocks on a full pipe; None marks the end.
-        std::thread::spawn(move || {
-            for line in BufReader::new(&*reader).lines() {
-                let Ok(line) = line else { break };
-                if send.send(Some(line)).is_err() {
-                    break;
+        // Both pipes are read to their end, so kubectl never blocks on a full
+        // one; each reader marks its end with None.
+        let child = process.child();
+        let pipes: [Option<Box<dyn Read + Send>>; 2] = [
+            child.stdout.take().map(|p| Box::new(p) as _),
+            child.stderr.take().map(|p| Box::new(p) as _),
+        ];
+        for pipe in pipes.into_iter().flatten() {
+            let send = send.clone();
+            std::thread::spawn(move || {
+                for line in BufReader::new(pipe).lines() {
+                    let Ok(line) = line else { break };
+                    if send.send(Some(line)).is_err() {
+                        break;
+                    }
                 }
-            }
-            let _ = send.send(None);
-        });
+                let _ = send.send(None);
+            });
+        }
         let mut forward = PortForward {
-            handle,
+            _process: process,
             lines,
             port: 0,
         };
@@ -121,6 +132,7 @@ impl PortForward {
     fn wait_for_port(&self, line: &str, bound: Duration) -> Result<u16> {
         let deadline = Instant::now() + bound;
         let mut said: Vec<String> = Vec::new();
+        let mut open = 2;
         loop {
             interrupt::check()?;
             let remaining = deadline.saturating_duration_since(Instant::now());
@@ -135,6 +147,7 @@ impl PortForward {
                     }
                     said.push(text);
                 }
+                Ok(None) if open > 1 => open -= 1,
                 Ok(None) | Err(RecvTimeoutError::Disconnected) => {
                     let reason = match said.iter().rev().find(|l| !l.trim().is_empty()) {
                         Some(last) => format!("kubectl said: {}", last.trim()),
@@ -150,32 +163,6 @@ impl PortForward {
                 }
                 Err(RecvTimeoutError::Timeout) => {}
             }
-        }
-    }
-}
-
-impl Drop for PortForward {
-    fn drop(&mut self) {
-        timing::in_tools(|| self.stop());
-    }
-}
-
-impl PortForward {
-    fn stop(&mut self) {
-        let _ = self.handle.kill();
-        // The reader thread sees the end of the pipe; then the child is reaped.
-        let deadline = Instant::now() + Duration::from_secs(5);
-        while Instant::now() < deadline {
-            match self.lines.recv_timeout(Duration::from_millis(100)) {
-                Ok(Some(_)) | Err(RecvTimeoutError::Timeout) => {}
-                Ok(None) | Err(RecvTimeoutError::Disconnected) => break,
-            }
-        }
-        while Instant::now() < deadline {
-            if let Ok(Some(_)) = self.handle.try_wait() {
-                break;
-            }
-            std::thread::sleep(Duration::from_millis(20));
         }
     }
 }

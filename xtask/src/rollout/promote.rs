@@ -205,7 +205,7 @@ pub fn promote_and_wait(
         ));
     }
     if cx.dry_run {
-        wait::plan(cluster, plan, timeout, poll_interval);
+        wait::plan(cx, cluster, plan, timeout, poll_interval);
         return Ok(());
     }
     let rollout = cluster.rollout().to_owned();

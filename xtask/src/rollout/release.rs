@@ -11,13 +11,12 @@ use super::abort::abort;
 use super::deploy::{self, Arrival, WENT_ACTIVE, WaitArgs, wait_for_preview};
 use super::promote::{check_promotable, promote_and_wait};
 use super::sanity::{Endpoint, SanityArgs, check_preview};
-use super::{
-    Cluster, DEFAULT_ACTIVE_SERVICE, RolloutArgs, check_label, duration, go_duration, timing,
-};
+use super::{Cluster, DEFAULT_ACTIVE_SERVICE, RolloutArgs, check_label, duration, go_duration};
 use crate::cli::{self, ArgMatches, Command, option, switch};
 use crate::context::Context;
 use crate::image::{ImageArgs, ImageRef};
 use crate::interrupt;
+use crate::timing;
 
 const ABOUT: &str = "Deploy, wait for the preview, check it, promote; abort on any failure";
 
@@ -314,11 +313,11 @@ impl Release {
     /// Under --dry-run, the last plan line: what happens on failure.
     fn plan_abort(&self, cx: &Context, cluster: &Cluster) -> Result<(), Failed> {
         if cx.dry_run {
-            println!(
+            cx.plan(format_args!(
                 "# on any failure after `set image`, at most {} in all waits: {}",
                 go_duration(self.waiting.timeout),
                 cluster.plugin.line(&["abort", cluster.rollout()])
-            );
+            ));
         }
         Ok(())
     }

@@ -7,11 +7,12 @@ use camino::Utf8PathBuf;
 
 use super::port_forward;
 use super::{
-    DEFAULT_PREVIEW_SERVICE, HEALTH_PATH, RolloutArgs, check_label, duration, go_duration, timing,
+    DEFAULT_PREVIEW_SERVICE, HEALTH_PATH, RolloutArgs, check_label, duration, go_duration,
 };
 use crate::cli::{self, Arg, ArgMatches, Command, option};
 use crate::context::{Context, command_line};
 use crate::interrupt;
+use crate::timing;
 use crate::{http, tools, version};
 
 const ABOUT: &str =
@@ -103,7 +104,7 @@ impl SanityArgs {
                 version::check_version(v).context("--expect-version")?;
                 Ok(v.clone())
             }
-            None => version::resolve(&cx.sh, &cx.root),
+            None => version::resolve(cx, &cx.root),
         }
     }
 
@@ -180,10 +181,10 @@ pub fn check_preview(
     let (_forward, base) = match place {
         Endpoint::Url(url) => {
             if cx.dry_run {
-                println!(
+                cx.plan(format_args!(
                     "# check {url}: {what}; retried for at most {}",
                     go_duration(timeout)
-                );
+                ));
                 return Ok(());
             }
             (None, url.base())
@@ -192,11 +193,13 @@ pub fn check_preview(
             let args = port_forward::args(target, name, port_forward::pod_running_timeout(timeout));
             forward_line = command_line(kubectl, &args);
             if cx.dry_run {
-                println!("# {forward_line}   (in the background, stopped afterwards)");
-                println!(
+                cx.plan(format_args!(
+                    "# {forward_line}   (in the background, stopped afterwards)"
+                ));
+                cx.plan(format_args!(
                     "# check http://127.0.0.1:<forwarded port>: {what}; retried for at most {}",
                     go_duration(timeout)
-                );
+                ));
                 return Ok(());
             }
             let forward = port_forward::start_within(cx, kubectl, target, name, deadline)

@@ -7,9 +7,10 @@ use std::time::{Duration, Instant};
 use anyhow::{Result, bail};
 
 use super::state::{PhaseLine, RolloutState};
-use super::{Cluster, go_duration, timing};
+use super::{Cluster, go_duration};
 use crate::context::Context;
 use crate::interrupt;
+use crate::timing;
 
 /// What a look at the Rollout decided.
 pub enum Look<T> {
@@ -61,11 +62,11 @@ pub fn until<T>(
 }
 
 /// The plan line of a wait, under --dry-run.
-pub fn plan(cluster: &Cluster, what: &str, timeout: Duration, interval: Duration) {
-    println!(
+pub fn plan(cx: &Context, cluster: &Cluster, what: &str, timeout: Duration, interval: Duration) {
+    cx.plan(format_args!(
         "# wait until {what}, at most {}, every {}: {}",
         go_duration(timeout),
         go_duration(interval),
         cluster.kubectl.line(&cluster.kubectl.rollout_args())
-    );
+    ));
 }

@@ -1,6 +1,7 @@
-//! Where a release's time goes: in the tools it runs (the plugin, kubectl,
-//! the preview answering), in the waits it was told to do (the poll interval,
-//! the sanity retries), and what is left, its own.
+//! Where a task's time goes: in the tools it runs (every `Step`: the plugin,
+//! kubectl; and the preview answering), in the waits it was told to do (the
+//! poll interval, the sanity retries), and what is left, its own. `release`
+//! prints the sum.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -36,7 +37,7 @@ pub fn summary(total: Duration) -> String {
     let own = total.saturating_sub(tools + waits);
     let ms = |d: Duration| d.as_secs_f64() * 1e3;
     format!(
-        "{:.1}ms in kubectl-argo-rollouts, kubectl and the preview's answers, {:.1}ms in waits, {:.1}ms own",
+        "{:.1}ms in the tools (kubectl-argo-rollouts, kubectl, git) and the preview's answers, {:.1}ms in waits, {:.1}ms own",
         ms(tools),
         ms(waits),
         ms(own)
