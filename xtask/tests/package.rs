@@ -275,7 +275,7 @@ fn a_source_only_change_reuses_the_dependency_layer() {
         cmd.current_dir(&context.path)
             .env("BUILDKIT_PROGRESS", "plain");
         let ran = run(&mut serialised(&cmd));
-        assert!(ran.ok, "docker build failed:\n{}", ran.both());
+        assert!(ran.success(), "docker build failed:\n{}", ran.both());
         without_colours(&ran.both())
     };
 
@@ -425,7 +425,7 @@ fn dry_run_prints_the_exact_build_and_runs_nothing() {
         .args(["--", "--network", "host", "--no-cache"])
         .env("CI_PROJECT_URL", "https://gitlab.example.com/team/api")
         .env("SOURCE_DATE_EPOCH", "1700000000"));
-    assert!(ran.ok, "{}", ran.stderr);
+    assert!(ran.success(), "{}", ran.stderr);
     assert_eq!(
         ran.stdout,
         format!(
@@ -441,7 +441,7 @@ fn dry_run_prints_the_exact_build_and_runs_nothing() {
         "inspect",
         "registry.example.com/team/api:dry-run-test",
     ]));
-    assert!(!inspect.ok, "a dry run built an image");
+    assert!(!inspect.success(), "a dry run built an image");
 }
 
 #[test]
@@ -453,7 +453,7 @@ fn dry_run_labels_the_current_time_by_default() {
     let before = utc_now();
     let ran = run(xtask().args(["--dry-run", "package", "--allow-dirty"]));
     let after = utc_now();
-    assert!(ran.ok, "{}", ran.stderr);
+    assert!(ran.success(), "{}", ran.stderr);
     let created = ran
         .stdout
         .split(' ')
@@ -484,7 +484,7 @@ fn dry_run_with_push_plans_login_build_and_push_without_the_password() {
         .env("CI_REGISTRY", "registry.example.com")
         .env("CI_REGISTRY_USER", "gitlab-ci-token")
         .env("CI_REGISTRY_PASSWORD", "hunter2-dry-run-secret"));
-    assert!(ran.ok, "{}", ran.stderr);
+    assert!(ran.success(), "{}", ran.stderr);
     let lines: Vec<&str> = ran.stdout.lines().collect();
     assert_eq!(lines.len(), 4, "{}", ran.stdout);
     assert_eq!(
@@ -511,7 +511,7 @@ fn partial_registry_credentials_are_refused_naming_what_is_missing() {
         .args(["--dry-run", "package", "--allow-dirty", "--push"])
         .env("CI_REGISTRY", "registry.example.com")
         .env("CI_REGISTRY_PASSWORD", "hunter2-partial-secret"));
-    assert!(!ran.ok);
+    assert!(!ran.success());
     assert!(
         ran.stderr.contains("CI_REGISTRY_USER missing"),
         "{}",
@@ -565,7 +565,7 @@ fn a_dirty_work_tree_is_refused_unless_allowed() {
     };
 
     let refused = package(&[]);
-    assert!(!refused.ok);
+    assert!(!refused.success());
     assert!(
         refused.stderr.contains("uncommitted changes"),
         "{}",
@@ -579,7 +579,7 @@ fn a_dirty_work_tree_is_refused_unless_allowed() {
     assert_eq!(refused.stdout, "", "nothing planned");
 
     let allowed = package(&["--allow-dirty"]);
-    assert!(allowed.ok, "{}", allowed.stderr);
+    assert!(allowed.success(), "{}", allowed.stderr);
     assert!(
         allowed.stdout.contains(&format!("--tag api:{sha}-dirty ")),
         "{}",
@@ -602,7 +602,7 @@ fn an_invalid_image_name_is_refused_with_what_is_allowed() {
     }
     for bad in ["Team/API", "api:v1", "registry.example.com//api"] {
         let ran = run(xtask().args(["--dry-run", "package", "--allow-dirty", "--image", bad]));
-        assert!(!ran.ok, "{bad} accepted");
+        assert!(!ran.success(), "{bad} accepted");
         assert!(
             ran.stderr.contains("invalid image"),
             "{bad}: {}",
@@ -623,7 +623,7 @@ fn an_invalid_tag_is_refused_with_what_is_allowed() {
         return;
     }
     let ran = run(xtask().args(["--dry-run", "package", "--allow-dirty", "--tag", "v1/2"]));
-    assert!(!ran.ok);
+    assert!(!ran.success());
     assert!(ran.stderr.contains("invalid image tag"), "{}", ran.stderr);
     assert!(ran.stderr.contains("1 to 128 letters"), "{}", ran.stderr);
     assert_eq!(ran.stdout, "");
@@ -639,7 +639,7 @@ fn no_engine_is_one_clear_error_before_any_work() {
     let ran = run(xtask()
         .args(["package", "--allow-dirty"])
         .env("DOCKER_HOST", &host));
-    assert!(!ran.ok);
+    assert!(!ran.success());
     let errors: Vec<&str> = ran
         .stderr
         .lines()
@@ -665,7 +665,7 @@ fn a_missing_docker_cli_is_named_with_how_to_install_it() {
     let ran = run(xtask()
         .args(["--dry-run", "package", "--allow-dirty"])
         .env("PATH", &bin.path));
-    assert!(!ran.ok);
+    assert!(!ran.success());
     assert!(
         ran.stderr.contains("missing tool on PATH"),
         "{}",
@@ -713,7 +713,7 @@ fn push_logs_in_with_the_password_on_stdin_and_pushes_the_tag() {
     let ran = run(&mut serialised(&package));
     let _pushed = RemoveImage(reference.clone());
 
-    assert!(ran.ok, "{}", ran.stderr);
+    assert!(ran.success(), "{}", ran.stderr);
     assert!(
         ran.stderr.contains(&format!(
             "$ docker login --username {} --password-stdin {}",
@@ -765,7 +765,7 @@ fn dry_run_with_dotenv_plans_the_report_and_writes_nothing() {
         ])
         .arg("--dotenv")
         .arg(&dotenv));
-    assert!(ran.ok, "{}", ran.stderr);
+    assert!(ran.success(), "{}", ran.stderr);
     let lines: Vec<&str> = ran.stdout.lines().collect();
     assert_eq!(lines.len(), 4, "{}", ran.stdout);
     assert_eq!(lines[1], "docker push api:v1");
@@ -783,7 +783,7 @@ fn dry_run_with_dotenv_plans_the_report_and_writes_nothing() {
 #[test]
 fn dotenv_without_push_is_refused() {
     let ran = run(xtask().args(["--dry-run", "package", "--dotenv", "package.env"]));
-    assert!(!ran.ok);
+    assert!(!ran.success());
     assert!(ran.stderr.contains("--push"), "{}", ran.stderr);
     assert_eq!(ran.stdout, "");
 }
@@ -801,7 +801,7 @@ fn dotenv_in_a_missing_folder_is_refused_before_any_work() {
         "--dotenv",
         "no/such/folder/package.env",
     ]));
-    assert!(!ran.ok);
+    assert!(!ran.success());
     assert!(
         ran.stderr.contains("--dotenv no/such/folder/package.env"),
         "{}",
@@ -851,7 +851,7 @@ fn a_wrong_registry_password_fails_before_the_build_and_is_never_shown() {
         .env("CI_REGISTRY_USER", registry.user)
         .env("CI_REGISTRY_PASSWORD", wrong)
         .env("DOCKER_CONFIG", &docker_config.path));
-    assert!(!ran.ok);
+    assert!(!ran.success());
     assert!(ran.stderr.contains("error: log in to"), "{}", ran.stderr);
     // Refused by the registry, not unreachable: docker relays its 401...
     assert!(

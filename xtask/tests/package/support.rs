@@ -14,7 +14,7 @@ use crate::support::{http, http_get, needs, on_path, root, run, xtask};
 /// Runs a command that must succeed and returns its trimmed stdout.
 pub fn read(cmd: &mut Command) -> String {
     let ran = run(cmd);
-    assert!(ran.ok, "{cmd:?} failed:\n{}", ran.stderr);
+    assert!(ran.success(), "{cmd:?} failed:\n{}", ran.stderr);
     ran.stdout.trim().to_owned()
 }
 
@@ -83,7 +83,7 @@ pub fn needs_engine() -> bool {
             return Err("the docker CLI is not on PATH".into());
         }
         let version = run(&mut docker(&["version", "--format", "{{.Server.Version}}"]));
-        if !version.ok {
+        if !version.success() {
             return Err(format!("no engine answers: {}", version.stderr.trim()));
         }
         builder_image()
@@ -103,7 +103,7 @@ pub fn needs_engine() -> bool {
 fn builder_image() -> Result<(), String> {
     let script = root().join(".ci/builder-image");
     let made = run(Command::new("bash").arg(&script).current_dir(root()));
-    match made.ok {
+    match made.success() {
         true => Ok(()),
         false => Err(format!(
             "{} failed: {}",
@@ -160,7 +160,7 @@ pub fn packaged() -> &'static Packaged {
             .env("SOURCE_DATE_EPOCH", committed)
             .env("CI_PROJECT_URL", "https://gitlab.example.com/team/api");
         let ran = run(&mut serialised(&package));
-        assert!(ran.ok, "cargo xtask package failed:\n{}", ran.stderr);
+        assert!(ran.success(), "cargo xtask package failed:\n{}", ran.stderr);
         let reference = ran.stdout.trim().to_owned();
         Packaged {
             reference,

@@ -77,30 +77,105 @@ pub fn text(bytes: &[u8]) -> String {
     String::from_utf8_lossy(bytes).into_owned()
 }
 
-/// What a finished command said, as text.
+/// A finished command: what ran, how it ended and what it said, as text.
 pub struct Ran {
-    pub ok: bool,
+    /// The program and its arguments, as a shell would take them back.
+    pub argv: String,
+    /// The exit code; None when a signal ended it.
+    pub code: Option<i32>,
     pub stdout: String,
     pub stderr: String,
 }
 
 impl Ran {
+    /// What `cmd` ended with, once it has.
+    pub fn of(cmd: &Command, output: Output) -> Ran {
+        Ran {
+            argv: argv(cmd),
+            code: output.status.code(),
+            stdout: text(&output.stdout),
+            stderr: text(&output.stderr),
+        }
+    }
+
+    /// Whether it exited 0.
+    pub fn success(&self) -> bool {
+        self.code == Some(0)
+    }
+
+    pub fn ok(&self) -> &Ran {
+        assert_eq!(self.code, Some(0), "expected success\n{self}");
+        self
+    }
+
+    pub fn failed(&self) -> &Ran {
+        assert!(
+            self.code.is_some_and(|c| c != 0),
+            "expected a non-zero exit\n{self}"
+        );
+        self
+    }
+
+    /// Exit 1, nothing on stdout and exactly `stderr`: how kubectl and the
+    /// plugin (Go programs) end on an error.
+    pub fn failed_with(&self, stderr: &str) -> &Ran {
+        assert_eq!(self.code, Some(1), "{self}");
+        assert_eq!(self.stdout, "", "{self}");
+        assert_eq!(self.stderr, stderr, "{self}");
+        self
+    }
+
     pub fn both(&self) -> String {
         format!("{}{}", self.stdout, self.stderr)
     }
+
+    pub fn stdout_lines(&self) -> Vec<&str> {
+        self.stdout.lines().collect()
+    }
+
+    /// The `error: ...` line xtask's main prints.
+    pub fn error(&self) -> &str {
+        self.stderr
+            .lines()
+            .find(|l| l.starts_with("error: "))
+            .unwrap_or_else(|| panic!("no error line\n{self}"))
+    }
 }
 
-pub fn run(cmd: &mut Command) -> Ran {
-    let Output {
-        status,
-        stdout,
-        stderr,
-    } = output(cmd);
-    Ran {
-        ok: status.success(),
-        stdout: text(&stdout),
-        stderr: text(&stderr),
+impl std::fmt::Display for Ran {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "$ {}\nexit: {:?}\n--- stdout ---\n{}--- stderr ---\n{}",
+            self.argv, self.code, self.stdout, self.stderr
+        )
     }
+}
+
+/// A command's program and arguments, each quoted where a shell would split it.
+pub fn argv(cmd: &Command) -> String {
+    std::iter::once(cmd.get_program())
+        .chain(cmd.get_args())
+        .map(|word| {
+            let word = word.to_string_lossy();
+            let plain = !word.is_empty()
+                && word
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || "-_=./:,@+%".contains(c));
+            if plain {
+                word.into_owned()
+            } else {
+                format!("'{}'", word.replace('\'', r"'\''"))
+            }
+        })
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+/// Runs a command to its end (no stdin unless it set one): what it ended with.
+pub fn run(cmd: &mut Command) -> Ran {
+    let output = output(cmd);
+    Ran::of(cmd, output)
 }
 
 /// Whether a test that needs `what` can run: yes when `present`; when not, a
