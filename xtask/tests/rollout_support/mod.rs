@@ -35,7 +35,8 @@ pub fn require_tool(name: &str) -> bool {
 }
 
 /// One test's world: the plugin double's state file, and the marker every
-/// process it starts carries in its environment.
+/// process it starts carries in its environment. Dropping it fails the test
+/// if a process with that marker is still running.
 pub struct World {
     pub dir: PathBuf,
     pub state_path: PathBuf,
@@ -337,16 +338,23 @@ impl World {
     }
 
     /// Fails if any process this world started (xtask, the doubles, a
-    /// port-forward, an api) is still there. Waits a moment for ones being killed.
+    /// port-forward, an api) is still there. Waits a moment for ones being
+    /// killed. Dropping the world checks the same; this checks now.
     pub fn assert_no_process_left(&self) {
+        let left = self.processes_left();
+        assert!(
+            left.is_empty(),
+            "processes left running after the test: {left:#?}"
+        );
+    }
+
+    /// The processes with this world's marker still there after up to 5 s.
+    fn processes_left(&self) -> Vec<String> {
         let deadline = Instant::now() + Duration::from_secs(5);
         loop {
             let left = processes_with_marker(&self.marker);
-            if left.is_empty() {
-                return;
-            }
-            if Instant::now() >= deadline {
-                panic!("processes left running after the test: {left:#?}");
+            if left.is_empty() || Instant::now() >= deadline {
+                return left;
             }
             std::thread::sleep(Duration::from_millis(50));
         }
@@ -387,8 +395,21 @@ impl Drop for StateLock {
 }
 
 impl Drop for World {
+    /// Removes the world's folder, and fails the test if a process of this
+    /// world is left (the same check as [`World::assert_no_process_left`]),
+    /// except while the test is failing already: a panic in a panic would
+    /// abort the test binary and hide the first failure.
     fn drop(&mut self) {
+        let left = if std::thread::panicking() {
+            Vec::new()
+        } else {
+            self.processes_left()
+        };
         let _ = std::fs::remove_dir_all(&self.dir);
+        assert!(
+            left.is_empty(),
+            "processes left running after the test: {left:#?}"
+        );
     }
 }
 
