@@ -7,19 +7,16 @@
 mod rollout_support;
 mod support;
 
-use rollout_support::{NAMESPACE, Pod, REPOSITORY, Run, World, image, release_args, require_tool};
+use rollout_support::{
+    NAMESPACE, Pod, Ran, World, deploy_args, image, image_v2_args, promote_args, release_args,
+};
 
 const DIGEST_A: &str = "sha256:aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa";
 const DIGEST_B: &str = "sha256:bbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbb";
 
 /// v1 active (a real api v1); v2 and v3 get ready at once.
 fn blue_world() -> Option<(World, Pod)> {
-    if !require_tool("kubectl") {
-        return None;
-    }
-    let world = World::new(Some("v1"));
-    let blue = Pod::api(&world, "v1");
-    world.pods("v1", &blue.addr);
+    let (world, blue) = World::blue()?;
     for tag in ["v2", "v3"] {
         world.behaviour(tag, Some(0.0), None);
     }
@@ -27,43 +24,20 @@ fn blue_world() -> Option<(World, Pod)> {
 }
 
 /// `deploy --wait` of `tag` as a pipeline of that commit runs it, with `extra` flags.
-fn deploy(world: &World, tag: &str, extra: &[&str]) -> Run {
-    let mut args = vec![
-        "deploy",
-        "-n",
-        NAMESPACE,
-        "--image",
-        REPOSITORY,
-        "--tag",
-        tag,
-        "--wait",
-        "--poll-interval",
-        "100ms",
-    ];
-    args.extend(extra);
-    world.run(&args)
+fn deploy(world: &World, tag: &str, extra: &[&str]) -> Ran {
+    let flags = ["--tag", tag, "--wait", "--poll-interval", "100ms"];
+    world.run(&deploy_args(&[&flags[..], extra].concat()))
 }
 
 /// `promote` as the pipeline of `tag` runs it: it expects its own image.
-fn promote(world: &World, tag: &str, extra: &[&str]) -> Run {
-    let mut args = vec![
-        "promote",
-        "-n",
-        NAMESPACE,
-        "--image",
-        REPOSITORY,
-        "--tag",
-        tag,
-        "--poll-interval",
-        "100ms",
-    ];
-    args.extend(extra);
-    world.run(&args)
+fn promote(world: &World, tag: &str, extra: &[&str]) -> Ran {
+    let flags = ["--tag", tag, "--poll-interval", "100ms"];
+    world.run(&promote_args(&[&flags[..], extra].concat()))
 }
 
 #[test]
 fn an_older_pipelines_promote_never_ships_a_newer_preview() {
-    let Some((world, blue)) = blue_world() else {
+    let Some((world, _blue)) = blue_world() else {
         return;
     };
     deploy(&world, "v2", &[]).ok();
@@ -87,14 +61,11 @@ fn an_older_pipelines_promote_never_ships_a_newer_preview() {
         "the refused promote changed something"
     );
     assert_eq!(world.active_image(), Some(image("v1")));
-
-    drop(blue);
-    world.assert_no_process_left();
 }
 
 #[test]
 fn deploy_refuses_to_drop_someone_elses_paused_preview_unless_replace() {
-    let Some((world, blue)) = blue_world() else {
+    let Some((world, _blue)) = blue_world() else {
         return;
     };
     deploy(&world, "v2", &[]).ok();
@@ -116,14 +87,11 @@ fn deploy_refuses_to_drop_someone_elses_paused_preview_unless_replace() {
 
     deploy(&world, "v3", &["--replace"]).ok();
     assert_eq!(world.preview_image(), Some(image("v3")));
-
-    drop(blue);
-    world.assert_no_process_left();
 }
 
 #[test]
 fn promote_compares_digests_when_one_is_known() {
-    let Some((world, blue)) = blue_world() else {
+    let Some((world, _blue)) = blue_world() else {
         return;
     };
     let pinned = format!("{}@{DIGEST_A}", image("v2"));
@@ -137,19 +105,15 @@ fn promote_compares_digests_when_one_is_known() {
 
     promote(&world, "v2", &["--digest", DIGEST_A]).ok();
     assert_eq!(world.active_image(), Some(pinned));
-
-    drop(blue);
-    world.assert_no_process_left();
 }
 
 #[test]
 fn the_pipelines_deploy_job_aborts_its_own_preview_when_the_checks_fail() {
-    let Some((world, blue)) = blue_world() else {
+    let Some((world, _blue)) = blue_world() else {
         return;
     };
     // The preview answers with the old version: a stale image.
-    let stale = Pod::api(&world, "v1");
-    world.pods("v2", &stale.addr);
+    let _stale = world.api_pods("v2", "v1");
 
     let run = world.run(&release_args(&["--no-promote", "--replace"]));
     run.failed();
@@ -161,18 +125,14 @@ fn the_pipelines_deploy_job_aborts_its_own_preview_when_the_checks_fail() {
     assert!(world.is_aborted());
     assert_eq!(world.active_image(), Some(image("v1")));
     assert!(world.changes().iter().all(|c| !c.starts_with("promote")));
-
-    drop((stale, blue));
-    world.assert_no_process_left();
 }
 
 #[test]
 fn release_no_promote_leaves_a_checked_preview_for_the_manual_promote() {
-    let Some((world, blue)) = blue_world() else {
+    let Some((world, _blue)) = blue_world() else {
         return;
     };
-    let green = Pod::api(&world, "v2");
-    world.pods("v2", &green.addr);
+    let _green = world.api_pods("v2", "v2");
 
     let run = world.run(&release_args(&["--no-promote"]));
     run.ok();
@@ -184,40 +144,25 @@ fn release_no_promote_leaves_a_checked_preview_for_the_manual_promote() {
     assert_eq!(world.active_image(), Some(image("v1")));
     promote(&world, "v2", &[]).ok();
     assert_eq!(world.active_image(), Some(image("v2")));
-
-    drop((green, blue));
-    world.assert_no_process_left();
 }
 
 #[test]
 fn abort_only_expected_leaves_someone_elses_preview_alone() {
-    let Some((world, blue)) = blue_world() else {
+    let Some((world, _blue)) = blue_world() else {
         return;
     };
     deploy(&world, "v3", &[]).ok();
     let changes = world.changes();
-    let run = world.run(&[
-        "abort",
-        "--only-expected",
-        "-n",
-        NAMESPACE,
-        "--image",
-        REPOSITORY,
-        "--tag",
-        "v2",
-    ]);
+    let run = world.run(&image_v2_args("abort", &["--only-expected"]));
     run.failed();
     assert!(run.error().contains("it is someone else's"), "{run}");
     assert_eq!(world.changes(), changes);
     assert!(!world.is_aborted());
-
-    drop(blue);
-    world.assert_no_process_left();
 }
 
 #[test]
 fn status_says_what_runs_where() {
-    let Some((world, blue)) = blue_world() else {
+    let Some((world, _blue)) = blue_world() else {
         return;
     };
     deploy(&world, "v2", &[]).ok();
@@ -246,7 +191,4 @@ fn status_says_what_runs_where() {
     assert_eq!(json["promotion_waiting"], true);
     assert_eq!(json["stable_pod_hash"], json["active"]["pod_hash"]);
     assert_ne!(json["active"]["pod_hash"], json["preview"]["pod_hash"]);
-
-    drop(blue);
-    world.assert_no_process_left();
 }

@@ -9,25 +9,46 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use rollout_support::{
-    NAMESPACE, Pod, REPOSITORY, Run, Spawned, World, http_get, image, require_tool,
+    GET_ROLLOUT, NAMESPACE, Pod, Ran, Spawned, World, http_get, image, require_tool,
 };
 use serde_json::{Value, json};
+use support::run;
 
 /// `kubectl argo rollouts ARGS -n shop`, through the kubectl double and the real kubectl.
-fn rollouts(world: &World, args: &[&str]) -> Run {
-    let output = Command::new("kubectl")
-        .args(["argo", "rollouts"])
+fn rollouts(world: &World, args: &[&str]) -> Ran {
+    run(world
+        .kubectl(&["argo", "rollouts"])
         .args(args)
-        .args(["-n", NAMESPACE])
-        .env("PATH", world.path())
-        .env("ARGO_ROLLOUTS_DOUBLE_STATE", &world.state_path)
-        .env(rollout_support::MARKER, &world.marker)
-        .output()
-        .unwrap();
-    Run::from(output)
+        .args(["-n", NAMESPACE]))
 }
 
-fn status(world: &World) -> Run {
+fn set_image(world: &World, tag: &str) -> Ran {
+    rollouts(
+        world,
+        &["set", "image", "api", &format!("api={}", image(tag))],
+    )
+}
+
+/// `set image` of v2, whose pods get ready after `ready_after` (None: never)
+/// and the Rollout Degraded after `degrade_after`.
+fn set_v2(world: &World, ready_after: Option<f64>, degrade_after: Option<f64>) {
+    world.behaviour("v2", ready_after, degrade_after);
+    set_image(world, "v2").ok();
+}
+
+/// v1 active, v2 (ready at once) paused on the preview.
+fn paused_on_v2(world: &World) {
+    set_v2(world, Some(0.0), None);
+    wait_for(world, "Paused - BlueGreenPause");
+}
+
+/// The pods of `tag` are a std server whose /health says it is version `tag`.
+fn healthy_pods(world: &World, tag: &str) -> Pod {
+    let health = format!(r#"{{"status":"ok","version":"{tag}"}}"#);
+    world.serve(tag, Pod::answering(200, health))
+}
+
+fn status(world: &World) -> Ran {
     rollouts(world, &["status", "api", "--watch=false"])
 }
 
@@ -44,29 +65,23 @@ fn wait_for(world: &World, line: &str) {
 
 #[test]
 fn kubectl_dispatches_to_the_plugin_double() {
-    if !require_tool("kubectl") {
+    let Some(world) = World::needing_kubectl(Some("v1")) else {
         return;
-    }
-    let world = World::new(Some("v1"));
+    };
     let run = rollouts(&world, &["version", "--short"]);
     run.ok();
     assert_eq!(run.stdout, "kubectl-argo-rollouts: v1.8.3+test-double\n");
-    world.assert_no_process_left();
 }
 
 #[test]
 fn a_new_image_progresses_then_pauses_for_promotion() {
-    if !require_tool("kubectl") {
+    let Some(world) = World::needing_kubectl(Some("v1")) else {
         return;
-    }
-    let world = World::new(Some("v1"));
+    };
     // Ready after 3s: time enough to see it progress, even on a loaded machine.
     world.behaviour("v2", Some(3.0), None);
     assert_eq!(status(&world).ok().stdout, "Healthy\n");
-    let set = rollouts(
-        &world,
-        &["set", "image", "api", &format!("api={}", image("v2"))],
-    );
+    let set = set_image(&world, "v2");
     assert_eq!(set.ok().stdout, "rollout \"api\" image updated\n");
     assert_eq!(
         status(&world).ok().stdout,
@@ -82,16 +97,10 @@ fn a_new_image_progresses_then_pauses_for_promotion() {
 
 #[test]
 fn promote_before_the_pause_changes_nothing() {
-    if !require_tool("kubectl") {
+    let Some(world) = World::needing_kubectl(Some("v1")) else {
         return;
-    }
-    let world = World::new(Some("v1"));
-    world.behaviour("v2", Some(3.0), None);
-    rollouts(
-        &world,
-        &["set", "image", "api", &format!("api={}", image("v2"))],
-    )
-    .ok();
+    };
+    set_v2(&world, Some(3.0), None);
     let promote = rollouts(&world, &["promote", "api"]);
     assert!(
         status(&world).stdout.starts_with("Progressing"),
@@ -112,16 +121,11 @@ fn promote_before_the_pause_changes_nothing() {
 
 #[test]
 fn the_first_image_of_a_new_rollout_goes_active_without_a_pause() {
-    if !require_tool("kubectl") {
+    let Some(world) = World::needing_kubectl(None) else {
         return;
-    }
-    let world = World::new(None);
+    };
     world.behaviour("v1", Some(0.2), None);
-    rollouts(
-        &world,
-        &["set", "image", "api", &format!("api={}", image("v1"))],
-    )
-    .ok();
+    set_image(&world, "v1").ok();
     let watch = rollouts(&world, &["status", "api", "--timeout", "5s"]);
     watch.ok();
     assert!(!watch.stdout.contains("Paused"), "{watch}");
@@ -130,17 +134,10 @@ fn the_first_image_of_a_new_rollout_goes_active_without_a_pause() {
 
 #[test]
 fn abort_leaves_active_alone_and_reports_degraded_until_undo() {
-    if !require_tool("kubectl") {
+    let Some(world) = World::needing_kubectl(Some("v1")) else {
         return;
-    }
-    let world = World::new(Some("v1"));
-    world.behaviour("v2", Some(0.0), None);
-    rollouts(
-        &world,
-        &["set", "image", "api", &format!("api={}", image("v2"))],
-    )
-    .ok();
-    wait_for(&world, "Paused - BlueGreenPause");
+    };
+    paused_on_v2(&world);
     assert_eq!(
         rollouts(&world, &["abort", "api"]).ok().stdout,
         "rollout 'api' aborted\n"
@@ -170,16 +167,10 @@ fn abort_leaves_active_alone_and_reports_degraded_until_undo() {
 
 #[test]
 fn pods_that_never_become_ready_turn_the_rollout_degraded() {
-    if !require_tool("kubectl") {
+    let Some(world) = World::needing_kubectl(Some("v1")) else {
         return;
-    }
-    let world = World::new(Some("v1"));
-    world.behaviour("v2", None, Some(0.2));
-    rollouts(
-        &world,
-        &["set", "image", "api", &format!("api={}", image("v2"))],
-    )
-    .ok();
+    };
+    set_v2(&world, None, Some(0.2));
     let watch = rollouts(&world, &["status", "api", "--timeout", "5s"]);
     watch.failed();
     assert!(
@@ -201,16 +192,10 @@ fn pods_that_never_become_ready_turn_the_rollout_degraded() {
 
 #[test]
 fn the_watch_ends_at_its_timeout_with_the_plugins_error() {
-    if !require_tool("kubectl") {
+    let Some(world) = World::needing_kubectl(Some("v1")) else {
         return;
-    }
-    let world = World::new(Some("v1"));
-    world.behaviour("v2", None, None);
-    rollouts(
-        &world,
-        &["set", "image", "api", &format!("api={}", image("v2"))],
-    )
-    .ok();
+    };
+    set_v2(&world, None, None);
     let watch = rollouts(&world, &["status", "api", "-t", "300ms"]);
     watch.failed();
     assert_eq!(
@@ -225,10 +210,9 @@ fn the_watch_ends_at_its_timeout_with_the_plugins_error() {
 
 #[test]
 fn errors_are_one_error_line_and_exit_1() {
-    if !require_tool("kubectl") {
+    let Some(world) = World::needing_kubectl(Some("v1")) else {
         return;
-    }
-    let world = World::new(Some("v1"));
+    };
     let cases: &[(&[&str], &str)] = &[
         // viewcontroller.go GetRolloutInfo: the lister's NotFound, Resource("rollout").
         (
@@ -262,10 +246,7 @@ fn errors_are_one_error_line_and_exit_1() {
         ),
     ];
     for (args, stderr) in cases {
-        let run = rollouts(&world, args);
-        assert_eq!(run.code, Some(1), "{args:?}\n{run}");
-        assert_eq!(run.stdout, "", "{args:?}");
-        assert_eq!(run.stderr, *stderr, "{args:?}");
+        rollouts(&world, args).failed_with(stderr);
     }
     let usage = rollouts(&world, &["promote"]);
     assert_eq!(usage.code, Some(1));
@@ -279,34 +260,16 @@ fn errors_are_one_error_line_and_exit_1() {
 
 #[test]
 fn port_forward_reaches_the_pods_the_preview_service_selects() {
-    if !require_tool("kubectl") {
+    let Some(world) = World::needing_kubectl(Some("v1")) else {
         return;
-    }
-    let world = World::new(Some("v1"));
-    let blue = Pod::answering(200, r#"{"status":"ok","version":"v1"}"#);
-    let green = Pod::answering(200, r#"{"status":"ok","version":"v2"}"#);
-    world.pods("v1", &blue.addr);
-    world.pods("v2", &green.addr);
-    rollouts(
-        &world,
-        &["set", "image", "api", &format!("api={REPOSITORY}:v2")],
-    )
-    .ok();
+    };
+    let _blue = healthy_pods(&world, "v1");
+    let _green = healthy_pods(&world, "v2");
+    set_image(&world, "v2").ok();
     for (service, version) in [("api-preview", "v2"), ("api-active", "v1")] {
-        let mut child = rollout_support::Spawned::new(
-            Command::new("kubectl")
-                .args([
-                    "port-forward",
-                    &format!("service/{service}"),
-                    ":80",
-                    "-n",
-                    NAMESPACE,
-                ])
-                .env("PATH", world.path())
-                .env("ARGO_ROLLOUTS_DOUBLE_STATE", &world.state_path)
-                .env(rollout_support::MARKER, &world.marker)
-                .stdout(Stdio::piped()),
-        );
+        let service_arg = format!("service/{service}");
+        let forward = ["port-forward", &service_arg, ":80", "-n", NAMESPACE];
+        let mut child = Spawned::new(world.kubectl(&forward).stdout(Stdio::piped()));
         let (addr, target) = rollout_support::forwarded_address(child.child());
         assert_eq!(
             target, "8080",
@@ -318,49 +281,28 @@ fn port_forward_reaches_the_pods_the_preview_service_selects() {
         assert_eq!(code, 200);
         assert!(body.contains(version), "{service}: {body}");
     }
-    world.assert_no_process_left();
 }
 
 #[test]
 fn port_forward_fails_as_kubectl_does_without_a_service_or_a_pod() {
-    if !require_tool("kubectl") {
+    let Some(world) = World::needing_kubectl(Some("v1")) else {
         return;
-    }
-    let world = World::new(Some("v1"));
-    let run = |args: &[&str]| {
-        Run::from(
-            Command::new("kubectl")
-                .args(args)
-                .env("PATH", world.path())
-                .env("ARGO_ROLLOUTS_DOUBLE_STATE", &world.state_path)
-                .output()
-                .unwrap(),
-        )
     };
-    let missing = run(&["port-forward", "service/api-previw", ":80", "-n", NAMESPACE]);
+    let forward = |service: &str, port: &str| {
+        run(&mut world.kubectl(&["port-forward", service, port, "-n", NAMESPACE]))
+    };
+    let missing = forward("service/api-previw", ":80");
     assert_eq!(missing.code, Some(1));
     assert_eq!(
         missing.stderr,
         "Error from server (NotFound): services \"api-previw\" not found\n"
     );
-    let wrong_port = run(&[
-        "port-forward",
-        "service/api-preview",
-        ":8080",
-        "-n",
-        NAMESPACE,
-    ]);
+    let wrong_port = forward("service/api-preview", ":8080");
     assert_eq!(
         wrong_port.stderr,
         "error: Service api-preview does not have a service port 8080\n"
     );
-    let no_pod = run(&[
-        "port-forward",
-        "service/api-preview",
-        ":80",
-        "-n",
-        NAMESPACE,
-    ]);
+    let no_pod = forward("service/api-preview", ":80");
     assert_eq!(
         no_pod.stderr,
         "error: unable to forward port because pod is not running. Current status=Pending\n"
@@ -369,72 +311,28 @@ fn port_forward_fails_as_kubectl_does_without_a_service_or_a_pod() {
 
 #[test]
 fn other_kubectl_commands_go_to_the_real_kubectl() {
-    if !require_tool("kubectl") {
+    let Some(world) = World::needing_kubectl(Some("v1")) else {
         return;
-    }
-    let world = World::new(Some("v1"));
-    let run = Run::from(
-        Command::new("kubectl")
-            .args(["version", "--client"])
-            .env("PATH", world.path())
-            .output()
-            .unwrap(),
-    );
+    };
+    let run = run(&mut world.kubectl(&["version", "--client"]));
     run.ok();
     assert!(run.stdout.starts_with("Client Version: "), "{run}");
 }
 
 // --- the Rollout object, as `kubectl get -o json` prints it -------------------
 
-/// The kubectl double (first on PATH), as xtask calls it.
-fn kubectl(world: &World, args: &[&str]) -> Command {
-    let mut cmd = Command::new("kubectl");
-    cmd.args(args)
-        .env("PATH", world.path())
-        .env("ARGO_ROLLOUTS_DOUBLE_STATE", &world.state_path)
-        .env(rollout_support::MARKER, &world.marker)
-        .stdin(Stdio::null());
-    cmd
-}
-
 /// The plugin double itself, without kubectl's plugin dispatch in between.
 fn plugin(world: &World, args: &[&str]) -> Command {
-    let mut cmd = Command::new(rollout_support::doubles().join("kubectl-argo-rollouts"));
-    cmd.args(args)
-        .args(["-n", NAMESPACE])
-        .env("PATH", world.path())
-        .env("ARGO_ROLLOUTS_DOUBLE_STATE", &world.state_path)
-        .env(rollout_support::MARKER, &world.marker)
-        .stdin(Stdio::null());
+    let mut cmd = world.command(rollout_support::doubles().join("kubectl-argo-rollouts"));
+    cmd.args(args).args(["-n", NAMESPACE]);
     cmd
 }
 
+/// `kubectl get` of the Rollout, through the kubectl double.
 fn get_rollout(world: &World) -> Value {
-    let run = Run::from(
-        kubectl(
-            world,
-            &[
-                "get",
-                "rollouts.argoproj.io",
-                "api",
-                "-o",
-                "json",
-                "-n",
-                NAMESPACE,
-            ],
-        )
-        .output()
-        .unwrap(),
-    );
+    let run = run(&mut world.kubectl(&GET_ROLLOUT));
     run.ok();
     serde_json::from_str(&run.stdout).unwrap()
-}
-
-fn set_image(world: &World, tag: &str) -> Run {
-    rollouts(
-        world,
-        &["set", "image", "api", &format!("api={}", image(tag))],
-    )
 }
 
 /// Waits (bounded) until `check` holds for the Rollout object.
@@ -455,10 +353,9 @@ fn wait_for_object(world: &World, what: &str, check: impl Fn(&Value) -> bool) ->
 #[test]
 fn kubectl_get_prints_the_rollout_as_the_api_server_returns_it() {
     // pkg/apis/rollouts/v1alpha1/types.go Rollout, RolloutStatus (json tags, omitempty)
-    if !require_tool("kubectl") {
+    let Some(world) = World::needing_kubectl(Some("v1")) else {
         return;
-    }
-    let world = World::new(Some("v1"));
+    };
     let ro = get_rollout(&world);
     assert_eq!(ro["apiVersion"], "argoproj.io/v1alpha1");
     assert_eq!(ro["kind"], "Rollout");
@@ -498,8 +395,7 @@ fn kubectl_get_prints_the_rollout_as_the_api_server_returns_it() {
     assert_eq!(status["replicas"], json!(2));
     assert_eq!(status["availableReplicas"], json!(2));
 
-    world.behaviour("v2", Some(0.0), None);
-    set_image(&world, "v2").ok();
+    set_v2(&world, Some(0.0), None);
     let paused = wait_for_object(&world, "the pause", |ro| ro["status"]["phase"] == "Paused");
     let status = &paused["status"];
     assert_eq!(paused["metadata"]["generation"], json!(2));
@@ -541,18 +437,7 @@ fn kubectl_get_prints_the_rollout_as_the_api_server_returns_it() {
     assert!(world.is_aborted());
     assert_eq!(
         world.kubectl_calls(),
-        vec![
-            [
-                "get",
-                "rollouts.argoproj.io",
-                "api",
-                "-o",
-                "json",
-                "-n",
-                NAMESPACE
-            ];
-            2
-        ],
+        [GET_ROLLOUT; 2],
         "each get the kubectl double served, and not the test's own looks"
     );
 }
@@ -561,8 +446,7 @@ fn kubectl_get_prints_the_rollout_as_the_api_server_returns_it() {
 fn a_rollout_that_never_gets_ready_is_degraded_with_the_progress_deadline_message() {
     // rollout/sync.go calculateRolloutConditions: TimedOutReason, ReplicaSetTimeOutMessage
     let world = World::new(Some("v1"));
-    world.behaviour("v2", None, Some(0.2));
-    set_image(&world, "v2").ok();
+    set_v2(&world, None, Some(0.2));
     let ro = wait_for_object(&world, "Degraded", |ro| ro["status"]["phase"] == "Degraded");
     let hash = ro["status"]["currentPodHash"].as_str().unwrap();
     assert_eq!(
@@ -575,66 +459,38 @@ fn a_rollout_that_never_gets_ready_is_degraded_with_the_progress_deadline_messag
 #[test]
 fn kubectl_get_of_a_missing_rollout_is_the_api_servers_not_found() {
     // staging/src/k8s.io/kubectl/pkg/cmd/util/helpers.go checkErr: "Error from server (NotFound): ..."
-    if !require_tool("kubectl") {
+    let Some(world) = World::needing_kubectl(Some("v1")) else {
         return;
-    }
-    let world = World::new(Some("v1"));
-    let run = Run::from(
-        kubectl(
-            &world,
-            &[
-                "get",
-                "rollouts.argoproj.io",
-                "api",
-                "-o",
-                "json",
-                "-n",
-                "elsewhere",
-            ],
-        )
-        .output()
-        .unwrap(),
-    );
-    assert_eq!(run.code, Some(1), "{run}");
-    assert_eq!(run.stdout, "");
-    assert_eq!(
-        run.stderr,
-        "Error from server (NotFound): rollouts.argoproj.io \"api\" not found\n"
-    );
+    };
+    let mut elsewhere = GET_ROLLOUT;
+    elsewhere[6] = "elsewhere";
+    run(&mut world.kubectl(&elsewhere))
+        .failed_with("Error from server (NotFound): rollouts.argoproj.io \"api\" not found\n");
 }
 
 #[test]
 fn kubectl_get_replicasets_by_hash_lists_the_templates_with_it() {
     // rollout/sync.go syncReplicaSetRevision: one ReplicaSet per template, labelled rollouts-pod-template-hash
-    if !require_tool("kubectl") {
+    let Some(world) = World::needing_kubectl(Some("v1")) else {
         return;
-    }
-    let world = World::new(Some("v1"));
-    world.behaviour("v2", Some(0.0), None);
-    set_image(&world, "v2").ok();
+    };
+    set_v2(&world, Some(0.0), None);
     let ro = world.rollout_object();
     let list = |hash: &str| -> Value {
         // Flags before and after the subcommand, in pflag's forms.
         let selector = format!("rollouts-pod-template-hash={hash}");
-        let run = Run::from(
-            kubectl(
-                &world,
-                &[
-                    "-n",
-                    NAMESPACE,
-                    "get",
-                    "replicasets.apps",
-                    "-o=json",
-                    "-l",
-                    &selector,
-                    "--context",
-                    "prod",
-                    "--request-timeout=5s",
-                ],
-            )
-            .output()
-            .unwrap(),
-        );
+        let run = run(&mut world.kubectl(&[
+            "-n",
+            NAMESPACE,
+            "get",
+            "replicasets.apps",
+            "-o=json",
+            "-l",
+            &selector,
+            "--context",
+            "prod",
+            "--request-timeout=5s",
+        ]));
         run.ok();
         serde_json::from_str(&run.stdout).unwrap()
     };
@@ -662,17 +518,20 @@ fn kubectl_get_replicasets_by_hash_lists_the_templates_with_it() {
 
 // --- the controller's lag -------------------------------------------------------
 
+/// v2 set (ready at once) with a controller lag longer than any test: the
+/// controller observes the new template when the test says so.
+fn set_v2_unobserved(world: &World) {
+    world.observe_after(600.0);
+    set_v2(world, Some(0.0), None);
+}
+
 #[test]
 fn the_controller_observes_a_template_change_late() {
     // utils/rollout/rolloututil.go GetRolloutPhase, isGenerationObserved
-    if !require_tool("kubectl") {
+    let Some(world) = World::needing_kubectl(Some("v1")) else {
         return;
-    }
-    let world = World::new(Some("v1"));
-    world.behaviour("v2", Some(0.0), None);
-    // A lag longer than any test: the controller catches up when the test says so.
-    world.observe_after(600.0);
-    set_image(&world, "v2").ok();
+    };
+    set_v2_unobserved(&world);
     let ro = get_rollout(&world);
     let status = rollouts(&world, &["status", "api", "--watch=false"]);
     assert_eq!(
@@ -703,13 +562,10 @@ fn the_controller_observes_a_template_change_late() {
 #[test]
 fn an_abort_sent_before_the_controller_observes_the_template_is_erased() {
     // rollout/sync.go resetRolloutStatus -> pauseContext.RemoveAbort on a pod spec change
-    if !require_tool("kubectl") {
+    let Some(world) = World::needing_kubectl(Some("v1")) else {
         return;
-    }
-    let world = World::new(Some("v1"));
-    world.behaviour("v2", Some(0.0), None);
-    world.observe_after(600.0);
-    set_image(&world, "v2").ok();
+    };
+    set_v2_unobserved(&world);
     assert_eq!(
         rollouts(&world, &["abort", "api"]).ok().stdout,
         "rollout 'api' aborted\n"
@@ -747,10 +603,9 @@ fn an_abort_sent_before_the_controller_observes_the_template_is_erased() {
 #[test]
 fn an_abort_of_a_fully_promoted_rollout_is_removed_from_v1_7() {
     // rollout/controller.go newRolloutContext: "Removing abort condition from fully promoted rollout"
-    if !require_tool("kubectl") {
+    let Some(world) = World::needing_kubectl(Some("v1")) else {
         return;
-    }
-    let world = World::new(Some("v1"));
+    };
     rollouts(&world, &["abort", "api"]).ok();
     assert_eq!(status(&world).ok().stdout, "Healthy\n");
     assert!(!world.is_aborted());
@@ -771,13 +626,12 @@ fn an_abort_of_a_fully_promoted_rollout_is_removed_from_v1_7() {
 // --- faults ---------------------------------------------------------------------
 
 /// Runs `cmd` to its end, or kills it after `bound` (a generous bound that only proves it ended).
-fn run_within(mut cmd: Command, bound: Duration) -> Option<Run> {
-    let child = Spawned::new(cmd.stdout(Stdio::piped()).stderr(Stdio::piped()));
+fn run_within(mut cmd: Command, bound: Duration) -> Option<Ran> {
+    let mut child = Spawned::new(cmd.stdout(Stdio::piped()).stderr(Stdio::piped()));
     let deadline = Instant::now() + bound;
-    let mut child = child;
     while Instant::now() < deadline {
         if child.child().try_wait().unwrap().is_some() {
-            return Some(Run::from(child.wait_with_output()));
+            return Some(child.finish());
         }
         std::thread::sleep(Duration::from_millis(20));
     }
@@ -785,7 +639,7 @@ fn run_within(mut cmd: Command, bound: Duration) -> Option<Run> {
 }
 
 /// Starts `cmd`, checks it is still running after `after`, then sends SIGTERM and collects it.
-fn still_running_after(mut cmd: Command, after: Duration) -> Run {
+fn still_running_after(mut cmd: Command, after: Duration) -> Ran {
     let mut child = Spawned::new(cmd.stdout(Stdio::piped()).stderr(Stdio::piped()));
     std::thread::sleep(after);
     assert!(
@@ -797,7 +651,7 @@ fn still_running_after(mut cmd: Command, after: Duration) -> Run {
         .status()
         .unwrap();
     assert!(status.success());
-    Run::from(child.wait_with_output())
+    child.finish()
 }
 
 #[test]
@@ -818,17 +672,12 @@ fn with_the_api_server_hanging_status_hangs_even_with_a_request_timeout() {
     ] {
         let run = still_running_after(plugin(&world, args), Duration::from_secs(3));
         // cmd/signals SetupSignalHandler cancels the context: the unsynced lister finds nothing.
-        assert_eq!(run.code, Some(1), "{args:?}\n{run}");
-        assert_eq!(run.stdout, "");
-        assert_eq!(run.stderr, "Error: rollout.argoproj.io \"api\" not found\n");
+        run.failed_with("Error: rollout.argoproj.io \"api\" not found\n");
     }
     assert_eq!(world.calls().len(), 2, "each call was made");
     if require_tool("kubectl") {
         // Through kubectl's plugin dispatch (an exec: the signal reaches the plugin).
-        let mut through = kubectl(
-            &world,
-            &["argo", "rollouts", "status", "api", "-n", NAMESPACE],
-        );
+        let mut through = world.kubectl(&["argo", "rollouts", "status", "api", "-n", NAMESPACE]);
         through.args(["--watch=false", "--request-timeout=1s"]);
         let run = still_running_after(through, Duration::from_secs(3));
         assert_eq!(run.code, Some(1), "{run}");
@@ -841,10 +690,9 @@ fn with_the_api_server_hanging_status_hangs_even_with_a_request_timeout() {
 #[test]
 fn with_the_api_server_hanging_the_other_commands_end_at_their_request_timeout() {
     // k8s.io/client-go rest.Request: http.Client.Timeout from --request-timeout, a *url.Error
-    if !require_tool("kubectl") {
+    let Some(world) = World::needing_kubectl(Some("v1")) else {
         return;
-    }
-    let world = World::new(Some("v1"));
+    };
     world.api_hangs();
     let base = "https://127.0.0.1:6443/apis/argoproj.io/v1alpha1/namespaces/shop/rollouts/api";
     let timeout = "net/http: request canceled (Client.Timeout exceeded while awaiting headers)";
@@ -863,52 +711,28 @@ fn with_the_api_server_hanging_the_other_commands_end_at_their_request_timeout()
         ),
     ];
     for (args, stderr) in &cases {
-        let run = run_within(plugin(&world, args), Duration::from_secs(30))
-            .unwrap_or_else(|| panic!("{args:?} did not end at its request timeout"));
-        assert_eq!(run.code, Some(1), "{args:?}\n{run}");
-        assert_eq!(run.stdout, "", "{args:?}");
-        assert_eq!(&run.stderr, stderr, "{args:?}");
+        run_within(plugin(&world, args), Duration::from_secs(30))
+            .unwrap_or_else(|| panic!("{args:?} did not end at its request timeout"))
+            .failed_with(stderr);
     }
     // Verified against the real kubectl and a loopback server that answers discovery and never the GET.
     let unable = "Unable to connect to the server: net/http: request canceled (Client.Timeout exceeded while awaiting headers)\n";
-    let get = run_within(
-        kubectl(
-            &world,
-            &[
-                "get",
-                "rollouts.argoproj.io",
-                "api",
-                "-o",
-                "json",
-                "-n",
-                NAMESPACE,
-                "--request-timeout=1s",
-            ],
-        ),
-        Duration::from_secs(30),
-    )
-    .expect("kubectl get ends at its request timeout");
-    assert_eq!(get.code, Some(1), "{get}");
-    assert_eq!(get.stdout, "");
-    assert_eq!(get.stderr, unable);
-    let list = run_within(
-        kubectl(
-            &world,
-            &[
-                "get",
-                "replicasets.apps",
-                "-l",
-                "rollouts-pod-template-hash=x",
-                "-o",
-                "json",
-                "-n",
-                NAMESPACE,
-                "--request-timeout=1s",
-            ],
-        ),
-        Duration::from_secs(30),
-    )
-    .expect("kubectl get ends at its request timeout");
+    let get_within_its_timeout = |args: &[&str]| {
+        let mut get = world.kubectl(args);
+        get.arg("--request-timeout=1s");
+        run_within(get, Duration::from_secs(30)).expect("kubectl get ends at its request timeout")
+    };
+    get_within_its_timeout(&GET_ROLLOUT).failed_with(unable);
+    let list = get_within_its_timeout(&[
+        "get",
+        "replicasets.apps",
+        "-l",
+        "rollouts-pod-template-hash=x",
+        "-o",
+        "json",
+        "-n",
+        NAMESPACE,
+    ]);
     assert_eq!(list.code, Some(1), "{list}");
     let empty: Value = serde_json::from_str(&list.stdout).unwrap();
     assert_eq!(
@@ -932,10 +756,9 @@ fn with_the_api_server_hanging_the_other_commands_end_at_their_request_timeout()
 #[test]
 fn without_discovery_cached_kubectl_takes_several_request_timeouts() {
     // k8s.io/client-go/discovery/cached/memory/memcache.go: each retried discovery ends at --request-timeout
-    if !require_tool("kubectl") {
+    let Some(world) = World::needing_kubectl(Some("v1")) else {
         return;
-    }
-    let world = World::new(Some("v1"));
+    };
     world.api_hangs_before_discovery();
     // Attempts measured with the real kubectl v1.32.5 against a loopback listener that never answers.
     for (args, attempts) in [
@@ -953,7 +776,7 @@ fn without_discovery_cached_kubectl_takes_several_request_timeouts() {
         ),
         (&["port-forward", "service/api-preview", ":80"], 4),
     ] {
-        let mut cmd = kubectl(&world, args);
+        let mut cmd = world.kubectl(args);
         cmd.args(["-n", NAMESPACE, "--request-timeout=100ms"]);
         let run = run_within(cmd, Duration::from_secs(30))
             .unwrap_or_else(|| panic!("{args:?} did not end"));
@@ -975,20 +798,16 @@ fn without_discovery_cached_kubectl_takes_several_request_timeouts() {
             "Unable to connect to the server: context deadline exceeded"
         );
     }
-    world.assert_no_process_left();
 }
 
 #[test]
 fn the_watching_status_can_panic_after_it_printed_healthy() {
     // pkg/kubectl-argo-rollouts/cmd/status/status.go NewCmdStatus: defer close(rolloutUpdates) while a callback sends
-    if !require_tool("kubectl") {
+    let Some(world) = World::needing_kubectl(Some("v1")) else {
         return;
-    }
-    let world = World::new(Some("v1"));
-    world.behaviour("v2", Some(0.0), None);
+    };
     world.watch_panics();
-    set_image(&world, "v2").ok();
-    wait_for(&world, "Paused - BlueGreenPause");
+    paused_on_v2(&world);
     rollouts(&world, &["promote", "api"]).ok();
     let watch = rollouts(&world, &["status", "api", "--timeout", "10s"]);
     assert_eq!(watch.code, Some(2), "{watch}");
@@ -1009,27 +828,26 @@ fn the_watching_status_can_panic_after_it_printed_healthy() {
     assert_eq!(status(&world).ok().stdout, "Healthy\n");
 }
 
+/// `kubectl port-forward service/api-preview :80 -n shop`, then `extra`.
 fn port_forward(world: &World, extra: &[&str]) -> Command {
-    let mut args = vec![
+    let mut cmd = world.kubectl(&[
         "port-forward",
         "service/api-preview",
         ":80",
         "-n",
         NAMESPACE,
-    ];
-    args.extend_from_slice(extra);
-    kubectl(world, &args)
+    ]);
+    cmd.args(extra);
+    cmd
 }
 
 #[test]
 fn port_forward_waits_for_a_pod_until_its_pod_running_timeout() {
     // staging/src/k8s.io/kubectl/pkg/polymorphichelpers/helpers.go GetPodList: watch until a pod is added
-    if !require_tool("kubectl") {
+    let Some(world) = World::needing_kubectl(Some("v1")) else {
         return;
-    }
-    let world = World::new(Some("v1"));
-    let green = Pod::answering(200, r#"{"status":"ok","version":"v2"}"#);
-    world.pods("v2", &green.addr);
+    };
+    let _green = healthy_pods(&world, "v2");
     world.pods_missing("v2");
     set_image(&world, "v2").ok();
     let run = run_within(
@@ -1037,9 +855,7 @@ fn port_forward_waits_for_a_pod_until_its_pod_running_timeout() {
         Duration::from_secs(30),
     )
     .expect("port-forward ends at its --pod-running-timeout");
-    assert_eq!(run.code, Some(1), "{run}");
-    assert_eq!(run.stdout, "");
-    assert_eq!(run.stderr, "error: timed out waiting for the condition\n");
+    run.failed_with("error: timed out waiting for the condition\n");
 
     // A pod that appears meanwhile is taken.
     let mut child = Spawned::new(
@@ -1054,11 +870,7 @@ fn port_forward_waits_for_a_pod_until_its_pod_running_timeout() {
     assert!(body.contains("v2"), "{body}");
     drop(child);
 
-    let zero = Run::from(
-        port_forward(&world, &["--pod-running-timeout=0s"])
-            .output()
-            .unwrap(),
-    );
+    let zero = support::run(&mut port_forward(&world, &["--pod-running-timeout=0s"]));
     assert_eq!(zero.code, Some(1));
     assert!(
         zero.stderr
@@ -1070,18 +882,15 @@ fn port_forward_waits_for_a_pod_until_its_pod_running_timeout() {
         2,
         "a bad flag is refused before any call"
     );
-    world.assert_no_process_left();
 }
 
 #[test]
 fn port_forward_to_a_pending_pod_fails_at_once() {
     // staging/src/k8s.io/kubectl/pkg/cmd/portforward/portforward.go RunPortForwardContext: pod.Status.Phase != Running
-    if !require_tool("kubectl") {
+    let Some(world) = World::needing_kubectl(Some("v1")) else {
         return;
-    }
-    let world = World::new(Some("v1"));
-    let green = Pod::answering(200, r#"{"status":"ok","version":"v2"}"#);
-    world.pods("v2", &green.addr);
+    };
+    let _green = healthy_pods(&world, "v2");
     world.pods_pending("v2");
     set_image(&world, "v2").ok();
     let run = run_within(port_forward(&world, &[]), Duration::from_secs(30))
@@ -1091,16 +900,14 @@ fn port_forward_to_a_pending_pod_fails_at_once() {
         run.stderr,
         "error: unable to forward port because pod is not running. Current status=Pending\n"
     );
-    world.assert_no_process_left();
 }
 
 #[test]
 fn a_change_can_land_and_the_command_still_fail() {
     // k8s.io/client-go rest.Request: the write reached the API server, the answer was lost
-    if !require_tool("kubectl") {
+    let Some(world) = World::needing_kubectl(Some("v1")) else {
         return;
-    }
-    let world = World::new(Some("v1"));
+    };
     world.behaviour("v2", Some(0.0), None);
     for subcommand in ["set image", "promote", "abort"] {
         world.change_then_fail(subcommand);
@@ -1108,10 +915,7 @@ fn a_change_can_land_and_the_command_still_fail() {
     let base = "https://127.0.0.1:6443/apis/argoproj.io/v1alpha1/namespaces/shop/rollouts/api";
     let lost = "http2: client connection lost";
 
-    let set = set_image(&world, "v2");
-    assert_eq!(set.code, Some(1), "{set}");
-    assert_eq!(set.stdout, "");
-    assert_eq!(set.stderr, format!("Error: Put \"{base}\": {lost}\n"));
+    set_image(&world, "v2").failed_with(&format!("Error: Put \"{base}\": {lost}\n"));
     assert_eq!(
         world.preview_image(),
         Some(image("v2")),

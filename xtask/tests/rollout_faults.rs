@@ -7,23 +7,16 @@
 mod rollout_support;
 mod support;
 
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-use rollout_support::{
-    NAMESPACE, Pod, REPOSITORY, Run, Spawned, World, image, release_args, require_tool,
-};
+use rollout_support::{NAMESPACE, Pod, Ran, Spawned, World, deploy_args, image, release_args};
+use support::run;
 
 /// v1 active and served by a real api v1; the preview v2 is a real api v2, ready after 0.3s.
 fn blue_green_world() -> Option<(World, Pod, Pod)> {
-    if !require_tool("kubectl") {
-        return None;
-    }
-    let world = World::new(Some("v1"));
-    let blue = Pod::api(&world, "v1");
-    world.pods("v1", &blue.addr);
-    let green = Pod::api(&world, "v2");
-    world.pods("v2", &green.addr);
+    let (world, blue) = World::blue()?;
+    let green = world.api_pods("v2", "v2");
     world.behaviour("v2", Some(0.3), None);
     Some((world, blue, green))
 }
@@ -31,7 +24,7 @@ fn blue_green_world() -> Option<(World, Pod, Pod)> {
 #[test]
 fn release_ends_promoted_when_the_plugins_watch_would_panic_after_healthy() {
     // pkg/kubectl-argo-rollouts/cmd/status/status.go NewCmdStatus: `defer close(rolloutUpdates)` (argo-rollouts#4372).
-    let Some((world, blue, green)) = blue_green_world() else {
+    let Some((world, _blue, _green)) = blue_green_world() else {
         return;
     };
     world.watch_panics();
@@ -48,18 +41,14 @@ fn release_ends_promoted_when_the_plugins_watch_would_panic_after_healthy() {
         "the plugin's status was called: {:?}",
         world.calls()
     );
-
-    drop((green, blue));
-    world.assert_no_process_left();
 }
 
 #[test]
 fn every_task_ends_within_its_bound_when_the_api_server_never_answers() {
     // pkg/kubectl-argo-rollouts/viewcontroller/viewcontroller.go Start: cache.WaitForCacheSync with no deadline.
-    if !require_tool("kubectl") {
+    let Some(world) = World::needing_kubectl(Some("v1")) else {
         return;
-    }
-    let world = World::new(Some("v1"));
+    };
     world.api_hangs();
     let short = ["-n", NAMESPACE, "--request-timeout", "1s"];
     let tasks: &[&[&str]] = &[
@@ -99,14 +88,10 @@ fn every_task_ends_within_its_bound_when_the_api_server_never_answers() {
 /// `sanity` of a ready preview v2 whose pods are made `missing` or `pending`
 /// (by `hide`), for 2s: it fails, and its error quotes kubectl's own reason.
 fn sanity_quotes_kubectl(hide: impl FnOnce(&World), reason: &str) {
-    let Some((world, blue, green)) = blue_green_world() else {
+    let Some((world, _blue, _green)) = blue_green_world() else {
         return;
     };
-    world
-        .run(&[
-            "deploy", "-n", NAMESPACE, "--image", REPOSITORY, "--tag", "v2", "--wait",
-        ])
-        .ok();
+    world.run(&deploy_args(&["--wait"])).ok();
     hide(&world);
     let run = world.run(&[
         "sanity",
@@ -123,9 +108,6 @@ fn sanity_quotes_kubectl(hide: impl FnOnce(&World), reason: &str) {
         "{run}"
     );
     assert!(run.stderr.contains("--pod-running-timeout="), "{run}");
-
-    drop((green, blue));
-    world.assert_no_process_left();
 }
 
 #[test]
@@ -149,15 +131,11 @@ fn sanity_shows_kubectls_reason_when_the_pod_is_pending() {
 #[test]
 fn an_abort_the_controller_erases_is_sent_again() {
     // rollout/sync.go resetRolloutStatus: RemoveAbort when the controller sees a new pod template.
-    let Some((world, blue, green)) = blue_green_world() else {
+    let Some((world, _blue, _green)) = blue_green_world() else {
         return;
     };
     world.observe_after(1.0);
-    world
-        .run(&[
-            "deploy", "-n", NAMESPACE, "--image", REPOSITORY, "--tag", "v2",
-        ])
-        .ok();
+    world.run(&deploy_args(&[])).ok();
     // Sent before the controller saw the new template: it will erase this abort.
     let run = world.run(&["abort", "-n", NAMESPACE]);
     run.ok();
@@ -178,15 +156,12 @@ fn an_abort_the_controller_erases_is_sent_again() {
     assert!(aborts >= 2, "{:?}", world.changes());
     assert!(world.is_aborted());
     assert_eq!(world.active_image(), Some(image("v1")));
-
-    drop((green, blue));
-    world.assert_no_process_left();
 }
 
 #[test]
 fn a_promote_that_fails_after_its_write_landed_is_not_aborted() {
     // A network error after the status patch: the plugin exits 1, the promotion stands.
-    let Some((world, blue, green)) = blue_green_world() else {
+    let Some((world, _blue, _green)) = blue_green_world() else {
         return;
     };
     world.change_then_fail("promote");
@@ -207,15 +182,12 @@ fn a_promote_that_fails_after_its_write_landed_is_not_aborted() {
         "{:?}",
         world.changes()
     );
-
-    drop((green, blue));
-    world.assert_no_process_left();
 }
 
 #[test]
 fn a_set_image_that_fails_after_its_write_landed_goes_on() {
     // The same after the plugin's Update (set/set_image.go SetImage): the template is the new one.
-    let Some((world, blue, green)) = blue_green_world() else {
+    let Some((world, _blue, _green)) = blue_green_world() else {
         return;
     };
     world.change_then_fail("set image");
@@ -230,9 +202,6 @@ fn a_set_image_that_fails_after_its_write_landed_goes_on() {
         "{run}"
     );
     assert_eq!(world.active_image(), Some(image("v2")));
-
-    drop((green, blue));
-    world.assert_no_process_left();
 }
 
 #[test]
@@ -257,11 +226,10 @@ fn release_refuses_a_duration_go_cannot_hold_before_any_change() {
 #[test]
 fn a_second_ctrl_c_during_a_hanging_sanity_does_not_skip_the_abort() {
     // A person presses Ctrl-C twice; before, the second one exited 130 with the preview left up.
-    let Some((world, blue, green)) = blue_green_world() else {
+    let Some((world, _blue, _green)) = blue_green_world() else {
         return;
     };
-    let silent = Pod::silent();
-    world.pods("v2", &silent.addr);
+    let _silent = world.serve("v2", Pod::silent());
     let child = Spawned::new(
         world
             .xtask(&release_args(&["--sanity-timeout", "60s"]))
@@ -270,13 +238,10 @@ fn a_second_ctrl_c_during_a_hanging_sanity_does_not_skip_the_abort() {
     );
     world.wait_for_port_forward();
     for _ in 0..2 {
-        Command::new("kill")
-            .args(["-INT", &child.id().to_string()])
-            .status()
-            .unwrap();
+        child.signal("INT");
         std::thread::sleep(Duration::from_millis(100));
     }
-    let run = Run::from(child.wait_with_output());
+    let run = child.finish();
     run.failed();
     assert_ne!(
         run.code,
@@ -290,24 +255,17 @@ fn a_second_ctrl_c_during_a_hanging_sanity_does_not_skip_the_abort() {
     );
     assert!(world.is_aborted());
     assert_eq!(world.active_image(), Some(image("v1")));
-
-    drop((silent, green, blue));
-    world.assert_no_process_left();
 }
 
 #[test]
 fn a_panic_after_the_image_was_set_still_aborts() {
     // Whatever ends release after `set image` ends it aborted: a panic too.
-    let Some((world, blue, green)) = blue_green_world() else {
+    let Some((world, _blue, _green)) = blue_green_world() else {
         return;
     };
-    let run = Run::from(
-        world
-            .xtask(&release_args(&[]))
-            .env("XTASK_TEST_PANIC_AFTER_SET_IMAGE", "1")
-            .output()
-            .unwrap(),
-    );
+    let run = run(world
+        .xtask(&release_args(&[]))
+        .env("XTASK_TEST_PANIC_AFTER_SET_IMAGE", "1"));
     run.failed();
     assert!(
         run.error()
@@ -320,9 +278,6 @@ fn a_panic_after_the_image_was_set_still_aborts() {
     );
     assert!(world.is_aborted());
     assert_eq!(world.active_image(), Some(image("v1")));
-
-    drop((green, blue));
-    world.assert_no_process_left();
 }
 
 /// A kubeconfig whose one cluster is at `server`, for the real kubectl.
@@ -341,21 +296,20 @@ fn kubeconfig(world: &World, server: &str) -> std::path::PathBuf {
 }
 
 /// The built xtask with the machine's own tools (the real kubectl), no doubles.
-fn real_kubectl_xtask(world: &World, kubeconfig: &std::path::Path, args: &[&str]) -> Run {
-    let mut cmd = world.xtask(args);
-    cmd.env("PATH", std::env::var_os("PATH").unwrap_or_default())
+fn real_kubectl_xtask(world: &World, kubeconfig: &std::path::Path, args: &[&str]) -> Ran {
+    run(world
+        .xtask(args)
+        .env("PATH", std::env::var_os("PATH").unwrap_or_default())
         .env("KUBECONFIG", kubeconfig)
-        .env("HOME", &world.dir);
-    Run::from(cmd.output().unwrap())
+        .env("HOME", &world.dir))
 }
 
 #[test]
 fn status_with_the_real_kubectl_and_no_api_server_says_what_to_check() {
     // The real kubectl: nothing listens at the kubeconfig's server.
-    if !require_tool("kubectl") {
+    let Some(world) = World::needing_kubectl(Some("v1")) else {
         return;
-    }
-    let world = World::new(Some("v1"));
+    };
     let config = kubeconfig(&world, "https://127.0.0.1:1");
     let run = real_kubectl_xtask(&world, &config, &["status", "-n", NAMESPACE]);
     run.failed();
@@ -368,17 +322,15 @@ fn status_with_the_real_kubectl_and_no_api_server_says_what_to_check() {
             .contains("The API server did not answer: check the kube context"),
         "{run}"
     );
-    world.assert_no_process_left();
 }
 
 #[test]
 fn status_with_the_real_kubectl_and_a_silent_api_server_ends_within_its_bound() {
     // The real kubectl against a server that accepts and never answers: it retries
     // discovery, each try ended by --request-timeout, for longer than one timeout.
-    if !require_tool("kubectl") {
+    let Some(world) = World::needing_kubectl(Some("v1")) else {
         return;
-    }
-    let world = World::new(Some("v1"));
+    };
     let silent = Pod::silent();
     let config = kubeconfig(&world, &format!("https://{}", silent.addr));
     let start = Instant::now();
@@ -401,6 +353,4 @@ fn status_with_the_real_kubectl_and_a_silent_api_server_ends_within_its_bound() 
     );
     // A generous bound: it only proves the task ended by itself.
     assert!(took < Duration::from_secs(60), "took {took:?}");
-    drop(silent);
-    world.assert_no_process_left();
 }

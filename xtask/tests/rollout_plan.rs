@@ -6,7 +6,10 @@
 mod rollout_support;
 mod support;
 
-use rollout_support::{NAMESPACE, REPOSITORY, World, doubles, image};
+use rollout_support::{
+    GET_ROLLOUT, NAMESPACE, REPOSITORY, World, deploy_args, doubles, image, image_v2_args,
+};
+use support::run;
 
 fn plugin() -> String {
     doubles()
@@ -27,47 +30,19 @@ fn get_rollout() -> String {
     )
 }
 
-/// A rollout whose preview (v2) is ready and paused; v1 is active.
-fn paused_world() -> World {
-    let world = World::new(Some("v1"));
-    world
-        .run(&[
-            "deploy", "-n", NAMESPACE, "--image", REPOSITORY, "--tag", "v2",
-        ])
-        .ok();
-    let mut state = world.state();
-    // Long ago, so the double's controller has reached the pause.
-    state["rollouts"]["shop/api"]["updated_at"] = 0.0.into();
-    world.write_state(&state);
-    world
-        .run(&["status", "-n", NAMESPACE])
-        .ok()
-        .stdout
-        .contains("Paused - BlueGreenPause")
-        .then_some(())
-        .expect("the preview is paused");
-    world
+/// `--dry-run ARGS` in `world`, which must succeed: the plan, line by line.
+fn plan(world: &World, args: &[&str]) -> Vec<String> {
+    let run = world.run(&[&["--dry-run"][..], args].concat());
+    run.ok();
+    run.stdout_lines().into_iter().map(str::to_owned).collect()
 }
 
 #[test]
 fn deploy_plan_is_set_image_with_kube_flags_after_the_subcommand() {
     let world = World::new(Some("v1"));
-    let run = world.run(&[
-        "--dry-run",
-        "deploy",
-        "-n",
-        NAMESPACE,
-        "--context",
-        "prod-eu",
-        "--image",
-        REPOSITORY,
-        "--tag",
-        "v2",
-    ]);
-    run.ok();
     let p = plugin();
     assert_eq!(
-        run.stdout_lines(),
+        plan(&world, &deploy_args(&["--context", "prod-eu"])),
         [
             format!(
                 "{p} set image api api={REPOSITORY}:v2 -n shop --context prod-eu --request-timeout=10s"
@@ -85,21 +60,14 @@ fn deploy_plan_is_set_image_with_kube_flags_after_the_subcommand() {
 #[test]
 fn deploy_wait_plan_adds_the_status_polls() {
     let world = World::new(Some("v1"));
-    let run = world.run(&[
-        "deploy",
+    let run = world.run(&deploy_args(&[
         "--dry-run",
         "--wait",
         "--timeout",
         "5m",
         "--poll-interval",
         "1s",
-        "-n",
-        NAMESPACE,
-        "--image",
-        REPOSITORY,
-        "--tag",
-        "v2",
-    ]);
+    ]));
     run.ok();
     let p = plugin();
     assert_eq!(
@@ -120,14 +88,11 @@ fn deploy_wait_plan_adds_the_status_polls() {
 fn deploy_takes_image_and_tag_from_gitlab_ci_variables() {
     let world = World::new(Some("v1"));
     let sha = "0123456789abcdef0123456789abcdef01234567";
-    let run = world
+    let run = run(world
         .xtask(&["--dry-run", "deploy"])
         .env("CI_REGISTRY_IMAGE", "registry.gitlab.com/group/api")
         .env("CI_COMMIT_SHA", sha)
-        .env("KUBE_NAMESPACE", NAMESPACE)
-        .output()
-        .unwrap();
-    let run = rollout_support::Run::from(run);
+        .env("KUBE_NAMESPACE", NAMESPACE));
     run.ok();
     assert_eq!(
         run.stdout_lines()[0],
@@ -151,15 +116,12 @@ fn api_namespace_wins_over_gitlabs_kube_namespace() {
     canary["history"] = serde_json::json!([{"revision": 1, "containers": canary["containers"]}]);
     state["rollouts"]["shop/api-canary"] = canary;
     world.write_state(&state);
-    let run = world
+    let run = run(world
         .xtask(&["--dry-run", "deploy", "--tag", "v2"])
         .env("API_NAMESPACE", "shop")
         .env("KUBE_NAMESPACE", "review-42")
         .env("API_ROLLOUT", "api-canary")
-        .env("API_CONTAINER", "web")
-        .output()
-        .unwrap();
-    let run = rollout_support::Run::from(run);
+        .env("API_CONTAINER", "web"));
     run.ok();
     assert_eq!(
         run.stdout_lines()[0],
@@ -183,38 +145,29 @@ fn status_is_read_only_so_it_runs_under_dry_run() {
     assert!(world.calls().is_empty(), "{:?}", world.calls());
     assert_eq!(
         world.kubectl_calls(),
-        [[
-            "get",
-            "rollouts.argoproj.io",
-            "api",
-            "-o",
-            "json",
-            "-n",
-            "shop",
-            "--request-timeout=10s"
-        ]]
+        [[&GET_ROLLOUT[..], &["--request-timeout=10s"]].concat()]
     );
 }
 
 #[test]
 fn promote_plan_is_promote_then_the_watch_until_healthy() {
-    let world = paused_world();
+    let world = World::paused_on_v2();
     let before = world.changes();
     let expect = image("v2");
-    let run = world.run(&[
-        "--dry-run",
-        "promote",
-        "-n",
-        NAMESPACE,
-        "--timeout",
-        "2m",
-        "--expect-image",
-        &expect,
-    ]);
-    run.ok();
     let p = plugin();
     assert_eq!(
-        run.stdout_lines(),
+        plan(
+            &world,
+            &[
+                "promote",
+                "-n",
+                NAMESPACE,
+                "--timeout",
+                "2m",
+                "--expect-image",
+                &expect
+            ]
+        ),
         [
             format!("{p} promote api -n shop --request-timeout=10s"),
             format!(
@@ -228,12 +181,10 @@ fn promote_plan_is_promote_then_the_watch_until_healthy() {
 
 #[test]
 fn abort_plan_is_the_abort() {
-    let world = paused_world();
+    let world = World::paused_on_v2();
     let before = world.changes();
-    let run = world.run(&["--dry-run", "abort", "-n", NAMESPACE]);
-    run.ok();
     assert_eq!(
-        run.stdout_lines(),
+        plan(&world, &["abort", "-n", NAMESPACE]),
         [
             format!("{} abort api -n shop --request-timeout=10s", plugin()),
             format!(
@@ -249,17 +200,8 @@ fn abort_plan_is_the_abort() {
 #[test]
 fn sanity_plan_is_the_port_forward_and_the_checks() {
     let world = World::new(Some("v1"));
-    let run = world.run(&[
-        "--dry-run",
-        "sanity",
-        "-n",
-        NAMESPACE,
-        "--expect-version",
-        "v2",
-    ]);
-    run.ok();
     assert_eq!(
-        run.stdout_lines(),
+        plan(&world, &["sanity", "-n", NAMESPACE, "--expect-version", "v2"]),
         [
             format!(
                 "# {} port-forward service/api-preview :80 --address 127.0.0.1 --pod-running-timeout=30s -n shop   \
@@ -276,26 +218,20 @@ fn sanity_plan_is_the_port_forward_and_the_checks() {
 #[test]
 fn release_plan_is_every_step_and_the_abort_on_failure() {
     let world = World::new(Some("v1"));
-    let run = world.run(&[
-        "--dry-run",
+    let release = image_v2_args(
         "release",
-        "-n",
-        NAMESPACE,
-        "--image",
-        REPOSITORY,
-        "--tag",
-        "v2",
-        "--expect-version",
-        "v2",
-        "--timeout",
-        "10m",
-        "--sanity-timeout",
-        "30s",
-    ]);
-    run.ok();
+        &[
+            "--expect-version",
+            "v2",
+            "--timeout",
+            "10m",
+            "--sanity-timeout",
+            "30s",
+        ],
+    );
     let (p, k, get) = (plugin(), kubectl(), get_rollout());
     assert_eq!(
-        run.stdout_lines(),
+        plan(&world, &release),
         [
             format!("{p} set image api api={REPOSITORY}:v2 -n shop --request-timeout=10s"),
             format!(
@@ -393,8 +329,7 @@ fn a_missing_plugin_is_reported_with_how_to_install_it() {
             "http://127.0.0.1:9",
         ],
     ] {
-        let run = world.xtask(args).env("PATH", &empty).output().unwrap();
-        let run = rollout_support::Run::from(run);
+        let run = run(world.xtask(args).env("PATH", &empty));
         run.failed();
         let error = run.stderr.clone();
         assert!(

@@ -1,8 +1,8 @@
 //! `release` (and the tasks it is made of) end to end: the built xtask, the
 //! plugin and kubectl doubles first on PATH, and real `api` binaries, built
 //! with the version they must report, as the active and preview pods. Broken
-//! previews (500, silent) are tiny std servers. Every test ends by checking
-//! that no process it started is left running.
+//! previews (500, silent) are tiny std servers. Every test's world checks, as
+//! it is dropped, that no process the test started is left running.
 
 mod rollout_support;
 mod support;
@@ -10,16 +10,14 @@ mod support;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use rollout_support::{NAMESPACE, Pod, REPOSITORY, Run, World, image, release_args, require_tool};
+use rollout_support::{
+    NAMESPACE, Pod, Ran, Spawned, World, deploy_args, image, promote_args, release_args,
+    require_tool,
+};
 
 /// v1 active and served by a real api v1; the preview image v2 gets ready after 0.3s.
 fn blue_world() -> Option<(World, Pod)> {
-    if !require_tool("kubectl") {
-        return None;
-    }
-    let world = World::new(Some("v1"));
-    let blue = Pod::api(&world, "v1");
-    world.pods("v1", &blue.addr);
+    let (world, blue) = World::blue()?;
     world.behaviour("v2", Some(0.3), None);
     Some((world, blue))
 }
@@ -35,7 +33,7 @@ const PROMOTE: &str = "promote api -n shop --request-timeout=10s";
 const ABORT: &str = "abort api -n shop --request-timeout=10s";
 
 /// The rollout was aborted, v1 still serves, and the run named its step.
-fn assert_aborted(world: &World, run: &Run, step: &str) {
+fn assert_aborted(world: &World, run: &Ran, step: &str) {
     run.failed();
     let error = run.error();
     assert!(
@@ -58,11 +56,10 @@ fn assert_aborted(world: &World, run: &Run, step: &str) {
 
 #[test]
 fn release_promotes_a_good_preview() {
-    let Some((world, blue)) = blue_world() else {
+    let Some((world, _blue)) = blue_world() else {
         return;
     };
-    let green = Pod::api(&world, "v2");
-    world.pods("v2", &green.addr);
+    let _green = world.api_pods("v2", "v2");
 
     let run = world.run(&release_args(&[]));
     run.ok();
@@ -75,124 +72,124 @@ fn release_promotes_a_good_preview() {
     assert!(run.stderr.contains("sanity passed"), "{run}");
     assert_eq!(world.changes(), [set_image_v2(), PROMOTE.to_owned()]);
     assert_eq!(world.active_image(), Some(image("v2")));
+}
 
-    drop((green, blue));
-    world.assert_no_process_left();
+/// A release (of `blue_world`) that must end aborted: what makes it fail,
+/// the flags it runs with, the step it stops at, and what it says.
+struct Aborted {
+    /// Breaks the preview v2; the pod that plays it, if one does.
+    preview: fn(&World) -> Option<Pod>,
+    flags: &'static [&'static str],
+    step: &'static str,
+    /// What the `error:` line says, each.
+    error_says: &'static [&'static str],
+    /// What the rest of stderr says, each.
+    stderr_says: &'static [&'static str],
+}
+
+impl Aborted {
+    fn at(step: &'static str) -> Aborted {
+        Aborted {
+            preview: |_| None,
+            flags: &[],
+            step,
+            error_says: &[],
+            stderr_says: &[],
+        }
+    }
+}
+
+fn release_aborts(case: Aborted) {
+    let Some((world, _blue)) = blue_world() else {
+        return;
+    };
+    let _preview = (case.preview)(&world);
+    let run = world.run(&release_args(case.flags));
+    assert_aborted(&world, &run, case.step);
+    for says in case.error_says {
+        assert!(run.error().contains(says), "{run}");
+    }
+    for says in case.stderr_says {
+        assert!(run.stderr.contains(says), "{run}");
+    }
 }
 
 #[test]
 fn release_aborts_a_preview_with_the_wrong_version() {
-    let Some((world, blue)) = blue_world() else {
-        return;
-    };
-    // The preview answers, healthy, but with the old version: a stale image.
-    let wrong = Pod::api(&world, "v1");
-    world.pods("v2", &wrong.addr);
-
-    let run = world.run(&release_args(&[]));
-    assert_aborted(&world, &run, "sanity");
-    let error = run.error();
-    assert!(
-        error
-            .contains(r#"/health: expected 200 with {"status":"ok","version":"v2"}, got 200 with"#)
-            && error.contains(r#""version":"v1""#),
-        "{error}"
-    );
-
-    drop((wrong, blue));
-    world.assert_no_process_left();
+    release_aborts(Aborted {
+        // The preview answers, healthy, but with the old version: a stale image.
+        preview: |world| Some(world.api_pods("v2", "v1")),
+        error_says: &[
+            r#"/health: expected 200 with {"status":"ok","version":"v2"}, got 200 with"#,
+            r#""version":"v1""#,
+        ],
+        ..Aborted::at("sanity")
+    });
 }
 
 #[test]
 fn release_aborts_a_preview_that_answers_500() {
-    let Some((world, blue)) = blue_world() else {
-        return;
-    };
-    let broken = Pod::answering(500, r#"{"error":"database unreachable"}"#);
-    world.pods("v2", &broken.addr);
-
-    let run = world.run(&release_args(&[]));
-    assert_aborted(&world, &run, "sanity");
-    assert!(
-        run.error()
-            .contains(r#"got 500: {"error":"database unreachable"}"#),
-        "{}",
-        run.error()
-    );
-
-    drop(blue);
-    world.assert_no_process_left();
+    release_aborts(Aborted {
+        preview: |world| {
+            let broken = Pod::answering(500, r#"{"error":"database unreachable"}"#);
+            Some(world.serve("v2", broken))
+        },
+        error_says: &[r#"got 500: {"error":"database unreachable"}"#],
+        ..Aborted::at("sanity")
+    });
 }
 
 #[test]
 fn release_aborts_a_preview_that_never_answers() {
-    let Some((world, blue)) = blue_world() else {
-        return;
-    };
-    let silent = Pod::silent();
-    world.pods("v2", &silent.addr);
-
-    let run = world.run(&release_args(&[]));
-    assert_aborted(&world, &run, "sanity");
-    // Each GET was bounded: the failure is the silence, within --sanity-timeout.
-    assert!(run.error().contains("got no answer"), "{}", run.error());
-    assert!(
-        run.error().contains("sanity failed after"),
-        "{}",
-        run.error()
-    );
-
-    drop(blue);
-    world.assert_no_process_left();
+    release_aborts(Aborted {
+        preview: |world| Some(world.serve("v2", Pod::silent())),
+        // Each GET was bounded: the failure is the silence, within --sanity-timeout.
+        error_says: &["got no answer", "sanity failed after"],
+        ..Aborted::at("sanity")
+    });
 }
 
 #[test]
 fn release_aborts_when_the_rollout_turns_degraded() {
-    let Some((world, blue)) = blue_world() else {
-        return;
-    };
-    world.behaviour("v2", None, Some(0.3));
-
-    let run = world.run(&release_args(&[]));
-    assert_aborted(&world, &run, "wait for the preview");
-    assert!(
-        run.error()
-            .contains("is Degraded - ProgressDeadlineExceeded: ReplicaSet"),
-        "{}",
-        run.error()
-    );
-
-    drop(blue);
-    world.assert_no_process_left();
+    release_aborts(Aborted {
+        preview: |world| {
+            world.behaviour("v2", None, Some(0.3));
+            None
+        },
+        error_says: &["is Degraded - ProgressDeadlineExceeded: ReplicaSet"],
+        ..Aborted::at("wait for the preview")
+    });
 }
 
 #[test]
 fn release_aborts_when_the_wait_times_out() {
-    let Some((world, blue)) = blue_world() else {
-        return;
-    };
-    world.behaviour("v2", None, None);
+    release_aborts(Aborted {
+        preview: |world| {
+            world.behaviour("v2", None, None);
+            None
+        },
+        flags: &["--timeout", "1s"],
+        error_says: &["did not reach a ready preview within 1s; last read: Progressing"],
+        ..Aborted::at("wait for the preview")
+    });
+}
 
-    let run = world.run(&release_args(&["--timeout", "1s"]));
-    assert_aborted(&world, &run, "wait for the preview");
-    assert!(
-        run.error()
-            .contains("did not reach a ready preview within 1s; last read: Progressing"),
-        "{}",
-        run.error()
-    );
-
-    drop(blue);
-    world.assert_no_process_left();
+#[test]
+fn release_aborts_when_the_preview_service_does_not_exist() {
+    release_aborts(Aborted {
+        flags: &["--preview-service", "api-previw"],
+        error_says: &["no port-forward to api-previw within 2s"],
+        stderr_says: &["Error from server (NotFound): services \"api-previw\" not found"],
+        ..Aborted::at("sanity")
+    });
 }
 
 #[test]
 fn release_aborts_when_promotion_does_not_end_healthy_in_time() {
-    let Some((world, blue)) = blue_world() else {
+    let Some((world, _blue)) = blue_world() else {
         return;
     };
-    let green = Pod::api(&world, "v2");
-    world.pods("v2", &green.addr);
+    let _green = world.api_pods("v2", "v2");
     world.switch_after("v2", 60.0);
 
     // --timeout bounds both the wait for the pause (ready after 0.3s) and the
@@ -212,24 +209,26 @@ fn release_aborts_when_promotion_does_not_end_healthy_in_time() {
         [set_image_v2(), PROMOTE.to_owned(), ABORT.to_owned()]
     );
     assert_eq!(world.active_image(), Some(image("v1")));
+}
 
-    drop((green, blue));
-    world.assert_no_process_left();
+/// `release` with `flags`, started and left running, its output piped.
+fn start_release(world: &World, flags: &[&str]) -> Spawned {
+    Spawned::new(
+        world
+            .xtask(&release_args(flags))
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped()),
+    )
 }
 
 #[test]
 fn ctrl_c_during_the_wait_aborts() {
-    let Some((world, blue)) = blue_world() else {
+    let Some((world, _blue)) = blue_world() else {
         return;
     };
     world.behaviour("v2", None, None);
 
-    let child = rollout_support::Spawned::new(
-        world
-            .xtask(&release_args(&["--timeout", "60s"]))
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped()),
-    );
+    let child = start_release(&world, &["--timeout", "60s"]);
     // Wait until it is polling, then press Ctrl-C (SIGINT, as a terminal sends it).
     let deadline = Instant::now() + Duration::from_secs(20);
     while world
@@ -242,12 +241,8 @@ fn ctrl_c_during_the_wait_aborts() {
         assert!(Instant::now() < deadline, "release never started polling");
         std::thread::sleep(Duration::from_millis(20));
     }
-    let kill = Command::new("kill")
-        .args(["-INT", &child.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(kill.success());
-    let run = Run::from(child.wait_with_output());
+    child.signal("INT");
+    let run = child.finish();
 
     assert_aborted(&world, &run, "wait for the preview");
     assert!(
@@ -259,9 +254,6 @@ fn ctrl_c_during_the_wait_aborts() {
         run.error().contains("interrupted (Ctrl-C or SIGTERM)"),
         "{run}"
     );
-
-    drop(blue);
-    world.assert_no_process_left();
 }
 
 #[test]
@@ -269,21 +261,12 @@ fn ctrl_c_during_sanity_stops_the_port_forward_and_aborts() {
     let Some((world, blue)) = blue_world() else {
         return;
     };
-    let silent = Pod::silent();
-    world.pods("v2", &silent.addr);
+    let _silent = world.serve("v2", Pod::silent());
 
-    let child = rollout_support::Spawned::new(
-        world
-            .xtask(&release_args(&["--sanity-timeout", "60s"]))
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped()),
-    );
+    let child = start_release(&world, &["--sanity-timeout", "60s"]);
     world.wait_for_port_forward();
-    Command::new("kill")
-        .args(["-INT", &child.id().to_string()])
-        .status()
-        .unwrap();
-    let run = Run::from(child.wait_with_output());
+    child.signal("INT");
+    let run = child.finish();
 
     assert_aborted(&world, &run, "sanity");
     assert!(run.error().contains("interrupted"), "{run}");
@@ -293,12 +276,10 @@ fn ctrl_c_during_sanity_stops_the_port_forward_and_aborts() {
 
 #[test]
 fn the_first_release_of_a_new_rollout_checks_the_active_service() {
-    if !require_tool("kubectl") {
+    let Some(world) = World::needing_kubectl(None) else {
         return;
-    }
-    let world = World::new(None);
-    let green = Pod::api(&world, "v2");
-    world.pods("v2", &green.addr);
+    };
+    let _green = world.api_pods("v2", "v2");
     world.behaviour("v2", Some(0.3), None);
 
     let run = world.run(&release_args(&[]));
@@ -315,19 +296,14 @@ fn the_first_release_of_a_new_rollout_checks_the_active_service() {
     assert!(run.stderr.contains("sanity passed"), "{run}");
     assert_eq!(world.changes(), [set_image_v2()], "no promote, no abort");
     assert_eq!(world.active_image(), Some(image("v2")));
-
-    drop(green);
-    world.assert_no_process_left();
 }
 
 #[test]
 fn a_failing_first_release_is_reported_but_not_aborted() {
-    if !require_tool("kubectl") {
+    let Some(world) = World::needing_kubectl(None) else {
         return;
-    }
-    let world = World::new(None);
-    let wrong = Pod::api(&world, "v1");
-    world.pods("v2", &wrong.addr);
+    };
+    let _wrong = world.api_pods("v2", "v1");
     world.behaviour("v2", Some(0.1), None);
 
     let run = world.run(&release_args(&[]));
@@ -339,32 +315,17 @@ fn a_failing_first_release_is_reported_but_not_aborted() {
         "{run}"
     );
     assert_eq!(world.changes(), [set_image_v2()]);
-
-    drop(wrong);
-    world.assert_no_process_left();
 }
 
 #[test]
 fn deploy_wait_sanity_promote_step_by_step() {
-    let Some((world, blue)) = blue_world() else {
+    let Some((world, _blue)) = blue_world() else {
         return;
     };
-    let green = Pod::api(&world, "v2");
-    world.pods("v2", &green.addr);
+    let _green = world.api_pods("v2", "v2");
     let scope = ["-n", NAMESPACE];
 
-    let deploy = world.run(&[
-        "deploy",
-        "-n",
-        NAMESPACE,
-        "--image",
-        REPOSITORY,
-        "--tag",
-        "v2",
-        "--wait",
-        "--poll-interval",
-        "100ms",
-    ]);
+    let deploy = world.run(&deploy_args(&["--wait", "--poll-interval", "100ms"]));
     assert_eq!(deploy.ok().stdout, format!("{}\n", image("v2")));
     assert!(deploy.stderr.contains("the preview is ready"), "{deploy}");
 
@@ -396,13 +357,7 @@ fn deploy_wait_sanity_promote_step_by_step() {
         "sanity changed traffic"
     );
 
-    let promote = world.run(
-        &[
-            &["promote", "--image", REPOSITORY, "--tag", "v2"][..],
-            &scope,
-        ]
-        .concat(),
-    );
+    let promote = world.run(&promote_args(&[]));
     promote.ok();
     assert!(
         promote.stderr.contains("promoted: rollout api is Healthy"),
@@ -419,22 +374,15 @@ fn deploy_wait_sanity_promote_step_by_step() {
         "{abort}"
     );
     assert_eq!(world.changes(), [set_image_v2(), PROMOTE.to_owned()]);
-
-    drop((green, blue));
-    world.assert_no_process_left();
 }
 
 #[test]
 fn promote_refuses_before_the_pause() {
-    let Some((world, blue)) = blue_world() else {
+    let Some((world, _blue)) = blue_world() else {
         return;
     };
     world.behaviour("v2", None, None);
-    world
-        .run(&[
-            "deploy", "-n", NAMESPACE, "--image", REPOSITORY, "--tag", "v2",
-        ])
-        .ok();
+    world.run(&deploy_args(&[])).ok();
 
     let promote = world.run(&["promote", "-n", NAMESPACE, "--expect-image", &image("v2")]);
     promote.failed();
@@ -446,31 +394,14 @@ fn promote_refuses_before_the_pause() {
         "{promote}"
     );
     assert_eq!(world.changes(), [set_image_v2()]);
-
-    drop(blue);
-    world.assert_no_process_left();
 }
 
 #[test]
 fn abort_keeps_the_active_version_and_says_how_to_recover() {
-    let Some((world, blue)) = blue_world() else {
+    let Some((world, _blue)) = blue_world() else {
         return;
     };
-    world.behaviour("v2", Some(0.0), None);
-    world
-        .run(&[
-            "deploy",
-            "-n",
-            NAMESPACE,
-            "--image",
-            REPOSITORY,
-            "--tag",
-            "v2",
-            "--wait",
-            "--poll-interval",
-            "100ms",
-        ])
-        .ok();
+    world.deploy_paused("v2");
 
     let abort = world.run(&["abort", "-n", NAMESPACE]);
     abort.ok();
@@ -494,9 +425,6 @@ fn abort_keeps_the_active_version_and_says_how_to_recover() {
             .starts_with("rollout api in namespace shop: Degraded - RolloutAborted: Rollout aborted update to revision 2"),
         "{status}"
     );
-
-    drop(blue);
-    world.assert_no_process_left();
 }
 
 #[test]
@@ -505,25 +433,19 @@ fn sanity_checks_a_given_url_without_kubectl() {
         return;
     };
     let url = format!("http://{}", blue.addr);
-    let good = world.run(&[
-        "sanity",
-        "--url",
-        &url,
-        "--expect-version",
-        "v1",
-        "--timeout",
-        "2s",
-    ]);
-    good.ok();
-    let wrong = world.run(&[
-        "sanity",
-        "--url",
-        &url,
-        "--expect-version",
-        "v9",
-        "--timeout",
-        "1s",
-    ]);
+    let sanity = |version: &str, timeout: &str| {
+        world.run(&[
+            "sanity",
+            "--url",
+            &url,
+            "--expect-version",
+            version,
+            "--timeout",
+            timeout,
+        ])
+    };
+    sanity("v1", "2s").ok();
+    let wrong = sanity("v9", "1s");
     wrong.failed();
     assert!(
         wrong
@@ -532,9 +454,6 @@ fn sanity_checks_a_given_url_without_kubectl() {
         "{wrong}"
     );
     assert!(world.calls().is_empty());
-
-    drop(blue);
-    world.assert_no_process_left();
 }
 
 /// Not a test: prints how long `release` takes in the happy path beyond the
@@ -546,11 +465,10 @@ fn sanity_checks_a_given_url_without_kubectl() {
 #[test]
 #[ignore = "a benchmark: prints figures, asserts nothing about time"]
 fn release_overhead_figures() {
-    let Some((world, blue)) = blue_world() else {
+    let Some((world, _blue)) = blue_world() else {
         return;
     };
-    let green = Pod::api(&world, "v2");
-    world.pods("v2", &green.addr);
+    let _green = world.api_pods("v2", "v2");
     world.behaviour("v1", Some(0.0), None);
     world.behaviour("v2", Some(0.0), None);
     let runs = 15;
@@ -599,8 +517,6 @@ fn release_overhead_figures() {
     println!("  in waits it was told to do:                {waits:7.1} ms");
     println!("  its own, between those:                    {own:7.1} ms");
     println!("  outside its timer (start-up, checks):      {outside:7.1} ms");
-    drop((green, blue));
-    world.assert_no_process_left();
 }
 
 /// Runs xtask on a pseudo-terminal (Python's pty module, arguments passed one
@@ -618,7 +534,7 @@ fn at_a_terminal(world: &World, args: &[&str], answer: &str) -> (String, Option<
             None => terminal.env_remove(key),
         };
     }
-    let mut child = rollout_support::Spawned::new(
+    let mut child = Spawned::new(
         terminal
             .current_dir(rollout_support::root())
             .stdin(Stdio::piped())
@@ -640,40 +556,13 @@ fn at_a_terminal(world: &World, args: &[&str], answer: &str) -> (String, Option<
     )
 }
 
-fn paused_world() -> World {
-    let world = World::new(Some("v1"));
-    world.behaviour("v2", Some(0.0), None);
-    world
-        .run(&[
-            "deploy",
-            "-n",
-            NAMESPACE,
-            "--image",
-            REPOSITORY,
-            "--tag",
-            "v2",
-            "--wait",
-            "--poll-interval",
-            "100ms",
-        ])
-        .ok();
-    world
-}
-
-/// `promote` of the preview v2, as the pipeline that deployed it would.
-fn promote_v2() -> Vec<&'static str> {
-    vec![
-        "promote", "-n", NAMESPACE, "--image", REPOSITORY, "--tag", "v2",
-    ]
-}
-
 #[test]
 fn promote_asks_at_a_terminal_and_takes_no_for_an_answer() {
     if !require_tool("python3") {
         return;
     }
-    let world = paused_world();
-    let (screen, code) = at_a_terminal(&world, &promote_v2(), "n\n");
+    let world = World::paused_on_v2();
+    let (screen, code) = at_a_terminal(&world, &promote_args(&[]), "n\n");
     assert!(
         screen.contains(&format!(
             "switch all traffic of rollout api to the preview {}? [y/N]",
@@ -688,43 +577,37 @@ fn promote_asks_at_a_terminal_and_takes_no_for_an_answer() {
     assert_ne!(code, Some(0));
     assert_eq!(world.changes(), [set_image_v2()]);
 
-    let (screen, code) = at_a_terminal(&world, &promote_v2(), "y\n");
+    let (screen, code) = at_a_terminal(&world, &promote_args(&[]), "y\n");
     assert_eq!(code, Some(0), "{screen}");
     assert_eq!(world.active_image(), Some(image("v2")));
-    world.assert_no_process_left();
 }
 
 #[test]
 fn promote_with_stdin_not_a_terminal_never_asks() {
-    let world = paused_world();
+    let world = World::paused_on_v2();
     // stdin is an open pipe nobody writes to: a prompt would hang here.
-    let child = rollout_support::Spawned::new(
+    let child = Spawned::new(
         world
-            .xtask(&promote_v2())
+            .xtask(&promote_args(&[]))
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped()),
     );
-    let run = Run::from(child.wait_with_output());
+    let run = child.finish();
     run.ok();
     assert!(!run.stderr.contains("[y/N]"), "{run}");
     assert_eq!(world.active_image(), Some(image("v2")));
-    world.assert_no_process_left();
 }
 
 #[test]
 fn sanity_waits_for_a_pod_behind_the_preview_service() {
-    let Some((world, blue)) = blue_world() else {
+    let Some((world, _blue)) = blue_world() else {
         return;
     };
     world.behaviour("v2", Some(0.0), None);
-    world
-        .run(&[
-            "deploy", "-n", NAMESPACE, "--image", REPOSITORY, "--tag", "v2",
-        ])
-        .ok();
+    world.run(&deploy_args(&[])).ok();
     // No pod of v2 runs yet: kubectl port-forward refuses until one does.
-    let mut sanity = rollout_support::Spawned::new(
+    let mut sanity = Spawned::new(
         world
             .xtask(&[
                 "sanity",
@@ -747,36 +630,10 @@ fn sanity_waits_for_a_pod_behind_the_preview_service() {
         );
         std::thread::sleep(Duration::from_millis(20));
     }
-    let green = Pod::api(&world, "v2");
-    world.pods("v2", &green.addr);
+    let _green = world.api_pods("v2", "v2");
     let output = sanity.wait_with_output();
     let stderr = stderr.finish();
     assert_eq!(output.status.code(), Some(0), "{stderr}");
     assert!(stderr.contains("pod is not running"), "{stderr}");
     assert!(stderr.contains("sanity passed"), "{stderr}");
-
-    drop((green, blue));
-    world.assert_no_process_left();
-}
-
-#[test]
-fn release_aborts_when_the_preview_service_does_not_exist() {
-    let Some((world, blue)) = blue_world() else {
-        return;
-    };
-    let run = world.run(&release_args(&["--preview-service", "api-previw"]));
-    assert_aborted(&world, &run, "sanity");
-    assert!(
-        run.error()
-            .contains("no port-forward to api-previw within 2s"),
-        "{run}"
-    );
-    assert!(
-        run.stderr
-            .contains("Error from server (NotFound): services \"api-previw\" not found"),
-        "{run}"
-    );
-
-    drop(blue);
-    world.assert_no_process_left();
 }

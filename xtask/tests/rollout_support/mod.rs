@@ -1,9 +1,10 @@
 //! What the rollout tests share: a "world" (the state of the plugin double, the
 //! doubles first on PATH, a marker to find every process a test started), the
-//! `api` pods (real binaries, or tiny std servers for broken ones), and the
-//! built xtask binary to run.
+//! `api` pods (real binaries, or tiny std servers for broken ones), the
+//! built xtask binary to run, and the steps that set a world up.
 #![allow(dead_code)] // each test file uses a different part
 
+use std::ffi::OsStr;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
@@ -18,8 +19,19 @@ use serde_json::{Value, json};
 pub const NAMESPACE: &str = "shop";
 pub const REPOSITORY: &str = "registry.example.com/shop/api";
 
-pub use crate::support::root;
+pub use crate::support::{Ran, root};
 use crate::support::{needs, on_path};
+
+/// `kubectl get rollouts.argoproj.io api -o json -n shop`: the read every wait polls.
+pub const GET_ROLLOUT: [&str; 7] = [
+    "get",
+    "rollouts.argoproj.io",
+    "api",
+    "-o",
+    "json",
+    "-n",
+    NAMESPACE,
+];
 
 pub fn doubles() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/doubles")
@@ -104,6 +116,53 @@ impl World {
         };
         world.write_state(&state);
         world
+    }
+
+    /// [`World::new`] where kubectl is on PATH; None where it is not (the
+    /// test is skipped, or fails under CI).
+    pub fn needing_kubectl(active: Option<&str>) -> Option<World> {
+        require_tool("kubectl").then(|| World::new(active))
+    }
+
+    /// v1 active and served by a real api v1 (kubectl needed, as above).
+    pub fn blue() -> Option<(World, Pod)> {
+        let world = World::needing_kubectl(Some("v1"))?;
+        let blue = world.api_pods("v1", "v1");
+        Some((world, blue))
+    }
+
+    /// v1 active, v2 deployed by xtask and paused on the preview, ready.
+    pub fn paused_on_v2() -> World {
+        let world = World::new(Some("v1"));
+        world.deploy_paused("v2");
+        world
+    }
+
+    /// `deploy --wait` of `tag` (ready at once) with the built xtask, until it
+    /// is the preview paused for promotion.
+    pub fn deploy_paused(&self, tag: &str) {
+        self.behaviour(tag, Some(0.0), None);
+        self.run(&deploy_args(&[
+            "--tag",
+            tag,
+            "--wait",
+            "--poll-interval",
+            "100ms",
+        ]))
+        .ok();
+        let phase = self.rollout_object()["status"]["phase"].clone();
+        assert_eq!(phase, "Paused", "the preview {tag} is not paused");
+    }
+
+    /// The pods of `tag` are `pod` (what port-forward reaches); the pod back.
+    pub fn serve(&self, tag: &str, pod: Pod) -> Pod {
+        self.pods(tag, &pod.addr);
+        pod
+    }
+
+    /// The pods of `tag` are a real api compiled with `version`.
+    pub fn api_pods(&self, tag: &str, version: &str) -> Pod {
+        self.serve(tag, Pod::api(self, version))
     }
 
     pub fn state(&self) -> Value {
@@ -251,24 +310,11 @@ impl World {
     /// (the kubectl double, reconciled from the clock; the test's own look, so
     /// not logged in `kubectl_calls` and not subject to the faults).
     pub fn rollout_object(&self) -> Value {
-        let output = Command::new(doubles().join("kubectl"))
-            .args([
-                "get",
-                "rollouts.argoproj.io",
-                "api",
-                "-o",
-                "json",
-                "-n",
-                NAMESPACE,
-            ])
-            .env("PATH", self.path())
-            .env("ARGO_ROLLOUTS_DOUBLE_STATE", &self.state_path)
-            .env("ARGO_ROLLOUTS_DOUBLE_TEST_READ", "1")
-            .env(MARKER, &self.marker)
-            .stdin(Stdio::null())
-            .output()
-            .unwrap();
-        let run = Run::from(output);
+        let run = crate::support::run(
+            self.command(doubles().join("kubectl"))
+                .args(GET_ROLLOUT)
+                .env("ARGO_ROLLOUTS_DOUBLE_TEST_READ", "1"),
+        );
         assert_eq!(
             run.code,
             Some(0),
@@ -306,18 +352,38 @@ impl World {
         std::env::join_paths(dirs).unwrap()
     }
 
-    /// The built xtask, in this world: doubles on PATH, no stray configuration.
-    pub fn xtask(&self, args: &[&str]) -> Command {
-        let mut cmd = crate::support::xtask();
-        cmd.args(args)
-            .env("PATH", self.path())
+    /// Puts `cmd` in this world: the doubles first on PATH, its state, its marker.
+    fn enter<'c>(&self, cmd: &'c mut Command) -> &'c mut Command {
+        cmd.env("PATH", self.path())
             .env("ARGO_ROLLOUTS_DOUBLE_STATE", &self.state_path)
-            .env(MARKER, &self.marker);
+            .env(MARKER, &self.marker)
+    }
+
+    /// `program` (a path, or a name looked up on the world's PATH) in this
+    /// world, with no stdin.
+    pub fn command(&self, program: impl AsRef<OsStr>) -> Command {
+        let mut cmd = Command::new(program);
+        self.enter(&mut cmd).stdin(Stdio::null());
         cmd
     }
 
-    pub fn run(&self, args: &[&str]) -> Run {
-        Run::from(self.xtask(args).output().unwrap())
+    /// `kubectl ARGS`: the kubectl double (first on PATH), as xtask calls it.
+    pub fn kubectl(&self, args: &[&str]) -> Command {
+        let mut cmd = self.command("kubectl");
+        cmd.args(args);
+        cmd
+    }
+
+    /// The built xtask, in this world: doubles on PATH, no stray configuration.
+    pub fn xtask(&self, args: &[&str]) -> Command {
+        let mut cmd = crate::support::xtask();
+        cmd.args(args);
+        self.enter(&mut cmd);
+        cmd
+    }
+
+    pub fn run(&self, args: &[&str]) -> Ran {
+        crate::support::run(&mut self.xtask(args))
     }
 
     /// Waits until a `kubectl port-forward` this world started runs (sanity
@@ -367,10 +433,9 @@ struct StateLock(Child);
 
 impl StateLock {
     fn take(world: &World) -> StateLock {
-        let mut child = Command::new(doubles().join("kubectl-argo-rollouts"))
-            .env("ARGO_ROLLOUTS_DOUBLE_STATE", &world.state_path)
+        let mut child = world
+            .command(doubles().join("kubectl-argo-rollouts"))
             .env("ARGO_ROLLOUTS_DOUBLE_LOCK", "1")
-            .env(MARKER, &world.marker)
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .spawn()
@@ -457,60 +522,6 @@ pub fn processes_with_marker(marker: &str) -> Vec<String> {
         found.push(format!("{pid} [{state}] {cmdline}"));
     }
     found
-}
-
-/// A finished xtask run.
-pub struct Run {
-    pub code: Option<i32>,
-    pub stdout: String,
-    pub stderr: String,
-}
-
-impl From<Output> for Run {
-    fn from(output: Output) -> Run {
-        Run {
-            code: output.status.code(),
-            stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
-            stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
-        }
-    }
-}
-
-impl Run {
-    pub fn ok(&self) -> &Run {
-        assert_eq!(self.code, Some(0), "expected success\n{self}");
-        self
-    }
-
-    pub fn failed(&self) -> &Run {
-        assert!(
-            self.code.is_some_and(|c| c != 0),
-            "expected a non-zero exit\n{self}"
-        );
-        self
-    }
-
-    pub fn stdout_lines(&self) -> Vec<&str> {
-        self.stdout.lines().collect()
-    }
-
-    /// The `error: ...` line main prints.
-    pub fn error(&self) -> &str {
-        self.stderr
-            .lines()
-            .find(|l| l.starts_with("error: "))
-            .unwrap_or_else(|| panic!("no error line\n{self}"))
-    }
-}
-
-impl std::fmt::Display for Run {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(
-            f,
-            "exit: {:?}\n--- stdout ---\n{}--- stderr ---\n{}",
-            self.code, self.stdout, self.stderr
-        )
-    }
 }
 
 /// The manifest's names and numbers, read from rollout.yaml.
@@ -635,7 +646,8 @@ impl Pod {
     }
 
     /// A std server that answers every request with `status` and `body`.
-    pub fn answering(status: u16, body: &'static str) -> Pod {
+    pub fn answering(status: u16, body: impl Into<String>) -> Pod {
+        let body = body.into();
         Pod::serve(move |mut stream| {
             let _ = read_request(&mut stream);
             let _ = write!(
@@ -712,29 +724,56 @@ pub fn http_get(addr: &str, path: &str) -> Option<(u16, String)> {
 
 /// A child process a test started: killed and reaped when dropped, so a
 /// failing assertion never leaves it running.
-pub struct Spawned(Option<Child>);
+pub struct Spawned {
+    child: Option<Child>,
+    argv: String,
+}
 
 impl Spawned {
     pub fn new(command: &mut Command) -> Spawned {
-        Spawned(Some(command.spawn().unwrap()))
+        Spawned {
+            child: Some(command.spawn().unwrap()),
+            argv: crate::support::argv(command),
+        }
     }
 
     pub fn id(&self) -> u32 {
-        self.0.as_ref().unwrap().id()
+        self.child.as_ref().unwrap().id()
     }
 
     pub fn child(&mut self) -> &mut Child {
-        self.0.as_mut().unwrap()
+        self.child.as_mut().unwrap()
+    }
+
+    /// Sends it `signal` (`INT`: a Ctrl-C, as a terminal sends it; `TERM`).
+    pub fn signal(&self, signal: &str) {
+        let kill = Command::new("kill")
+            .args([format!("-{signal}"), self.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(kill.success(), "kill -{signal} {}", self.argv);
     }
 
     pub fn wait_with_output(mut self) -> Output {
-        self.0.take().unwrap().wait_with_output().unwrap()
+        self.child.take().unwrap().wait_with_output().unwrap()
+    }
+
+    /// Waits for its end: what it ended with (stdout and stderr if piped).
+    pub fn finish(self) -> Ran {
+        let argv = self.argv.clone();
+        let output = self.wait_with_output();
+        Ran {
+            argv,
+            code: output.status.code(),
+            stdout: crate::support::text(&output.stdout),
+            stderr: crate::support::text(&output.stderr),
+        }
     }
 }
 
 impl Drop for Spawned {
     fn drop(&mut self) {
-        if let Some(child) = &mut self.0 {
+        if let Some(child) = &mut self.child {
             let _ = child.kill();
             let _ = child.wait();
         }
@@ -792,17 +831,48 @@ impl Collected {
 
 /// `release` of image v2 expecting version v2, with short waits; `extra` flags replace these.
 pub fn release_args<'a>(extra: &[&'a str]) -> Vec<&'a str> {
-    let defaults = [
-        ("-n", NAMESPACE),
-        ("--image", REPOSITORY),
-        ("--tag", "v2"),
-        ("--expect-version", "v2"),
-        ("--poll-interval", "100ms"),
-        ("--timeout", "20s"),
-        ("--sanity-timeout", "2s"),
-    ];
-    let mut args = vec!["release"];
-    for (flag, value) in defaults {
+    task_args(
+        "release",
+        &[
+            ("-n", NAMESPACE),
+            ("--image", REPOSITORY),
+            ("--tag", "v2"),
+            ("--expect-version", "v2"),
+            ("--poll-interval", "100ms"),
+            ("--timeout", "20s"),
+            ("--sanity-timeout", "2s"),
+        ],
+        extra,
+    )
+}
+
+/// `deploy -n shop --image REPOSITORY --tag v2`; `extra` flags replace these.
+pub fn deploy_args<'a>(extra: &[&'a str]) -> Vec<&'a str> {
+    image_v2_args("deploy", extra)
+}
+
+/// `promote -n shop --image REPOSITORY --tag v2`; `extra` flags replace these.
+pub fn promote_args<'a>(extra: &[&'a str]) -> Vec<&'a str> {
+    image_v2_args("promote", extra)
+}
+
+/// `task -n shop --image REPOSITORY --tag v2`; `extra` flags replace these.
+pub fn image_v2_args<'a>(task: &'a str, extra: &[&'a str]) -> Vec<&'a str> {
+    task_args(
+        task,
+        &[("-n", NAMESPACE), ("--image", REPOSITORY), ("--tag", "v2")],
+        extra,
+    )
+}
+
+/// `task`, each default flag that `extra` does not give, then `extra`.
+fn task_args<'a>(
+    task: &'a str,
+    defaults: &[(&'a str, &'a str)],
+    extra: &[&'a str],
+) -> Vec<&'a str> {
+    let mut args = vec![task];
+    for &(flag, value) in defaults {
         if !extra.contains(&flag) {
             args.extend([flag, value]);
         }
