@@ -54,7 +54,7 @@ impl Context {
 
     /// A check that changes nothing but is the point of the task (a linter):
     /// it runs under `--dry-run` too, and is always echoed.
-    pub fn check(&self, command: impl Into<Command>) -> Step {
+    pub fn linter(&self, command: impl Into<Command>) -> Step {
         let mut step = Step::new(command.into(), false);
         step.echoed = true;
         step

@@ -112,7 +112,7 @@ impl Lint {
             };
             // Linters change nothing, so they run under --dry-run too.
             if let Err(err) = cx
-                .check(cmd!(sh, "{path} {args...}"))
+                .linter(cmd!(sh, "{path} {args...}"))
                 .run(cx)
                 .with_context(|| format!("{} found problems", linter.name))
             {

@@ -156,7 +156,7 @@ impl Report {
 }
 
 /// The server under abuse: a process, or a container of the static binary.
-pub struct Target {
+pub struct Subject {
     process: Option<Background>,
     container: Option<String>,
     pub pid: u32,
@@ -164,8 +164,12 @@ pub struct Target {
     cgroup: Option<std::path::PathBuf>,
 }
 
-impl Target {
-    pub fn process(binary: &Utf8Path, port: u16, env: &BTreeMap<String, String>) -> Result<Target> {
+impl Subject {
+    pub fn process(
+        binary: &Utf8Path,
+        port: u16,
+        env: &BTreeMap<String, String>,
+    ) -> Result<Subject> {
         let mut command = Command::new(binary.as_std_path());
         command
             .envs(env)
@@ -179,15 +183,15 @@ impl Target {
         };
         let process = process::spawn(command, &io).with_context(|| format!("start {binary}"))?;
         let pid = process.id();
-        let target = Target {
+        let subject = Subject {
             process: Some(process),
             container: None,
             pid,
             addr: SocketAddr::from(([127, 0, 0, 1], port)),
             cgroup: None,
         };
-        target.wait_ready()?;
-        Ok(target)
+        subject.wait_ready()?;
+        Ok(subject)
     }
 
     /// `docker run --network host --memory 128m` of `image`, listening on
@@ -198,7 +202,7 @@ impl Target {
         name: &str,
         port: u16,
         env: &BTreeMap<String, String>,
-    ) -> Result<Target> {
+    ) -> Result<Subject> {
         let mut args: Vec<String> = vec![
             "run".into(),
             "--detach".into(),
@@ -221,7 +225,7 @@ impl Target {
         }
         args.push(image.into());
         docker_run(docker, &args)?;
-        let mut target = Target {
+        let mut subject = Subject {
             process: None,
             container: Some(name.to_owned()),
             pid: 0,
@@ -230,15 +234,15 @@ impl Target {
         };
         let pid = docker_run(docker, &["inspect", "--format", "{{.State.Pid}}", name])
             .and_then(|pid| pid.trim().parse().context("the container's pid"));
-        target.pid = match pid {
+        subject.pid = match pid {
             Ok(pid) => pid,
             Err(err) => {
-                target.stop(Some(docker));
+                subject.stop(Some(docker));
                 return Err(err);
             }
         };
-        target.cgroup = memory_cgroup(target.pid);
-        if let Some(dir) = &target.cgroup {
+        subject.cgroup = memory_cgroup(subject.pid);
+        if let Some(dir) = &subject.cgroup {
             // cgroup v1 counts TCP buffers only once they have a limit: give
             // them the same one, so that they are counted at all.
             let _ = std::fs::write(
@@ -246,11 +250,11 @@ impl Target {
                 MEMORY_LIMIT_BYTES.to_string(),
             );
         }
-        if let Err(err) = target.wait_ready() {
-            target.stop(Some(docker));
+        if let Err(err) = subject.wait_ready() {
+            subject.stop(Some(docker));
             return Err(err);
         }
-        Ok(target)
+        Ok(subject)
     }
 
     fn wait_ready(&self) -> Result<()> {
@@ -624,9 +628,9 @@ pub enum Kind {
 const PIPELINED: &[u8] = b"GET /health HTTP/1.1\r\nHost: bench\r\n\r\n";
 const SLOW_HEAD: &[u8] = b"GET /health HTTP/1.1\r\nHost: bench\r\nX-Slow: ";
 
-/// One phase against a running target.
+/// One phase against a running subject.
 pub fn phase(
-    target: &mut Target,
+    subject: &mut Subject,
     docker: Option<&Utf8Path>,
     kind: Kind,
     n: usize,
@@ -641,12 +645,12 @@ pub fn phase(
         "# {name}: {n} connections, held {} s, a well-behaved client measuring",
         hold.as_secs()
     );
-    let rss_idle_kib = target.rss_kib();
-    let prober = Prober::start(target.addr)?;
-    let sampler = Sampler::start(target.pid);
+    let rss_idle_kib = subject.rss_kib();
+    let prober = Prober::start(subject.addr)?;
+    let sampler = Sampler::start(subject.pid);
     // Let the well-behaved client take a few calm measurements first.
     std::thread::sleep(Duration::from_millis(200));
-    let mut streams = open_many(target.addr, n, Duration::from_secs(30));
+    let mut streams = open_many(subject.addr, n, Duration::from_secs(30));
     let opened = streams.len();
     let chunk: Vec<u8> = PIPELINED.repeat(16_384 / PIPELINED.len());
     let mut sent = vec![0usize; streams.len()];
@@ -675,15 +679,15 @@ pub fn phase(
         }
         std::thread::sleep(Duration::from_millis(500));
     }
-    let rss_end_kib = target.rss_kib();
+    let rss_end_kib = subject.rss_kib();
     let (held_by_server, rss_peak_kib) = sampler.finish();
     let rss_peak_kib = rss_peak_kib.max(rss_end_kib);
-    let cgroup_tcp_bytes = target.cgroup_tcp();
-    let cgroup_peak_bytes = target.cgroup_peak();
+    let cgroup_tcp_bytes = subject.cgroup_tcp();
+    let cgroup_peak_bytes = subject.cgroup_peak();
     let (keep_alive, new_connection) = prober.finish();
     let closed = streams.iter().filter(|s| closed_by_server(s)).count();
     drop(streams);
-    let (alive, oom_killed) = target.alive(docker);
+    let (alive, oom_killed) = subject.alive(docker);
     Ok(Phase {
         name: name.to_owned(),
         opened,
@@ -704,20 +708,20 @@ pub fn phase(
 
 /// `n` connections, each answered once and held until all are, then all
 /// closed; RSS each second for `settle` after.
-pub fn burst(target: &Target, n: usize, settle: Duration) -> Result<Burst> {
+pub fn burst(subject: &Subject, n: usize, settle: Duration) -> Result<Burst> {
     eprintln!(
         "# burst: {n} connections at once, one GET /health each, each closed once answered, \
          then RSS each second for {} s",
         settle.as_secs()
     );
-    let rss_idle_kib = target.rss_kib();
-    let mut streams = open_many(target.addr, n, Duration::from_secs(30));
+    let rss_idle_kib = subject.rss_kib();
+    let mut streams = open_many(subject.addr, n, Duration::from_secs(30));
     for stream in &mut streams {
         let _ = stream.set_write_timeout(Some(PROBE_TIMEOUT));
         let _ = stream.write_all(PIPELINED);
     }
     let mut answered = 0;
-    let sampler = Sampler::start(target.pid);
+    let sampler = Sampler::start(subject.pid);
     // Each closed once answered: past the active limit, the rest wait for those.
     for mut stream in streams {
         let _ = stream.set_read_timeout(Some(Duration::from_secs(10)));
@@ -729,7 +733,7 @@ pub fn burst(target: &Target, n: usize, settle: Duration) -> Result<Burst> {
     let mut rss_after_kib = Vec::new();
     for _ in 0..settle.as_secs() {
         std::thread::sleep(Duration::from_secs(1));
-        rss_after_kib.push(target.rss_kib());
+        rss_after_kib.push(subject.rss_kib());
     }
     let last = rss_after_kib.last().copied().unwrap_or(rss_peak_kib);
     Ok(Burst {

@@ -600,7 +600,7 @@ impl Bench {
         ));
         for i in 0..STARTS {
             for (server, times) in servers.iter().zip(&mut startups) {
-                let mut running = Running::start(cx, server, None, i == 0)?;
+                let mut running = ServerProcess::start(cx, server, None, i == 0)?;
                 times.push(running.wait_ready(Duration::from_secs(10))?);
             }
         }
@@ -790,17 +790,17 @@ impl Bench {
             }
             None => None,
         };
-        let start = |phase: &str| -> Result<abuse::Target> {
+        let start = |phase: &str| -> Result<abuse::Subject> {
             let port = free_port()?;
             match &docker {
-                Some(docker) => abuse::Target::container(
+                Some(docker) => abuse::Subject::container(
                     docker,
                     &tag,
                     &format!("api-abuse-{pid}-{phase}"),
                     port,
                     &env,
                 ),
-                None => abuse::Target::process(&built.binary, port, &env),
+                None => abuse::Subject::process(&built.binary, port, &env),
             }
         };
         let hold = Duration::from_secs(self.hold);
@@ -813,17 +813,21 @@ impl Bench {
             if n == 0 {
                 continue;
             }
-            let mut target = start(name)?;
-            let result = abuse::phase(&mut target, docker.as_deref(), kind, clamp(n), hold);
-            target.stop(docker.as_deref());
+            let mut subject = start(name)?;
+            let result = abuse::phase(&mut subject, docker.as_deref(), kind, clamp(n), hold);
+            subject.stop(docker.as_deref());
             phases.push(result?);
         }
         let burst = if self.burst > 0 {
-            let mut target = start("burst")?;
+            let mut subject = start("burst")?;
             // Idle means after the first requests' allocations settle.
             std::thread::sleep(Duration::from_millis(500));
-            let result = abuse::burst(&target, clamp(self.burst), Duration::from_secs(self.settle));
-            target.stop(docker.as_deref());
+            let result = abuse::burst(
+                &subject,
+                clamp(self.burst),
+                Duration::from_secs(self.settle),
+            );
+            subject.stop(docker.as_deref());
             Some(result?)
         } else {
             None
@@ -867,7 +871,7 @@ impl Bench {
         server_cpu: usize,
         wrk_cpu: usize,
     ) -> Result<Round> {
-        let mut running = Running::start(cx, server, Some(server_cpu), true)?;
+        let mut running = ServerProcess::start(cx, server, Some(server_cpu), true)?;
         running.wait_ready(Duration::from_secs(10))?;
         // Let the first request's allocations settle before reading "idle".
         std::thread::sleep(Duration::from_millis(200));
@@ -1019,14 +1023,19 @@ fn plan_line(env: &[(&str, String)], cmd: &Cmd<'_>) -> String {
 }
 
 /// A server process, killed when dropped: no bench leaves one running.
-struct Running {
+struct ServerProcess {
     process: Background,
     port: u16,
     line: String,
 }
 
-impl Running {
-    fn start(cx: &Context, server: &Server, cpu: Option<usize>, say: bool) -> Result<Running> {
+impl ServerProcess {
+    fn start(
+        cx: &Context,
+        server: &Server,
+        cpu: Option<usize>,
+        say: bool,
+    ) -> Result<ServerProcess> {
         let port = free_port()?;
         let (env, cmd) = server_cmd(&cx.sh, &server.binary, cpu, &port.to_string());
         // Echoed when `say`, or with --verbose (a probe's rule): the startup
@@ -1043,7 +1052,7 @@ impl Running {
         let process = step
             .spawn(cx)?
             .context("a bench server is not started under --dry-run")?;
-        Ok(Running {
+        Ok(ServerProcess {
             process,
             port,
             line,
