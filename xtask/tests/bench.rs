@@ -130,6 +130,7 @@ taskset -c {load} wrk -t1 -c32 -d7s --latency -s xtask/bench/report.lua http://1
 "
     );
     assert_eq!(stdout, expected);
+    support::runs::assert_runs_describe("bench", &stdout);
     assert!(
         !calls.exists(),
         "ran: {}",

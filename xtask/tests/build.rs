@@ -38,6 +38,7 @@ fn dry_run_build_prints_the_cargo_command_and_builds_nothing() {
             format!("# copy {} to {}", built.display(), bin.display()),
         ]
     );
+    support::runs::assert_runs_describe("build", &stdout);
     let stderr = text(&out.stderr);
     assert!(
         !stderr.contains("Compiling") && !stderr.contains("Finished"),
@@ -49,6 +50,7 @@ fn dry_run_build_prints_the_cargo_command_and_builds_nothing() {
 fn dry_run_static_build_names_the_target_and_crt_static() {
     let out = run(xtask(&["build", "--static", "--dry-run"]).env("API_VERSION", "v1"));
     assert!(out.status.success(), "{}", text(&out.stderr));
+    support::runs::assert_runs_describe("build", &text(&out.stdout));
     let first = text(&out.stdout)
         .lines()
         .next()
@@ -99,6 +101,7 @@ fn dry_run_test_plans_fmt_clippy_then_tests() {
         format!("{cargo} test --workspace some_filter"),
     ];
     assert_eq!(text(&out.stdout).lines().collect::<Vec<_>>(), steps);
+    support::runs::assert_runs_describe("test", &text(&out.stdout));
 
     // With an earlier run's report there, the plan removes it first.
     let report = target.join("nextest/ci/junit.xml");

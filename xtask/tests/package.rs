@@ -500,6 +500,8 @@ fn dry_run_with_push_plans_login_build_and_push_without_the_password() {
     assert_eq!(lines[2], "docker push registry.example.com/team/api:v1");
     assert_eq!(lines[3], "registry.example.com/team/api:v1");
     assert!(!ran.both().contains("hunter2"), "{}", ran.both());
+    // The commands (the last line is the result, the image reference).
+    support::runs::assert_runs_describe("package", &lines[..3].join("\n"));
 }
 
 #[test]

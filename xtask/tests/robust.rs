@@ -65,6 +65,15 @@ fn dry_run_of_run_quotes_the_service_arguments() {
     assert_eq!(last, format!("{} '$(id)' '--port=1 2'", bin.display()));
 }
 
+#[test]
+fn run_help_describes_its_plan() {
+    let out = run(xtask(&["--dry-run", "run"]).env("API_VERSION", "v1"));
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let plan = text(&out.stdout);
+    assert_eq!(plan.lines().count(), 3, "{plan}");
+    support::runs::assert_runs_describe("run", &plan);
+}
+
 // --- Empty flags are refused, empty variables are unset --------------------
 
 #[test]

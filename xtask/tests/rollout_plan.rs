@@ -41,8 +41,10 @@ fn plan(world: &World, args: &[&str]) -> Vec<String> {
 fn deploy_plan_is_set_image_with_kube_flags_after_the_subcommand() {
     let world = World::new(Some("v1"));
     let p = plugin();
+    let got = plan(&world, &deploy_args(&["--context", "prod-eu"]));
+    support::runs::assert_runs_describe("deploy", &got[0]);
     assert_eq!(
-        plan(&world, &deploy_args(&["--context", "prod-eu"])),
+        got,
         [
             format!(
                 "{p} set image api api={REPOSITORY}:v2 -n shop --context prod-eu --request-timeout=10s"
@@ -155,19 +157,21 @@ fn promote_plan_is_promote_then_the_watch_until_healthy() {
     let before = world.changes();
     let expect = image("v2");
     let p = plugin();
+    let got = plan(
+        &world,
+        &[
+            "promote",
+            "-n",
+            NAMESPACE,
+            "--timeout",
+            "2m",
+            "--expect-image",
+            &expect,
+        ],
+    );
+    support::runs::assert_runs_describe("promote", &got.join("\n"));
     assert_eq!(
-        plan(
-            &world,
-            &[
-                "promote",
-                "-n",
-                NAMESPACE,
-                "--timeout",
-                "2m",
-                "--expect-image",
-                &expect
-            ]
-        ),
+        got,
         [
             format!("{p} promote api -n shop --request-timeout=10s"),
             format!(
@@ -183,8 +187,10 @@ fn promote_plan_is_promote_then_the_watch_until_healthy() {
 fn abort_plan_is_the_abort() {
     let world = World::paused_on_v2();
     let before = world.changes();
+    let got = plan(&world, &["abort", "-n", NAMESPACE]);
+    support::runs::assert_runs_describe("abort", &got.join("\n"));
     assert_eq!(
-        plan(&world, &["abort", "-n", NAMESPACE]),
+        got,
         [
             format!("{} abort api -n shop --request-timeout=10s", plugin()),
             format!(
@@ -230,8 +236,11 @@ fn release_plan_is_every_step_and_the_abort_on_failure() {
         ],
     );
     let (p, k, get) = (plugin(), kubectl(), get_rollout());
+    let got = plan(&world, &release);
+    // The commands: all but the last line, the released image's reference.
+    support::runs::assert_runs_describe("release", &got[..got.len() - 1].join("\n"));
     assert_eq!(
-        plan(&world, &release),
+        got,
         [
             format!("{p} set image api api={REPOSITORY}:v2 -n shop --request-timeout=10s"),
             format!(

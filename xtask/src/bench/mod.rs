@@ -61,11 +61,13 @@ means the machine was busy). This is a measurement, not a test: it does not fail
 a goal is missed, but says so.
 
 Runs:
-  API_VERSION=<v> RUSTFLAGS='-C target-feature=+crt-static' cargo build --release
-    --package api --target x86_64-unknown-linux-gnu       (as `build --static`; --dynamic: `build`)
+  RUSTFLAGS='-C target-feature=+crt-static' API_VERSION=<v> cargo build
+    --message-format=json-render-diagnostics --release --package api
+    --target x86_64-unknown-linux-gnu                      (as `build --static`; --dynamic: `build`)
   go build -trimpath '-ldflags=-s -w -X main.version=<v>'
     -o target/bench/api-go xtask/bench/main.go
   PORT=<port> HOST=127.0.0.1 bin/api                        (20 times, each until its first 200)
+  PORT=<port> HOST=127.0.0.1 target/bench/api-go            (the same, when go is installed)
   PORT=<port> HOST=127.0.0.1 taskset -c <cpu0> bin/api
   taskset -c <cpu1> wrk -t1 -c<n> -d1s http://127.0.0.1:<port>/health                  (warm-up)
   taskset -c <cpu1> wrk -t1 -c<n> -d<secs>s --latency -s xtask/bench/report.lua

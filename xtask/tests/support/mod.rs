@@ -4,6 +4,8 @@
 //! crate takes what it needs (`mod support;`), so the rest is unused there.
 #![allow(dead_code)]
 
+pub mod runs;
+
 use std::io::{Read, Write};
 use std::net::{TcpStream, ToSocketAddrs};
 use std::path::{Path, PathBuf};
