@@ -107,10 +107,10 @@ impl Context {
 }
 
 /// A program to run, and how: the one way a task runs one. Made by
-/// [`Context::change`] or [`Context::probe`]; then, as needed, variables that
-/// the echo shows ([`Step::env`]), where stdout goes ([`Step::stdout`]), a
-/// secret on stdin ([`Step::secret_stdin`]) and a deadline ([`Step::within`]).
-/// Its time counts as time in the tools (`timing`).
+/// [`Context::change`], [`Context::probe`] or [`Context::linter`]; then, as
+/// needed, variables that the echo shows ([`Step::env`]), where stdout goes
+/// ([`Step::stdout`]), a secret on stdin ([`Step::secret_stdin`]) and a
+/// deadline ([`Step::within`]). Its time counts as time in the tools (`timing`).
 #[must_use]
 pub struct Step {
     command: Command,
@@ -147,6 +147,7 @@ impl Step {
         self
     }
 
+    /// Where the program's stdout goes (shown, unless this says otherwise).
     pub fn stdout(mut self, stdout: Stdout) -> Step {
         self.io.stdout = stdout;
         self

@@ -39,8 +39,8 @@ pub enum Stderr {
 }
 
 /// How to run a child: where its stdout and stderr go, what it reads on
-/// stdin (else nothing), and its deadline.
-#[derive(Debug, Clone)]
+/// stdin (else nothing), and its deadline. Not `Debug`: `stdin` may be a
+/// secret, which no output may show.
 pub struct Io {
     pub stdout: Stdout,
     pub stderr: Stderr,
