@@ -1,5 +1,7 @@
 //! Which version a build says it is, and which commit it comes from.
 
+use std::time::Duration;
+
 use anyhow::{Context as _, Result, bail};
 use camino::Utf8Path;
 use xshell::cmd;
@@ -71,8 +73,14 @@ pub fn is_dirty(cx: &Context, dir: &Utf8Path) -> Result<bool> {
 fn git(cx: &Context, dir: &Utf8Path, args: &[&str]) -> Result<String> {
     let sh = &cx.sh;
     let _cd = sh.push_dir(dir);
-    cx.probe(cmd!(sh, "git {args...}")).drop_stderr().read(cx)
+    cx.probe(cmd!(sh, "git {args...}"))
+        .drop_stderr()
+        .within(GIT_LIMIT, "check that the checkout's file system answers")
+        .read(cx)
 }
+
+/// A local git read takes milliseconds; this bounds one on a file system that hangs.
+const GIT_LIMIT: Duration = Duration::from_secs(60);
 
 fn git_failed(
     cx: &Context,
