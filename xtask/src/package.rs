@@ -365,6 +365,7 @@ fn source_url(cx: &Context) -> Option<String> {
     let _cd = sh.push_dir(&cx.root);
     cx.probe(cmd!(sh, "git remote get-url origin"))
         .drop_stderr()
+        .within(Duration::from_secs(60), "")
         .read(cx)
         .ok()
         .filter(|url| !url.is_empty())
