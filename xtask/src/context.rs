@@ -195,7 +195,7 @@ impl Step {
     pub fn run(self, cx: &Context) -> Result<Option<Finished>> {
         let line = self.line();
         let hint = self.hint;
-        let Some(ended) = self.finish(cx)? else {
+        let Some(ended) = self.finish_as(cx, &line)? else {
             return Ok(None);
         };
         match ended {
@@ -233,7 +233,11 @@ impl Step {
     /// exit codes and messages): `Err` only when it could not start.
     pub fn finish(self, cx: &Context) -> Result<Option<Ended>> {
         let line = self.line();
-        let Some((command, io)) = self.prepare(cx, &line, "") else {
+        self.finish_as(cx, &line)
+    }
+
+    fn finish_as(self, cx: &Context, line: &str) -> Result<Option<Ended>> {
+        let Some((command, io)) = self.prepare(cx, line, "") else {
             return Ok(None);
         };
         crate::timing::in_tools(|| process::run(command, &io))

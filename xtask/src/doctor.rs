@@ -59,17 +59,9 @@ impl Doctor {
             ));
         }
         if tools::locate(tools::DOCKER.name).is_some() {
-            let sh = &cx.sh;
-            let format = "{{.Server.Version}}";
-            // An engine behind a dead TCP address can leave the CLI waiting for minutes.
-            let engine = match cx
-                .probe(cmd!(sh, "docker version --format {format}"))
-                .drop_stderr()
-                .within(PROBE_LIMIT, "")
-                .read(cx)
-            {
-                Ok(version) => format!("ok       {:<24} {version}", "docker engine"),
-                Err(_) => format!(
+            let engine = match crate::package::engine_version(cx) {
+                Ok(Ok(version)) => format!("ok       {:<24} {version}", "docker engine"),
+                _ => format!(
                     "missing  {:<24} the docker CLI is here but no engine answers (is dockerd running? is DOCKER_HOST right?)",
                     "docker engine"
                 ),
@@ -106,5 +98,5 @@ fn probe_version(cx: &Context, tool: &Tool, path: &str) -> String {
     }
 }
 
-/// How long a `--version` or `docker version` may take.
+/// How long a `--version` may take.
 const PROBE_LIMIT: Duration = Duration::from_secs(30);

@@ -200,6 +200,20 @@ mod tests {
         }
     }
 
+    /// `Cli::command()` and `Cli::from` list the tasks apart: each one listed is read back.
+    #[test]
+    fn every_task_listed_is_read_back() {
+        for task in Cli::command().get_subcommands() {
+            let name = task.get_name();
+            if name == "help" {
+                continue;
+            }
+            let cli = Cli::try_parse_from(["cargo-xtask", name])
+                .unwrap_or_else(|err| panic!("{name}: {err}"));
+            assert!(cli.task.is_some(), "{name}");
+        }
+    }
+
     #[test]
     fn global_flags_go_before_or_after_the_task() {
         for args in [

@@ -232,27 +232,31 @@ fn write_dotenv(file: &Utf8Path, digest: &str) -> Result<()> {
     Ok(())
 }
 
-/// `docker version` asks the engine; the CLI alone answers `docker --version`.
+/// The engine's version, from `docker version` (which asks the engine; the
+/// CLI alone answers `docker --version`); else what the CLI said instead.
+/// `Err` only when docker could not start. Also `doctor`'s probe.
+pub fn engine_version(cx: &Context) -> Result<std::result::Result<String, String>> {
+    let mut probe = Command::new("docker");
+    probe.args(["version", "--format", "{{.Server.Version}}"]);
+    // An engine behind a dead TCP address can leave the CLI waiting for minutes.
+    let limit = Duration::from_secs(30);
+    let ended = cx.probe(probe).keep_stderr().within(limit, "").finish(cx)?;
+    Ok(match ended {
+        Some(Ok(done)) if done.status.success() => Ok(done.stdout.trim().to_owned()),
+        Some(Ok(done)) => Err(done.stderr.trim().to_owned()),
+        Some(Err(_)) => Err(format!("no answer within {}s", limit.as_secs())),
+        // A probe runs under --dry-run too; were it skipped, that is no answer either.
+        None => Err("it did not run".to_owned()),
+    })
+}
+
 fn check_engine(cx: &Context) -> Result<()> {
     let host = match std::env::var("DOCKER_HOST") {
         Ok(host) if !host.is_empty() => format!("DOCKER_HOST={host}"),
         _ => "the default socket (DOCKER_HOST is not set)".to_owned(),
     };
-    let mut probe = Command::new("docker");
-    probe.args(["version", "--format", "{{.Server.Version}}"]);
-    // An engine behind a dead TCP address can leave the CLI waiting for minutes.
-    let limit = Duration::from_secs(30);
-    let ended = cx
-        .probe(probe)
-        .keep_stderr()
-        .within(limit, "")
-        .finish(cx)
-        .context("run `docker version`")?;
-    let said = match ended {
-        None => return Ok(()),
-        Some(Ok(done)) if done.status.success() => return Ok(()),
-        Some(Ok(done)) => done.stderr.trim().to_owned(),
-        Some(Err(_)) => format!("no answer within {}s", limit.as_secs()),
+    let Err(said) = engine_version(cx).context("run `docker version`")? else {
+        return Ok(());
     };
     bail!(
         "the docker CLI is installed, but no Docker engine answers at {host}: {said}\n\
@@ -361,12 +365,7 @@ fn source_url(cx: &Context) -> Option<String> {
     {
         return Some(public_url(&url));
     }
-    let sh = &cx.sh;
-    let _cd = sh.push_dir(&cx.root);
-    cx.probe(cmd!(sh, "git remote get-url origin"))
-        .drop_stderr()
-        .within(Duration::from_secs(60), "")
-        .read(cx)
+    version::git(cx, &cx.root, &["remote", "get-url", "origin"])
         .ok()
         .filter(|url| !url.is_empty())
         .map(|url| public_url(&url))

@@ -69,24 +69,21 @@ pub enum Cut {
 pub type Ended = std::result::Result<Finished, (Cut, Finished)>;
 
 /// Runs `command` to its end, as `io` says. `Err` only when it could not start.
-pub fn run(mut command: Command, io: &Io) -> Result<Ended> {
-    let program = command.get_program().to_string_lossy().into_owned();
-    let mut child = command
-        .stdin(match io.stdin {
-            Some(_) => Stdio::piped(),
-            None => Stdio::null(),
-        })
-        .stdout(stdout_of(io.stdout))
-        .stderr(stderr_of(io.stderr))
-        .spawn()
-        .map_err(|err| start_error(err, &program))?;
+pub fn run(command: Command, io: &Io) -> Result<Ended> {
+    let stdin = match io.stdin {
+        Some(_) => Stdio::piped(),
+        None => Stdio::null(),
+    };
+    let mut child = start(command, io, stdin)?;
     if let (Some(input), Some(mut pipe)) = (&io.stdin, child.stdin.take()) {
         // A command that exits before reading says why on stderr; its status tells.
         let _ = pipe.write_all(input.as_bytes());
     }
     let stdout = drain(child.stdout.take(), io.stdout == Stdout::OnStderr);
     let stderr = drain(child.stderr.take(), false);
-    let deadline = io.limit.and_then(|limit| Instant::now().checked_add(limit));
+    let deadline = io
+        .limit
+        .and_then(|limit| Some((Instant::now().checked_add(limit)?, limit)));
     let cut = loop {
         if let Some(status) = child.try_wait()? {
             return Ok(Ok(collect(status, stdout, stderr)));
@@ -94,8 +91,8 @@ pub fn run(mut command: Command, io: &Io) -> Result<Ended> {
         if interrupt::interrupted() {
             break Cut::Interrupted;
         }
-        if let (Some(deadline), Some(limit)) = (deadline, io.limit)
-            && Instant::now() >= deadline
+        if let Some((at, limit)) = deadline
+            && Instant::now() >= at
         {
             break Cut::Deadline(limit);
         }
@@ -116,16 +113,21 @@ pub struct Background {
 
 /// Starts `command` as `io` says (stdin closed; no secret, no deadline: the
 /// owner decides when it ends).
-pub fn spawn(mut command: Command, io: &Io) -> Result<Background> {
-    let program = command.get_program().to_string_lossy().into_owned();
+pub fn spawn(command: Command, io: &Io) -> Result<Background> {
     let started = Instant::now();
-    let child = command
-        .stdin(Stdio::null())
+    let child = start(command, io, Stdio::null())?;
+    Ok(Background { child, started })
+}
+
+/// Starts `command` with its stdout and stderr where `io` says.
+fn start(mut command: Command, io: &Io, stdin: Stdio) -> Result<Child> {
+    let program = command.get_program().to_string_lossy().into_owned();
+    command
+        .stdin(stdin)
         .stdout(stdout_of(io.stdout))
         .stderr(stderr_of(io.stderr))
         .spawn()
-        .map_err(|err| start_error(err, &program))?;
-    Ok(Background { child, started })
+        .map_err(|err| start_error(err, &program))
 }
 
 impl Background {

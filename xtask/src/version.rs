@@ -70,7 +70,7 @@ pub fn is_dirty(cx: &Context, dir: &Utf8Path) -> Result<bool> {
 
 /// A read-only git command in `dir` (echoed with --verbose); its stdout. Its
 /// stderr is dropped: the error says what it means.
-fn git(cx: &Context, dir: &Utf8Path, args: &[&str]) -> Result<String> {
+pub fn git(cx: &Context, dir: &Utf8Path, args: &[&str]) -> Result<String> {
     let sh = &cx.sh;
     let _cd = sh.push_dir(dir);
     cx.probe(cmd!(sh, "git {args...}"))
