@@ -100,7 +100,9 @@ fn promote_before_the_pause_changes_nothing() {
     let Some(world) = World::needing_kubectl(Some("v1")) else {
         return;
     };
-    set_v2(&world, Some(3.0), None);
+    // Ready after 12 s: a promote and a status take well under that even on
+    // a loaded 2-core machine (3 s was not enough at load 15).
+    set_v2(&world, Some(12.0), None);
     let promote = rollouts(&world, &["promote", "api"]);
     assert!(
         status(&world).stdout.starts_with("Progressing"),
