@@ -429,9 +429,8 @@ async fn respond(
 /// it completes no request head (`requests`, counted by the service, did not
 /// move): then it is dropped, which closes it, and the result is `None`.
 /// When `stop` changes, `shutdown` asks the connection to finish the request
-/// it is in and close (at once, if it is idle); one that has not completed
-/// its first request yet is left to do so (its answer says
-/// `Connection: close`), within the same timeout.
+/// it is in and close (at once, if it is idle; hyper counts a connection that
+/// has not read its first request yet as busy, so that request is answered).
 ///
 /// This is the header read timeout. A client that sends nothing, or trickles
 /// a head too slowly, is closed `period` after it connected or at most two
@@ -455,9 +454,7 @@ async fn close_when_idle<F: Future + Unpin>(
             output = &mut conn => return Some(output),
             _ = stop.changed(), if !stopping => {
                 stopping = true;
-                if requests.load(Ordering::Relaxed) > 0 {
-                    shutdown(&mut conn);
-                }
+                shutdown(&mut conn);
             }
             () = &mut timer => {
                 let now = requests.load(Ordering::Relaxed);
