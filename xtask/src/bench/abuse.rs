@@ -78,6 +78,9 @@ pub struct Phase {
     pub probe: Latency,
     pub alive: bool,
     pub oom_killed: bool,
+    /// The machine's 1-minute load average as the phase began and ended:
+    /// latencies on a busy machine are the machine's.
+    pub load: (Option<f64>, Option<f64>),
 }
 
 #[derive(Debug)]
@@ -132,6 +135,7 @@ impl Phase {
             "probe": self.probe.json(),
             "alive": self.alive,
             "oom_killed": self.oom_killed,
+            "load_average_1m": [self.load.0, self.load.1],
         })
     }
 }
@@ -831,6 +835,7 @@ pub fn phase(
         what.join(", "),
         hold.as_secs()
     );
+    let load_before = load_average();
     let rss_idle_kib = subject.rss_kib();
     let prober = Prober::start(subject.addr, subject.probe)?;
     let sampler = Sampler::start(subject.pid);
@@ -876,7 +881,14 @@ pub fn phase(
         probe,
         alive,
         oom_killed,
+        load: (load_before, load_average()),
     })
+}
+
+/// The 1-minute load average, from /proc/loadavg.
+fn load_average() -> Option<f64> {
+    let text = std::fs::read_to_string("/proc/loadavg").ok()?;
+    text.split_whitespace().next()?.parse().ok()
 }
 
 /// `n` connections, each answered once and held until all are, then all
@@ -923,13 +935,14 @@ pub fn table(report: &Report) -> String {
     let mut out = format!(
         "bench --abuse: the server {}; goals: keep-alive and probe p99 <= {} ms, probes failed: \
          {GOAL_PROBE_FAILURES}; each probe on a new connection every 100 ms, {} s timeout, on the \
-         probe port (PROBE_PORT) and, for comparison, on the service port\n",
+         probe port (PROBE_PORT) and, for comparison, on the service port; load: the machine's \
+         1-minute load average as the phase began and ended\n",
         report.where_,
         GOAL_HEALTH_P99_US / 1000,
         PROBE_TIMEOUT.as_secs()
     );
     out.push_str(&format!(
-        "{:<24} {:>7} {:>7} {:>6} {:>6} {:>8} {:>8} {:>8} {:>19} {:>19} {:>19} {:>5}\n",
+        "{:<24} {:>7} {:>7} {:>6} {:>6} {:>8} {:>8} {:>8} {:>19} {:>19} {:>19} {:>5} {:>11}\n",
         "phase",
         "clients",
         "opened",
@@ -941,7 +954,8 @@ pub fn table(report: &Report) -> String {
         "keep-alive p99",
         "probe p99",
         "service new p99",
-        "alive"
+        "alive",
+        "load"
     ));
     let mib = |kib: u64| format!("{:.1}M", kib as f64 / 1024.0);
     for p in &report.phases {
@@ -963,7 +977,7 @@ pub fn table(report: &Report) -> String {
             )
         };
         out.push_str(&format!(
-            "{:<24} {:>7} {:>7} {:>6} {:>6} {:>8} {:>8} {:>8} {:>19} {:>19} {:>19} {:>5}\n",
+            "{:<24} {:>7} {:>7} {:>6} {:>6} {:>8} {:>8} {:>8} {:>19} {:>19} {:>19} {:>5} {:>11}\n",
             p.name,
             p.asked,
             p.opened,
@@ -981,6 +995,10 @@ pub fn table(report: &Report) -> String {
                 "yes"
             } else {
                 "NO"
+            },
+            match p.load {
+                (Some(a), Some(b)) => format!("{a:.1}-{b:.1}"),
+                _ => "-".into(),
             },
         ));
     }
