@@ -11,8 +11,12 @@ use crate::log::Level;
 pub const ENV_HELP: &str =
     "  PORT                      port to listen on (default 8080; 0 picks a free one)
   HOST                      IP address to bind (default 0.0.0.0, every IPv4 interface)
+  PROBE_PORT                a port of its own for the kubelet's probes (GET /health, /ready), on
+                            HOST too, served by its own thread with its own 32 connections, so
+                            that no flood of PORT delays a probe (default: none; 0 picks a free one)
   LOG_LEVEL                 error, warn, info or debug (default info; debug logs every request)
-  WORKERS                   threads that serve requests (default: the CPUs this process may use)
+  WORKERS                   threads that serve requests, 1 to 64 (default: the CPUs this process
+                            may use, at most 64)
   HEADER_READ_TIMEOUT_SECS  a connection that completes no request head for this long is closed:
                             a silent or trickling client after 1x, an idle keep-alive one or one
                             that never reads its answers after 1-2x (default 10)
@@ -38,6 +42,8 @@ pub const ENV_HELP: &str =
 pub struct Config {
     pub host: IpAddr,
     pub port: u16,
+    /// The probe listener's port, if any.
+    pub probe_port: Option<u16>,
     pub log_level: Level,
     pub shutdown_timeout: Duration,
     pub header_read_timeout: Duration,
@@ -62,6 +68,9 @@ pub const DEFAULT_LISTEN_BACKLOG: u64 = 4_096;
 pub const DEFAULT_SOCKET_BUFFER_BYTES: u64 = 4_096;
 pub const DEFAULT_MAX_HEAD_BYTES: u64 = 8_192;
 pub const DEFAULT_DRAIN_DELAY_SECS: u64 = 5;
+/// The most worker threads: more than the CPUs only costs memory (each idle
+/// thread ~40 KiB of RSS: 41 MiB at 1,024); rollout.yaml gives a pod half a CPU.
+pub const MAX_WORKERS: u64 = 64;
 
 impl Config {
     /// Reads the process environment.
@@ -73,10 +82,15 @@ impl Config {
     pub fn from_lookup(
         get: impl Fn(&str) -> Result<Option<String>, String>,
     ) -> Result<Config, String> {
-        let default_workers = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let default_workers = std::thread::available_parallelism()
+            .map_or(1, |n| n.get())
+            .min(MAX_WORKERS as usize);
+        let port = port(&get)?;
+        let probe_port = probe_port(&get, port)?;
         Ok(Config {
             host: host(&get)?,
-            port: port(&get)?,
+            port,
+            probe_port,
             log_level: match get("LOG_LEVEL")? {
                 None => Level::Info,
                 Some(value) => Level::parse(&value).ok_or_else(|| {
@@ -105,8 +119,8 @@ impl Config {
                 &get,
                 "WORKERS",
                 default_workers as u64,
-                1..=1024,
-                "a number of threads from 1 to 1024",
+                1..=MAX_WORKERS,
+                "a number of threads from 1 to 64 (more than the CPUs only costs memory)",
             )? as usize,
             max_connections: number(
                 &get,
@@ -157,6 +171,11 @@ impl Config {
         SocketAddr::new(self.host, self.port)
     }
 
+    /// Where the probe listener binds, if there is one.
+    pub fn probe_addr(&self) -> Option<SocketAddr> {
+        Some(SocketAddr::new(self.host, self.probe_port?))
+    }
+
     /// Where `api healthcheck` asks: the bound address, with a wildcard host
     /// (0.0.0.0, ::) replaced by the loopback address of its family.
     pub fn health_url_addr(&self) -> SocketAddr {
@@ -186,6 +205,7 @@ pub fn healthcheck_addr_from(
     let config = Config {
         host: host(&get)?,
         port,
+        probe_port: None,
         log_level: Level::Info,
         shutdown_timeout: Duration::ZERO,
         header_read_timeout: Duration::ZERO,
@@ -234,6 +254,30 @@ fn port(get: &impl Fn(&str) -> Result<Option<String>, String>) -> Result<u16, St
             )
         }),
     }
+}
+
+fn probe_port(
+    get: &impl Fn(&str) -> Result<Option<String>, String>,
+    port: u16,
+) -> Result<Option<u16>, String> {
+    let Some(value) = get("PROBE_PORT")? else {
+        return Ok(None);
+    };
+    let probe: u16 = value.parse().map_err(|_| {
+        format!(
+            "PROBE_PORT={} is not a port number: use a whole number from 1 to 65535 (0 picks a \
+             free one), or leave it unset for no probe port",
+            shown(&value)
+        )
+    })?;
+    if probe != 0 && probe == port {
+        return Err(format!(
+            "PROBE_PORT={} is PORT too: give the probes another port, such as {}",
+            shown(&value),
+            port.wrapping_add(1).max(1)
+        ));
+    }
+    Ok(Some(probe))
 }
 
 fn number(
@@ -300,6 +344,18 @@ mod tests {
         assert_eq!(c.socket_buffer_bytes, 4_096);
         assert_eq!(c.max_head_bytes, 8_192);
         assert_eq!(c.drain_delay, Duration::from_secs(5));
+        assert!(c.workers <= 64);
+        assert_eq!(c.probe_port, None);
+        assert_eq!(c.probe_addr(), None);
+    }
+
+    #[test]
+    fn a_probe_port_binds_on_host() {
+        let c = config(&[("HOST", "127.0.0.1"), ("PROBE_PORT", "8081")]).unwrap();
+        assert_eq!(c.probe_addr(), Some("127.0.0.1:8081".parse().unwrap()));
+        let both_free = config(&[("PORT", "0"), ("PROBE_PORT", "0")]).unwrap();
+        assert_eq!(both_free.probe_port, Some(0));
+        assert_eq!(config(&[("WORKERS", "64")]).unwrap().workers, 64);
     }
 
     #[test]
@@ -377,8 +433,11 @@ mod tests {
             ("SHUTDOWN_TIMEOUT_SECS", "1.5", "from 0 to 3600"),
             ("SHUTDOWN_TIMEOUT_SECS", "99999", "from 0 to 3600"),
             ("HEADER_READ_TIMEOUT_SECS", "0", "from 1 to 3600"),
-            ("WORKERS", "0", "from 1 to 1024"),
-            ("WORKERS", "abc", "from 1 to 1024"),
+            ("WORKERS", "0", "from 1 to 64"),
+            ("WORKERS", "abc", "from 1 to 64"),
+            ("WORKERS", "1024", "from 1 to 64"),
+            ("PROBE_PORT", "http", "from 1 to 65535"),
+            ("PROBE_PORT", "8080", "another port, such as 8081"),
             ("MAX_CONNECTIONS", "0", "from 1 to 1000000"),
             ("MAX_ACTIVE_CONNECTIONS", "many", "from 1 to 1000000"),
             ("LISTEN_BACKLOG", "70000", "from 1 to 65535"),

@@ -310,6 +310,9 @@ fn bad_configuration_is_one_error_line_and_nothing_starts() {
         ("HEADER_READ_TIMEOUT_SECS", "0"),
         ("WORKERS", "0"),
         ("WORKERS", "abc"),
+        // Threads past the CPUs only cost memory: 41 MiB idle at 1024.
+        ("WORKERS", "1024"),
+        ("PROBE_PORT", "probe"),
         ("MAX_CONNECTIONS", "0"),
         ("DRAIN_DELAY_SECS", "soon"),
     ] {
@@ -999,4 +1002,196 @@ fn sigterm_with_a_drain_delay_under_keep_alive_load_fails_no_request() {
     );
     let stopped = api.wait_for_log("stopped", Duration::from_secs(1));
     assert_eq!(stopped["drained"], true);
+}
+
+// ---- probes, floods, the end of accepting ----
+
+/// The probe port's address, from the start line.
+fn probe_addr(api: &Api) -> SocketAddr {
+    let started = api
+        .seen
+        .iter()
+        .find(|l| l["msg"] == "started")
+        .expect("a start line");
+    started["probe_addr"]
+        .as_str()
+        .expect("a probe_addr in the start line")
+        .parse()
+        .unwrap()
+}
+
+/// One request on a new connection, as the kubelet probes: its answer, or
+/// why there was none within `limit`.
+fn probe(addr: SocketAddr, path: &str, limit: Duration) -> Result<Response, String> {
+    let mut stream =
+        TcpStream::connect_timeout(&addr, limit).map_err(|e| format!("connect: {e}"))?;
+    stream.set_read_timeout(Some(limit)).unwrap();
+    write!(
+        stream,
+        "GET {path} HTTP/1.1\r\nHost: probe\r\nConnection: close\r\n\r\n"
+    )
+    .map_err(|e| format!("send: {e}"))?;
+    read_response(&mut stream, false).map_err(|e| format!("{e:?}"))
+}
+
+/// Whether the server closed `stream` within `limit` (EOF or reset), rather
+/// than keep it open.
+fn closed_within(stream: &mut TcpStream, limit: Duration) -> bool {
+    stream.set_read_timeout(Some(limit)).unwrap();
+    let mut byte = [0u8; 1];
+    match stream.read(&mut byte) {
+        Ok(0) => true,
+        Ok(_) => false,
+        Err(e) => !matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut),
+    }
+}
+
+#[test]
+fn probes_on_their_own_port_are_answered_while_the_service_port_is_full() {
+    let mut api = Api::start(&[
+        ("PROBE_PORT", "0"),
+        ("MAX_CONNECTIONS", "20"),
+        ("MAX_ACTIVE_CONNECTIONS", "4"),
+        ("LISTEN_BACKLOG", "8"),
+        ("HEADER_READ_TIMEOUT_SECS", "30"),
+        ("DRAIN_DELAY_SECS", "30"),
+    ]);
+    let probes = probe_addr(&api);
+    assert_ne!(probes.port(), api.addr.port());
+    // Every active slot taken by heads that never end, every connection
+    // slot and the listen queue by silent clients.
+    let mut flood: Vec<TcpStream> = (0..4)
+        .map(|_| {
+            let mut slow = api.connect();
+            slow.write_all(b"GET / HTTP/1.1\r\n").unwrap();
+            slow
+        })
+        .collect();
+    flood
+        .extend((0..100).filter_map(|_| {
+            TcpStream::connect_timeout(&api.addr, Duration::from_millis(100)).ok()
+        }));
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(
+        probe(api.addr, "/health", Duration::from_millis(500)).is_err(),
+        "the service port is full: a new client there is not answered"
+    );
+    for path in ["/health", "/ready", "/health"] {
+        let answer =
+            probe(probes, path, Duration::from_secs(5)).expect("answered on the probe port");
+        assert_eq!(answer.status, 200, "{path}: {answer:?}");
+    }
+    // While draining: /ready says so there too, /health still passes.
+    api.signal("TERM");
+    api.wait_for_log("stopping", Duration::from_secs(5));
+    let ready = probe(probes, "/ready", Duration::from_secs(5)).unwrap();
+    assert_eq!(ready.status, 503);
+    assert_eq!(
+        probe(probes, "/health", Duration::from_secs(5))
+            .unwrap()
+            .status,
+        200
+    );
+    drop(flood);
+}
+
+#[test]
+fn the_probe_port_makes_room_for_a_new_probe_and_floods_are_summed_up_in_the_log() {
+    let mut api = Api::start(&[("PROBE_PORT", "0"), ("HEADER_READ_TIMEOUT_SECS", "1")]);
+    let probes = probe_addr(&api);
+    // More silent connections than the probe port serves: the oldest go.
+    let mut silent: Vec<TcpStream> = (0..40)
+        .map(|_| TcpStream::connect(probes).unwrap())
+        .collect();
+    let answer = probe(probes, "/health", Duration::from_secs(5)).expect("a new probe is answered");
+    assert_eq!(answer.status, 200);
+    assert!(
+        closed_within(&mut silent[0], Duration::from_millis(500)),
+        "the oldest silent connection was closed for the newer ones"
+    );
+    assert!(
+        !closed_within(&mut silent[39], Duration::from_millis(100)),
+        "the newest stays until its time is up"
+    );
+    // On the service port: 3 silent clients and 2 that never finish a head,
+    // all closed after the header read timeout.
+    let _quiet: Vec<TcpStream> = (0..3).map(|_| api.connect()).collect();
+    let _slow: Vec<TcpStream> = (0..2)
+        .map(|_| {
+            let mut slow = api.connect();
+            slow.write_all(b"GET / HTTP/1.1\r\nHost: te").unwrap();
+            slow
+        })
+        .collect();
+    // One line per interval (10 s) sums it all up.
+    let shed = api.wait_for_log("shed", Duration::from_secs(15));
+    assert_eq!(shed["level"], "warn");
+    assert_eq!(shed["interval_secs"], 10);
+    assert_eq!(shed["closed_silent"], 3, "{shed}");
+    assert_eq!(shed["closed_slow_head"], 2, "{shed}");
+    assert!(shed["probe_evicted"].as_u64().unwrap() >= 9, "{shed}");
+    assert!(shed["open_connections"].is_u64(), "{shed}");
+}
+
+#[test]
+fn after_the_drain_delay_new_clients_are_refused_not_reset() {
+    const CLIENTS: usize = 8;
+    let mut api = Api::start(&[("DRAIN_DELAY_SECS", "1"), ("SHUTDOWN_TIMEOUT_SECS", "5")]);
+    let addr = api.addr;
+    let signalled = Arc::new(AtomicBool::new(false));
+    let answered = Arc::new(AtomicUsize::new(0));
+    // Clients that keep coming after SIGTERM, as through a stale kube-proxy
+    // rule: each a new connection and one request.
+    let clients: Vec<_> = (0..CLIENTS)
+        .map(|_| {
+            let (signalled, answered) = (signalled.clone(), answered.clone());
+            std::thread::spawn(move || -> Result<(), String> {
+                let deadline = Instant::now() + Duration::from_secs(20);
+                while Instant::now() < deadline {
+                    let mut stream = match TcpStream::connect_timeout(&addr, Duration::from_secs(5))
+                    {
+                        Ok(stream) => stream,
+                        Err(e) if e.kind() == ErrorKind::ConnectionRefused => {
+                            return if signalled.load(Ordering::Relaxed) {
+                                Ok(())
+                            } else {
+                                Err("refused before SIGTERM".into())
+                            };
+                        }
+                        Err(e) => return Err(format!("connect: {e}")),
+                    };
+                    stream
+                        .set_read_timeout(Some(Duration::from_secs(10)))
+                        .unwrap();
+                    stream
+                        .write_all(b"GET /health HTTP/1.1\r\nHost: test\r\n\r\n")
+                        .map_err(|e| format!("send: {e}"))?;
+                    match read_response(&mut stream, false) {
+                        Ok(response) if response.status == 200 => {
+                            answered.fetch_add(1, Ordering::Relaxed);
+                        }
+                        Ok(response) => return Err(format!("{response:?}")),
+                        Err(end) => return Err(format!("accepted, then {end:?}")),
+                    }
+                }
+                Err("never refused".into())
+            })
+        })
+        .collect();
+    let warmup = Instant::now();
+    while answered.load(Ordering::Relaxed) < 100 {
+        assert!(warmup.elapsed() < Duration::from_secs(10), "no load");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    signalled.store(true, Ordering::Relaxed);
+    api.signal("TERM");
+    let failures: Vec<String> = clients
+        .into_iter()
+        .filter_map(|client| client.join().unwrap().err())
+        .collect();
+    assert!(
+        failures.is_empty(),
+        "clients not refused cleanly: {failures:?}"
+    );
+    assert!(api.wait_exit(Duration::from_secs(10)).success());
 }

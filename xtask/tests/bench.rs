@@ -303,6 +303,8 @@ fn abuse_in_a_memory_limited_container_kills_nothing_and_memory_comes_back() {
             "--json",
             "--silent",
             "400",
+            "--trickle",
+            "100",
             "--slowloris",
             "100",
             "--pipeliners",
@@ -326,6 +328,22 @@ fn abuse_in_a_memory_limited_container_kills_nothing_and_memory_comes_back() {
     assert!(out.status.success(), "{stderr}");
     let report: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON report");
     assert_eq!(report["plan"]["container"], !remote, "{stderr}");
+    let names: Vec<&str> = report["phases"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        names,
+        [
+            "silent",
+            "one-byte trickle",
+            "slowloris",
+            "pipelining non-readers",
+            "mix"
+        ]
+    );
     for phase in report["phases"].as_array().unwrap() {
         let name = &phase["name"];
         assert_eq!(phase["alive"], true, "{name}: {phase}");
@@ -337,6 +355,9 @@ fn abuse_in_a_memory_limited_container_kills_nothing_and_memory_comes_back() {
             phase["keep_alive"]["requests"].as_u64().unwrap() > 0,
             "{name}"
         );
+        // The probes on their own port (PROBE_PORT), each on a new connection.
+        assert_eq!(phase["probe"]["errors"], 0, "{name}: {phase}");
+        assert!(phase["probe"]["requests"].as_u64().unwrap() > 0, "{name}");
     }
     let burst = &report["burst"];
     assert_eq!(burst["connections"], 400, "every burst connection answered");

@@ -21,8 +21,11 @@ pub const MEMORY_LIMIT: &str = "128m";
 pub const MEMORY_LIMIT_BYTES: u64 = 128 * 1024 * 1024;
 /// What every docker command may take.
 pub const DOCKER_DEADLINE: Duration = Duration::from_secs(120);
-/// A well-behaved client's deadline per request: a kubelet probe's timeoutSeconds.
-const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
+/// A well-behaved client's deadline per request: a kubelet probe's
+/// timeoutSeconds, 1 s by default.
+const PROBE_TIMEOUT: Duration = Duration::from_secs(1);
+/// The goal for the probes: none fails.
+pub const GOAL_PROBE_FAILURES: usize = 0;
 /// The goal for the well-behaved client's p99 during a flood.
 pub const GOAL_HEALTH_P99_US: u64 = 10_000;
 
@@ -30,6 +33,7 @@ pub const GOAL_HEALTH_P99_US: u64 = 10_000;
 #[derive(Debug, Clone)]
 pub struct Plan {
     pub silent: usize,
+    pub trickle: usize,
     pub slowloris: usize,
     pub pipeliners: usize,
     pub burst: usize,
@@ -51,12 +55,13 @@ pub struct Latency {
 #[derive(Debug)]
 pub struct Phase {
     pub name: String,
-    /// Abusive connections opened / how many the client asked for.
+    /// Abusive connections opened in all (reopened ones included) and how
+    /// many the client keeps open.
     pub opened: usize,
     pub asked: usize,
     /// Connections the server held (its open sockets), the most during the hold.
     pub held_by_server: Option<usize>,
-    /// Of the abusive connections, those the server had closed by the end.
+    /// Abusive connections the server closed (each then opened again).
     pub closed_by_server: usize,
     pub rss_idle_kib: u64,
     pub rss_peak_kib: u64,
@@ -67,10 +72,15 @@ pub struct Phase {
     pub cgroup_tcp_bytes: Option<u64>,
     /// A keep-alive client opened before the flood, one GET /health every 2 ms.
     pub keep_alive: Latency,
-    /// A new connection per GET /health every 100 ms, as a kubelet probe.
+    /// A new connection per GET /health every 100 ms on the service port.
     pub new_connection: Latency,
+    /// The same on the probe port (`PROBE_PORT`), as the kubelet's probes.
+    pub probe: Latency,
     pub alive: bool,
     pub oom_killed: bool,
+    /// The machine's 1-minute load average as the phase began and ended:
+    /// latencies on a busy machine are the machine's.
+    pub load: (Option<f64>, Option<f64>),
 }
 
 #[derive(Debug)]
@@ -122,8 +132,10 @@ impl Phase {
             "cgroup_tcp_bytes": self.cgroup_tcp_bytes,
             "keep_alive": self.keep_alive.json(),
             "new_connection": self.new_connection.json(),
+            "probe": self.probe.json(),
             "alive": self.alive,
             "oom_killed": self.oom_killed,
+            "load_average_1m": [self.load.0, self.load.1],
         })
     }
 }
@@ -134,6 +146,7 @@ impl Report {
         json!({
             "plan": {
                 "silent": plan.silent,
+                "trickle": plan.trickle,
                 "slowloris": plan.slowloris,
                 "pipeliners": plan.pipeliners,
                 "burst": plan.burst,
@@ -161,7 +174,16 @@ pub struct Subject {
     container: Option<String>,
     pub pid: u32,
     pub addr: SocketAddr,
+    /// The probe port, which the server is told with `PROBE_PORT`.
+    pub probe: SocketAddr,
     cgroup: Option<std::path::PathBuf>,
+}
+
+/// A port free on 127.0.0.1 now.
+fn free_port() -> Result<u16> {
+    let listener =
+        std::net::TcpListener::bind("127.0.0.1:0").context("find a free port on 127.0.0.1")?;
+    Ok(listener.local_addr()?.port())
 }
 
 impl Subject {
@@ -170,10 +192,12 @@ impl Subject {
         port: u16,
         env: &BTreeMap<String, String>,
     ) -> Result<Subject> {
+        let probe_port = free_port()?;
         let mut command = Command::new(binary.as_std_path());
         command
             .envs(env)
             .env("PORT", port.to_string())
+            .env("PROBE_PORT", probe_port.to_string())
             .env("HOST", "127.0.0.1");
         let io = Io {
             stdout: Stdout::Dropped,
@@ -188,6 +212,7 @@ impl Subject {
             container: None,
             pid,
             addr: SocketAddr::from(([127, 0, 0, 1], port)),
+            probe: SocketAddr::from(([127, 0, 0, 1], probe_port)),
             cgroup: None,
         };
         subject.wait_ready()?;
@@ -203,6 +228,7 @@ impl Subject {
         port: u16,
         env: &BTreeMap<String, String>,
     ) -> Result<Subject> {
+        let probe_port = free_port()?;
         let mut args: Vec<String> = vec![
             "run".into(),
             "--detach".into(),
@@ -217,6 +243,8 @@ impl Subject {
             "--env".into(),
             format!("PORT={port}"),
             "--env".into(),
+            format!("PROBE_PORT={probe_port}"),
+            "--env".into(),
             "HOST=127.0.0.1".into(),
         ];
         for (key, value) in env {
@@ -230,6 +258,7 @@ impl Subject {
             container: Some(name.to_owned()),
             pid: 0,
             addr: SocketAddr::from(([127, 0, 0, 1], port)),
+            probe: SocketAddr::from(([127, 0, 0, 1], probe_port)),
             cgroup: None,
         };
         let pid = docker_run(docker, &["inspect", "--format", "{{.State.Pid}}", name])
@@ -260,7 +289,9 @@ impl Subject {
     fn wait_ready(&self) -> Result<()> {
         let started = Instant::now();
         loop {
-            if get_once(self.addr, PROBE_TIMEOUT).is_ok() {
+            if get_once(self.addr, PROBE_TIMEOUT).is_ok()
+                && get_once(self.probe, PROBE_TIMEOUT).is_ok()
+            {
                 return Ok(());
             }
             if started.elapsed() > Duration::from_secs(10) {
@@ -486,8 +517,9 @@ struct Prober {
 
 impl Prober {
     /// Opens the keep-alive connection now (before any flood), then measures
-    /// on it and on a new connection each 100 ms until stopped.
-    fn start(addr: SocketAddr) -> Result<Prober> {
+    /// on it, and on a new connection each 100 ms to the service port and to
+    /// the probe port, until stopped.
+    fn start(addr: SocketAddr, probe: SocketAddr) -> Result<Prober> {
         let stop = Arc::new(AtomicBool::new(false));
         let kept = TcpStream::connect_timeout(&addr, PROBE_TIMEOUT)
             .context("the well-behaved client's connection")?;
@@ -528,7 +560,7 @@ impl Prober {
                 latency(times, errors)
             })
         };
-        let fresh = {
+        let new_connections = |addr: SocketAddr| {
             let stop = Arc::clone(&stop);
             std::thread::spawn(move || {
                 let mut times = Vec::new();
@@ -544,13 +576,16 @@ impl Prober {
                 latency(times, errors)
             })
         };
+        let fresh = new_connections(addr);
+        let probes = new_connections(probe);
         Ok(Prober {
             stop,
-            threads: vec![keep_alive, fresh],
+            threads: vec![keep_alive, fresh, probes],
         })
     }
 
-    fn finish(self) -> (Latency, Latency) {
+    /// The keep-alive client's, the service port's and the probe port's latencies.
+    fn finish(self) -> (Latency, Latency, Latency) {
         self.stop.store(true, Ordering::Relaxed);
         let mut results = self
             .threads
@@ -558,7 +593,8 @@ impl Prober {
             .map(|t| t.join().unwrap_or_default());
         let keep_alive = results.next().unwrap_or_default();
         let fresh = results.next().unwrap_or_default();
-        (keep_alive, fresh)
+        let probes = results.next().unwrap_or_default();
+        (keep_alive, fresh, probes)
     }
 }
 
@@ -587,7 +623,7 @@ fn open_many(addr: SocketAddr, n: usize, limit: Duration) -> Vec<TcpStream> {
     let mut streams = Vec::with_capacity(n);
     let mut failed_in_a_row = 0;
     while streams.len() < n && failed_in_a_row < 20 && started.elapsed() < limit {
-        match TcpStream::connect_timeout(&addr, Duration::from_millis(500)) {
+        match TcpStream::connect_timeout(&addr, CONNECT_TIMEOUT) {
             Ok(stream) => {
                 failed_in_a_row = 0;
                 streams.push(stream);
@@ -615,83 +651,224 @@ fn closed_by_server(stream: &TcpStream) -> bool {
     }
 }
 
-/// The abuse of one phase: what it does to the connections it opened.
+/// A flood: what its clients do to the connections they open. Each client
+/// opens its connection again when the server closes it, as flooding tools do.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Kind {
     /// Connect and send nothing.
     Silent,
-    /// Send a request head one byte a second, never finishing it.
+    /// Send one byte, then nothing.
+    Trickle,
+    /// Send a request head a byte every half second, never finishing it.
     Slowloris,
     /// Send pipelined requests as fast as the socket takes them; never read.
     Pipeliner,
 }
 
+impl Kind {
+    pub fn name(self) -> &'static str {
+        match self {
+            Kind::Silent => "silent",
+            Kind::Trickle => "one-byte trickle",
+            Kind::Slowloris => "slowloris",
+            Kind::Pipeliner => "pipelining non-readers",
+        }
+    }
+}
+
+/// How many clients of each kind; the phases are each kind alone, then all
+/// of them at once (the mix).
+#[derive(Clone, Copy, Debug)]
+pub struct Counts {
+    pub silent: usize,
+    pub trickle: usize,
+    pub slowloris: usize,
+    pub pipeliners: usize,
+}
+
+/// The phases of a run: a name, and the floods it holds at once. The mix
+/// fits `room` connections by holding fewer silent ones (its phase line
+/// says how many).
+pub fn phases(counts: Counts, room: usize) -> Vec<(&'static str, Vec<(Kind, usize)>)> {
+    let all: Vec<(Kind, usize)> = [
+        (Kind::Silent, counts.silent),
+        (Kind::Trickle, counts.trickle),
+        (Kind::Slowloris, counts.slowloris),
+        (Kind::Pipeliner, counts.pipeliners),
+    ]
+    .into_iter()
+    .filter(|(_, n)| *n > 0)
+    .collect();
+    let mut phases: Vec<_> = all
+        .iter()
+        .map(|&(kind, n)| (kind.name(), vec![(kind, n)]))
+        .collect();
+    if all.len() > 1 {
+        let others: usize = all
+            .iter()
+            .filter(|(kind, _)| *kind != Kind::Silent)
+            .map(|(_, n)| n)
+            .sum();
+        let mix = all
+            .into_iter()
+            .map(|(kind, n)| match kind {
+                Kind::Silent => (kind, n.min(room.saturating_sub(others))),
+                _ => (kind, n),
+            })
+            .filter(|(_, n)| *n > 0)
+            .collect();
+        phases.push(("mix", mix));
+    }
+    phases
+}
+
 const PIPELINED: &[u8] = b"GET /health HTTP/1.1\r\nHost: bench\r\n\r\n";
 const SLOW_HEAD: &[u8] = b"GET /health HTTP/1.1\r\nHost: bench\r\nX-Slow: ";
+/// A connect on this host takes microseconds; one that takes this long was
+/// dropped by a full listen queue.
+const CONNECT_TIMEOUT: Duration = Duration::from_millis(100);
 
-/// One phase against a running subject.
-pub fn phase(
-    subject: &mut Subject,
-    docker: Option<&Utf8Path>,
+/// The clients of one kind, each a connection or a place to open one again.
+struct Flood {
     kind: Kind,
-    n: usize,
-    hold: Duration,
-) -> Result<Phase> {
-    let name = match kind {
-        Kind::Silent => "silent",
-        Kind::Slowloris => "slowloris",
-        Kind::Pipeliner => "pipelining non-readers",
-    };
-    eprintln!(
-        "# {name}: {n} connections, held {} s, a well-behaved client measuring",
-        hold.as_secs()
-    );
-    let rss_idle_kib = subject.rss_kib();
-    let prober = Prober::start(subject.addr)?;
-    let sampler = Sampler::start(subject.pid);
-    // Let the well-behaved client take a few calm measurements first.
-    std::thread::sleep(Duration::from_millis(200));
-    let mut streams = open_many(subject.addr, n, Duration::from_secs(30));
-    let opened = streams.len();
-    let chunk: Vec<u8> = PIPELINED.repeat(16_384 / PIPELINED.len());
-    let mut sent = vec![0usize; streams.len()];
-    let started = Instant::now();
-    while started.elapsed() < hold {
-        for (stream, sent) in streams.iter_mut().zip(&mut sent) {
-            match kind {
-                Kind::Silent => {}
+    streams: Vec<Option<TcpStream>>,
+    sent: Vec<usize>,
+    /// Connections opened in all, and those the server closed.
+    opened: usize,
+    closed: usize,
+}
+
+impl Flood {
+    fn open(addr: SocketAddr, kind: Kind, n: usize) -> Flood {
+        let mut streams: Vec<Option<TcpStream>> = open_many(addr, n, Duration::from_secs(30))
+            .into_iter()
+            .map(Some)
+            .collect();
+        let opened = streams.len();
+        streams.resize_with(n, || None);
+        Flood {
+            kind,
+            sent: vec![0; n],
+            streams,
+            opened,
+            closed: 0,
+        }
+    }
+
+    /// One round: every client acts once; closed ones are opened again
+    /// while connects succeed (three in a row that do not end the round).
+    fn round(&mut self, addr: SocketAddr, chunk: &[u8]) {
+        let mut failed_connects = 0;
+        for (slot, sent) in self.streams.iter_mut().zip(&mut self.sent) {
+            let Some(stream) = slot else {
+                if failed_connects >= 3 {
+                    continue;
+                }
+                match TcpStream::connect_timeout(&addr, CONNECT_TIMEOUT) {
+                    Ok(stream) => {
+                        *slot = Some(stream);
+                        *sent = 0;
+                        self.opened += 1;
+                    }
+                    Err(_) => failed_connects += 1,
+                }
+                continue;
+            };
+            let open = match self.kind {
+                // The server sends these nothing before it closes them.
+                Kind::Silent => !closed_by_server(stream),
+                Kind::Trickle => {
+                    if *sent == 0 && stream.write(b"G").is_ok() {
+                        *sent = 1;
+                    }
+                    !closed_by_server(stream)
+                }
                 Kind::Slowloris => {
                     let byte = SLOW_HEAD.get(*sent).copied().unwrap_or(b'a');
                     if stream.write(&[byte]).is_ok() {
                         *sent += 1;
                     }
+                    !closed_by_server(stream)
                 }
+                // Never read: the server's close shows as a failed write.
                 Kind::Pipeliner => {
                     let _ = stream.set_nonblocking(true);
-                    // Bounded: at most 1 MiB per connection in all.
+                    let mut open = true;
+                    // Bounded: at most 1 MiB per connection.
                     while *sent < 1 << 20 {
-                        match stream.write(&chunk) {
-                            Ok(0) | Err(_) => break,
+                        match stream.write(chunk) {
+                            Ok(0) => break,
                             Ok(k) => *sent += k,
+                            Err(e) if e.kind() == ErrorKind::WouldBlock => break,
+                            Err(_) => {
+                                open = false;
+                                break;
+                            }
                         }
                     }
+                    open
                 }
+            };
+            if !open {
+                *slot = None;
+                self.closed += 1;
             }
         }
-        std::thread::sleep(Duration::from_millis(500));
+    }
+}
+
+/// One phase against a running subject: `floods` at once, held `hold`.
+pub fn phase(
+    subject: &mut Subject,
+    docker: Option<&Utf8Path>,
+    name: &str,
+    floods: &[(Kind, usize)],
+    hold: Duration,
+) -> Result<Phase> {
+    let what: Vec<String> = floods
+        .iter()
+        .map(|(kind, n)| format!("{n} {}", kind.name()))
+        .collect();
+    eprintln!(
+        "# {name}: {}, held {} s, reopened when closed; a keep-alive client and new-connection \
+         probes measuring",
+        what.join(", "),
+        hold.as_secs()
+    );
+    let load_before = load_average();
+    let rss_idle_kib = subject.rss_kib();
+    let prober = Prober::start(subject.addr, subject.probe)?;
+    let sampler = Sampler::start(subject.pid);
+    // Let the well-behaved client take a few calm measurements first.
+    std::thread::sleep(Duration::from_millis(200));
+    let mut floods: Vec<Flood> = floods
+        .iter()
+        .map(|&(kind, n)| Flood::open(subject.addr, kind, n))
+        .collect();
+    let chunk: Vec<u8> = PIPELINED.repeat(16_384 / PIPELINED.len());
+    let started = Instant::now();
+    while started.elapsed() < hold {
+        let round = Instant::now();
+        for flood in &mut floods {
+            flood.round(subject.addr, &chunk);
+        }
+        std::thread::sleep(Duration::from_millis(500).saturating_sub(round.elapsed()));
     }
     let rss_end_kib = subject.rss_kib();
     let (held_by_server, rss_peak_kib) = sampler.finish();
     let rss_peak_kib = rss_peak_kib.max(rss_end_kib);
     let cgroup_tcp_bytes = subject.cgroup_tcp();
     let cgroup_peak_bytes = subject.cgroup_peak();
-    let (keep_alive, new_connection) = prober.finish();
-    let closed = streams.iter().filter(|s| closed_by_server(s)).count();
-    drop(streams);
+    let (keep_alive, new_connection, probe) = prober.finish();
+    let opened = floods.iter().map(|f| f.opened).sum();
+    let closed = floods.iter().map(|f| f.closed).sum();
+    let asked = floods.iter().map(|f| f.streams.len()).sum();
+    drop(floods);
     let (alive, oom_killed) = subject.alive(docker);
     Ok(Phase {
         name: name.to_owned(),
         opened,
-        asked: n,
+        asked,
         held_by_server,
         closed_by_server: closed,
         rss_idle_kib,
@@ -701,9 +878,17 @@ pub fn phase(
         cgroup_tcp_bytes,
         keep_alive,
         new_connection,
+        probe,
         alive,
         oom_killed,
+        load: (load_before, load_average()),
     })
+}
+
+/// The 1-minute load average, from /proc/loadavg.
+fn load_average() -> Option<f64> {
+    let text = std::fs::read_to_string("/proc/loadavg").ok()?;
+    text.split_whitespace().next()?.parse().ok()
 }
 
 /// `n` connections, each answered once and held until all are, then all
@@ -748,22 +933,29 @@ pub fn burst(subject: &Subject, n: usize, settle: Duration) -> Result<Burst> {
 /// The report for a person.
 pub fn table(report: &Report) -> String {
     let mut out = format!(
-        "bench --abuse: the server {}, /health p99 goal {} ms\n",
+        "bench --abuse: the server {}; goals: keep-alive and probe p99 <= {} ms, probes failed: \
+         {GOAL_PROBE_FAILURES}; each probe on a new connection every 100 ms, {} s timeout, on the \
+         probe port (PROBE_PORT) and, for comparison, on the service port; load: the machine's \
+         1-minute load average as the phase began and ended\n",
         report.where_,
-        GOAL_HEALTH_P99_US / 1000
+        GOAL_HEALTH_P99_US / 1000,
+        PROBE_TIMEOUT.as_secs()
     );
     out.push_str(&format!(
-        "{:<24} {:>13} {:>8} {:>8} {:>9} {:>9} {:>9} {:>17} {:>17} {:>6}\n",
+        "{:<24} {:>7} {:>7} {:>6} {:>6} {:>8} {:>8} {:>8} {:>19} {:>19} {:>19} {:>5} {:>11}\n",
         "phase",
-        "opened/asked",
-        "held",
+        "clients",
+        "opened",
         "closed",
+        "held",
         "RSS idle",
         "RSS peak",
         "cgroup",
         "keep-alive p99",
-        "new conn p99",
-        "alive"
+        "probe p99",
+        "service new p99",
+        "alive",
+        "load"
     ));
     let mib = |kib: u64| format!("{:.1}M", kib as f64 / 1024.0);
     for p in &report.phases {
@@ -776,17 +968,26 @@ pub fn table(report: &Report) -> String {
                 )
             })
             .unwrap_or_else(|| "-".into());
-        let ms = |l: &Latency| format!("{:.2} ms ({} err)", l.p99_us as f64 / 1000.0, l.errors);
+        let ms = |l: &Latency| {
+            format!(
+                "{:.2} ms {}/{} fail",
+                l.p99_us as f64 / 1000.0,
+                l.errors,
+                l.errors + l.requests
+            )
+        };
         out.push_str(&format!(
-            "{:<24} {:>13} {:>8} {:>8} {:>9} {:>9} {:>9} {:>17} {:>17} {:>6}\n",
+            "{:<24} {:>7} {:>7} {:>6} {:>6} {:>8} {:>8} {:>8} {:>19} {:>19} {:>19} {:>5} {:>11}\n",
             p.name,
-            format!("{}/{}", p.opened, p.asked),
-            p.held_by_server.map_or("-".into(), |h| h.to_string()),
+            p.asked,
+            p.opened,
             p.closed_by_server,
+            p.held_by_server.map_or("-".into(), |h| h.to_string()),
             mib(p.rss_idle_kib),
             mib(p.rss_peak_kib),
             cgroup,
             ms(&p.keep_alive),
+            ms(&p.probe),
             ms(&p.new_connection),
             if p.oom_killed {
                 "OOM"
@@ -794,6 +995,10 @@ pub fn table(report: &Report) -> String {
                 "yes"
             } else {
                 "NO"
+            },
+            match p.load {
+                (Some(a), Some(b)) => format!("{a:.1}-{b:.1}"),
+                _ => "-".into(),
             },
         ));
     }

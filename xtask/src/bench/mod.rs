@@ -80,13 +80,15 @@ cannot saturate the server: `server CPU busy` well under 100% says so.
 With --abuse, instead: the service under abuse, each kind against a fresh server in a \
 container of the static binary with rollout.yaml's memory limit (docker run --memory 128m \
 --network host, listening on 127.0.0.1 only; a plain process when there is no Docker \
-engine): --silent connections that send nothing, --slowloris ones that send a request \
-head a byte a second, --pipeliners that send pipelined requests and never read, each held \
---hold seconds while a well-behaved client measures GET /health on a keep-alive connection \
-(every 2 ms) and on a new connection (every 100 ms, as a kubelet probe); then a --burst of \
-connections and RSS each second for --settle seconds. It reports connections opened and \
-held, RSS, the container's memory cgroup (TCP buffers included), the latencies, and \
-whether the server survived. The client needs an open-file limit above the connection \
+engine): --silent connections that send nothing, --trickle ones that send one byte, \
+--slowloris ones that send a request head a byte at a time, --pipeliners that send \
+pipelined requests and never read, each flood alone and then all at once, every client \
+connecting again when the server closes it, held --hold seconds while a well-behaved client \
+measures GET /health on a keep-alive connection (every 2 ms), and on a new connection every \
+100 ms with a 1 s timeout, as a kubelet probe, on the probe port (PROBE_PORT) and on the \
+service port; then a --burst of connections and RSS each second for --settle seconds. It \
+reports connections opened and closed, RSS, the container's memory cgroup (TCP buffers \
+included), each latency's p99 and failures, and whether the server survived. The client needs an open-file limit above the connection \
 counts: they are cut to fit it, and the cut is said.";
 
 const AFTER_LONG_HELP: &str = "Environment:
@@ -116,6 +118,7 @@ pub struct Bench {
     /// The abuse bench instead (`abuse.rs`), with the counts below.
     pub abuse: bool,
     pub silent: u32,
+    pub trickle: u32,
     pub slowloris: u32,
     pub pipeliners: u32,
     pub burst: u32,
@@ -181,16 +184,23 @@ impl Bench {
                 "--abuse: silent connections to open",
             ))
             .arg(count(
+                "trickle",
+                "TRICKLE",
+                "2200",
+                0..=25_000,
+                "--abuse: connections that send one byte, then nothing",
+            ))
+            .arg(count(
                 "slowloris",
                 "SLOWLORIS",
-                "5000",
+                "3000",
                 0..=25_000,
                 "--abuse: slowloris connections (a request head a byte a second)",
             ))
             .arg(count(
                 "pipeliners",
                 "PIPELINERS",
-                "1000",
+                "2048",
                 0..=25_000,
                 "--abuse: connections that pipeline requests and never read",
             ))
@@ -204,9 +214,10 @@ impl Bench {
             .arg(seconds(
                 "hold",
                 "HOLD",
-                "8",
+                "15",
                 1..=60,
-                "--abuse: seconds each flood is held",
+                "--abuse: seconds each flood is held (past the service's 10 s header read \
+                 timeout, so that closed clients come back)",
             ))
             .arg(seconds(
                 "settle",
@@ -235,6 +246,7 @@ impl Bench {
             no_go: flag("no-go"),
             abuse: flag("abuse"),
             silent: number("silent"),
+            trickle: number("trickle"),
             slowloris: number("slowloris"),
             pipeliners: number("pipeliners"),
             burst: number("burst"),
@@ -727,25 +739,33 @@ impl Bench {
                 ));
                 cx.plan(format_args!(
                     "{docker} run --detach --name api-abuse-{pid}-<phase> --network host --memory {m} \
-                     --memory-swap {m} --env PORT=<port> --env HOST=127.0.0.1 {tag}",
+                     --memory-swap {m} --env PORT=<port> --env PROBE_PORT=<port> --env HOST=127.0.0.1 {tag}",
                     m = abuse::MEMORY_LIMIT
                 ));
             } else {
-                cx.plan(format_args!("PORT=<port> HOST=127.0.0.1 {}", built.binary));
+                cx.plan(format_args!(
+                    "PORT=<port> PROBE_PORT=<port> HOST=127.0.0.1 {}",
+                    built.binary
+                ));
             }
             cx.plan(format_args!(
-                "# phases, each on a fresh server: {} silent, {} slowloris, {} pipelining non-readers, \
-                 held {} s each; then a burst of {} and RSS for {} s",
-                self.silent, self.slowloris, self.pipeliners, self.hold, self.burst, self.settle
+                "# phases, each on a fresh server: {} silent, {} one-byte trickle, {} slowloris, {} \
+                 pipelining non-readers, then all at once, held {} s each; then a burst of {} and RSS \
+                 for {} s",
+                self.silent,
+                self.trickle,
+                self.slowloris,
+                self.pipeliners,
+                self.hold,
+                self.burst,
+                self.settle
             ));
             return Ok(());
         }
 
+        // The mix holds every flood at once.
         let want = u64::from(
-            self.silent
-                .max(self.slowloris)
-                .max(self.pipeliners)
-                .max(self.burst),
+            (self.silent + self.trickle + self.slowloris + self.pipeliners).max(self.burst),
         ) + 1_000;
         let nofile = abuse::raise_nofile(want.max(65_536));
         let room = nofile.saturating_sub(100) as usize;
@@ -807,16 +827,15 @@ impl Bench {
         };
         let hold = Duration::from_secs(self.hold);
         let mut phases = Vec::new();
-        for (name, kind, n) in [
-            ("silent", abuse::Kind::Silent, self.silent),
-            ("slowloris", abuse::Kind::Slowloris, self.slowloris),
-            ("pipeliners", abuse::Kind::Pipeliner, self.pipeliners),
-        ] {
-            if n == 0 {
-                continue;
-            }
-            let mut subject = start(name)?;
-            let result = abuse::phase(&mut subject, docker.as_deref(), kind, clamp(n), hold);
+        let counts = abuse::Counts {
+            silent: clamp(self.silent),
+            trickle: clamp(self.trickle),
+            slowloris: clamp(self.slowloris),
+            pipeliners: clamp(self.pipeliners),
+        };
+        for (name, floods) in abuse::phases(counts, room) {
+            let mut subject = start(name.split(' ').next().unwrap_or(name))?;
+            let result = abuse::phase(&mut subject, docker.as_deref(), name, &floods, hold);
             subject.stop(docker.as_deref());
             phases.push(result?);
         }
@@ -838,6 +857,7 @@ impl Bench {
         let report = abuse::Report {
             plan: abuse::Plan {
                 silent: self.silent as usize,
+                trickle: self.trickle as usize,
                 slowloris: self.slowloris as usize,
                 pipeliners: self.pipeliners as usize,
                 burst: self.burst as usize,

@@ -11,6 +11,8 @@ use super::{
 
 /// The port the api listens on by default (its PORT), which the pods must expose.
 const API_PORT: u64 = 8080;
+/// The probes' own port (the api's PROBE_PORT), which the kubelet's probes ask.
+const PROBE_PORT: u64 = 8081;
 /// The api's readiness path: 503 once it drains (`api --help`).
 const READY_PATH: &str = "/ready";
 
@@ -109,13 +111,15 @@ fn the_services_and_the_rollout_select_the_pods_of_the_template() {
 }
 
 #[test]
-fn probes_ask_the_health_path_on_the_api_port() {
+fn probes_ask_the_health_path_on_the_probe_port() {
     let docs = documents();
     let container = container(&docs);
     assert_eq!(
         container["ports"][0]["containerPort"].as_u64(),
         Some(API_PORT)
     );
+    // The api serves a probe port only when PROBE_PORT says which.
+    assert_eq!(env_secs(&docs, "PROBE_PORT"), PROBE_PORT);
     // Liveness on /health, which stays 200 while draining; readiness on /ready.
     for (probe, path) in [
         ("readinessProbe", READY_PATH),
@@ -123,7 +127,7 @@ fn probes_ask_the_health_path_on_the_api_port() {
     ] {
         let get = &container[probe]["httpGet"];
         assert_eq!(get["path"], path, "{probe}");
-        assert_eq!(target_port(&docs, &get["port"]), API_PORT, "{probe}");
+        assert_eq!(target_port(&docs, &get["port"]), PROBE_PORT, "{probe}");
     }
 }
 
