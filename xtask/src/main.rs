@@ -126,7 +126,7 @@ fn main() -> ExitCode {
     match try_main() {
         Ok(code) => code,
         Err(err) => {
-            eprintln!("error: {err:#}");
+            context::say_line(format_args!("error: {err:#}"));
             ExitCode::FAILURE
         }
     }

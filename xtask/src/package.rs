@@ -137,7 +137,7 @@ impl Package {
         }
         build(cx, &image, &version, &revision, &self.docker_args)?;
         if !self.push {
-            cx.result(&image);
+            cx.change_result(&image);
             return Ok(());
         }
         let sh = &cx.sh;
@@ -151,7 +151,7 @@ impl Package {
                     "# write {DIGEST_VARIABLE}=<the digest docker push reports> to {file}"
                 ));
             }
-            cx.result(&image);
+            cx.change_result(&image);
             return Ok(());
         };
         let said = pushed.stdout;
@@ -160,7 +160,7 @@ impl Package {
                 "`docker push {reference}` succeeded but printed no `{}: digest: sha256:...` line, \
                  so the pushed manifest is unknown; its output was:\n{}",
                 image.tag,
-                said.trim()
+                crate::context::outside_text(said.trim(), crate::context::SAID_MAX)
             )
         })?;
         if let Some(file) = &self.dotenv {
@@ -225,7 +225,7 @@ fn check_dotenv_dir(file: &Utf8Path) -> Result<()> {
 /// renamed into place) so a reader never sees half of it.
 fn write_dotenv(file: &Utf8Path, digest: &str) -> Result<()> {
     let line = format!("{DIGEST_VARIABLE}={digest}");
-    eprintln!("# write {line} to {file}");
+    crate::context::say_line(format_args!("# write {line} to {file}"));
     let partial = Utf8PathBuf::from(format!("{file}.partial"));
     std::fs::write(&partial, format!("{line}\n")).with_context(|| format!("write {partial}"))?;
     std::fs::rename(&partial, file).with_context(|| format!("move {partial} to {file}"))?;

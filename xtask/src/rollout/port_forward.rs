@@ -12,7 +12,7 @@ use anyhow::{Context as _, Result, bail};
 use camino::Utf8PathBuf;
 
 use super::{RolloutArgs, SERVICE_PORT, go_duration};
-use crate::context::{Context, command_line};
+use crate::context::{Context, SAID_MAX, command_line, outside_text, say_line};
 use crate::interrupt;
 use crate::process::{Background, Stdout};
 use crate::timing;
@@ -142,7 +142,7 @@ impl PortForward {
             {
                 Ok(Some(text)) => {
                     if let Some(port) = forwarded_port(&text) {
-                        eprintln!("{text}");
+                        say_line(outside_text(&text, SAID_MAX));
                         return Ok(port);
                     }
                     said.push(text);

@@ -4,10 +4,10 @@
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::time::{Duration, Instant};
 
-use anyhow::{Context as _, Result, anyhow};
+use anyhow::{Result, anyhow};
 use camino::Utf8PathBuf;
 
-use super::abort::abort;
+use super::abort::{self, abort};
 use super::deploy::{self, Arrival, WENT_ACTIVE, WaitArgs, wait_for_preview};
 use super::promote::{check_promotable, promote_and_wait};
 use super::sanity::{Endpoint, SanityArgs, check_preview};
@@ -150,7 +150,15 @@ impl Release {
         let started = Instant::now();
 
         let _protected = interrupt::protect();
-        deploy::set_image(cx, &cluster, &image).context("release stopped at step `deploy`")?;
+        if let Err(error) = deploy::set_image(cx, &cluster, &image) {
+            // Interrupted, with the image set (read back) or not known to be unset: abort it.
+            let maybe_set = interrupt::is_interrupted(&error)
+                && error.downcast_ref::<deploy::NotSet>().is_none();
+            if !maybe_set || first_version {
+                return Err(error.context("release stopped at step `deploy`"));
+            }
+            return Err(self.recover(cx, &cluster, Failed::at("deploy")(error)));
+        }
         let outcome = catch_unwind(AssertUnwindSafe(|| {
             self.after_set_image(cx, &cluster, kubectl, &expected, &image, first_version)
         }))
@@ -179,7 +187,7 @@ impl Release {
                         timing::summary(total)
                     ));
                 }
-                cx.result(&image);
+                cx.change_result(&image);
                 Ok(())
             }
             Err(failed) if first_version => Err(failed.error.context(format!(
@@ -193,7 +201,9 @@ impl Release {
 
     /// After a failure: aborts, unless traffic had switched already; says what was read.
     fn recover(&self, cx: &Context, cluster: &Cluster, failed: Failed) -> anyhow::Error {
-        let _ignoring = interrupt::ignore();
+        // A read, then the abort: nothing a signal may cut short.
+        let bound = cluster.target().request_timeout.saturating_mul(3) + abort::bound(cluster);
+        let _ignoring = interrupt::ignore(bound);
         let why = if interrupt::is_interrupted(&failed.error) {
             "interrupted"
         } else {
