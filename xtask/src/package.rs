@@ -23,7 +23,8 @@ const ABOUT: &str = "Build the container image, tagged with the commit SHA; --pu
 
 const LONG_ABOUT: &str =
     "Build the container image with the Dockerfile, tagged IMAGE:TAG, and print \
-the image reference on stdout (the only line there; docker's own output goes to stderr).
+the image reference on stdout (the only line there; docker's own output goes to stderr; under \
+--dry-run the plan's last line, `# result: IMAGE`).
 
 IMAGE is --image, else $API_IMAGE, else $CI_REGISTRY_IMAGE, else `api`. TAG is --tag, \
 else $API_IMAGE_TAG, else $CI_COMMIT_SHA, else the full SHA of HEAD. A work tree with \
@@ -243,7 +244,10 @@ pub fn engine_version(cx: &Context) -> Result<std::result::Result<String, String
     let ended = cx.probe(probe).keep_stderr().within(limit, "").finish(cx)?;
     Ok(match ended {
         Some(Ok(done)) if done.status.success() => Ok(done.stdout.trim().to_owned()),
-        Some(Ok(done)) => Err(done.stderr.trim().to_owned()),
+        Some(Ok(done)) => Err(crate::context::outside_text(
+            done.stderr.trim(),
+            crate::context::SAID_MAX,
+        )),
         Some(Err(_)) => Err(format!("no answer within {}s", limit.as_secs())),
         // A probe runs under --dry-run too; were it skipped, that is no answer either.
         None => Err("it did not run".to_owned()),

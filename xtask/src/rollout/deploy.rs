@@ -34,7 +34,7 @@ Runs:
   kubectl get rollouts.argoproj.io ROLLOUT -o json [-n NS] [--context CTX] --request-timeout=10s
   kubectl-argo-rollouts set image ROLLOUT CONTAINER=IMAGE:TAG[@DIGEST] ...
   kubectl get rollouts.argoproj.io ROLLOUT -o json ...    (with --wait, every --poll-interval)
-Prints the image reference on stdout.";
+Prints the image reference on stdout (under --dry-run, last: `# result: IMAGE`).";
 
 const AFTER_LONG_HELP: &str = "Environment:
   API_IMAGE, CI_REGISTRY_IMAGE        the image repository (in that order)

@@ -150,7 +150,9 @@ impl PortForward {
                 Ok(None) if open > 1 => open -= 1,
                 Ok(None) | Err(RecvTimeoutError::Disconnected) => {
                     let reason = match said.iter().rev().find(|l| !l.trim().is_empty()) {
-                        Some(last) => format!("kubectl said: {}", last.trim()),
+                        Some(last) => {
+                            format!("kubectl said: {}", outside_text(last.trim(), SAID_MAX))
+                        }
                         None => "kubectl said nothing".to_owned(),
                     };
                     bail!("{line} ended before it forwarded a port; {reason}")

@@ -23,9 +23,10 @@ const ABOUT: &str = "Deploy, wait for the preview, check it, promote; abort on a
 const LONG_ABOUT: &str = "Release the image this commit builds: `deploy --wait`, `sanity` on the preview, then \
 `promote` (with --no-promote it stops there, the checked preview waiting for `promote`). On any \
 failure after the image was set (the wait times out, the rollout turns Degraded, the preview fails \
-its checks, promotion does not end Healthy, Ctrl-C/SIGTERM, a panic) it aborts the rollout and reads \
-it back until the abort holds, so the active version stays, and exits non-zero naming the step that \
-failed and what it read. From the image set on, further signals do not cut that short. If the \
+its checks, promotion does not end Healthy, Ctrl-C, SIGTERM, SIGHUP or SIGQUIT, a panic) it aborts \
+the rollout and reads it back until the abort holds, so the active version stays, and exits non-zero \
+naming the step that failed and what it read. From the image set on, further signals do not cut that \
+short (they are reported, with the time the abort may still take); a closed stderr does not either. If the \
 promotion had already switched traffic when something failed, it says so and does not abort.
 
 Refuses to replace another image's update in flight unless --replace (as deploy). A new Rollout \
@@ -42,7 +43,7 @@ Runs:
   kubectl-argo-rollouts promote ROLLOUT ...    (unless --no-promote)
   kubectl get rollouts.argoproj.io ROLLOUT -o json ...    (every --poll-interval, until Healthy)
   kubectl-argo-rollouts abort ROLLOUT ...    (only on failure)
-Prints the released image reference on stdout.";
+Prints the released image reference on stdout (under --dry-run, last: `# result: IMAGE`).";
 
 const AFTER_LONG_HELP: &str = "Environment:
   API_IMAGE, CI_REGISTRY_IMAGE        the image repository (in that order)
