@@ -118,7 +118,7 @@ pub fn run(command: Command, io: &Io) -> Result<Ended> {
         }
         std::thread::sleep(Duration::from_millis(10));
     };
-    let status = kill(&mut child)?;
+    let status = stop(&mut child)?;
     Ok(Err((cut, collect(&child, status, stdout, stderr))))
 }
 
@@ -159,20 +159,27 @@ fn start(mut command: Command, io: &Io, stdin: Stdio) -> Result<Child> {
 static GROUPS: Mutex<Vec<u32>> = Mutex::new(Vec::new());
 
 /// Kills every child's process group, for a quit that skips the destructors
-/// (a second Ctrl-C): no child is left running after us.
+/// (a second Ctrl-C): no child is left running after us. SIGTERM first, so
+/// a tool can stop what it started in groups of its own (cargo nextest its
+/// tests), then SIGKILL.
 pub fn kill_all() {
-    for group in GROUPS.lock().unwrap_or_else(|e| e.into_inner()).iter() {
-        kill_group(*group);
+    let groups = GROUPS.lock().unwrap_or_else(|e| e.into_inner()).clone();
+    for group in &groups {
+        signal_group(*group, libc::SIGTERM);
+    }
+    std::thread::sleep(Duration::from_millis(200));
+    for group in &groups {
+        signal_group(*group, libc::SIGKILL);
     }
 }
 
 /// The one unsafe call of xtask: std has no way to signal a process group.
 #[allow(unsafe_code)]
-fn kill_group(group: u32) {
+fn signal_group(group: u32, signal: i32) {
     if let Ok(group) = i32::try_from(group) {
         // SAFETY: kill(2) takes plain integers and touches no memory of ours.
         unsafe {
-            libc::kill(-group, libc::SIGKILL);
+            libc::kill(-group, signal);
         }
     }
 }
@@ -224,11 +231,29 @@ fn start_error(err: std::io::Error, program: &str) -> anyhow::Error {
     }
 }
 
+/// How long a child cut short by its deadline or a signal has after SIGTERM
+/// to stop what it started (cargo nextest its tests, in groups of their own)
+/// before its group gets SIGKILL.
+const GRACE: Duration = Duration::from_secs(1);
+
+/// Stops a run cut short: SIGTERM to the child's group, then, if the child
+/// is still there after [`GRACE`], SIGKILL to the group; reaps it.
+fn stop(child: &mut Child) -> Result<ExitStatus> {
+    if child.try_wait().ok().flatten().is_none() {
+        signal_group(child.id(), libc::SIGTERM);
+        let end = Instant::now() + GRACE;
+        while Instant::now() < end && child.try_wait().ok().flatten().is_none() {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+    kill(child)
+}
+
 /// Kills the child's whole group (a child that is gone still holds its
 /// group's id until reaped), then reaps it.
 fn kill(child: &mut Child) -> Result<ExitStatus> {
     if child.try_wait().ok().flatten().is_none() {
-        kill_group(child.id());
+        signal_group(child.id(), libc::SIGKILL);
     }
     let _ = child.kill();
     let status = child.wait().context("reap a killed process");
@@ -410,6 +435,32 @@ mod tests {
             assert!(Instant::now() < bound, "still running: {stat}");
             std::thread::sleep(Duration::from_millis(20));
         }
+    }
+
+    #[test]
+    fn a_run_cut_short_gets_sigterm_first_and_sigkill_if_it_stays() {
+        // It may clean up (cargo nextest stops its tests)...
+        let (_, done) = run(
+            sh("trap 'echo cleaned; exit 3' TERM; sleep 30 & wait"),
+            &kept(Duration::from_millis(300)),
+        )
+        .unwrap()
+        .unwrap_err();
+        assert_eq!(done.stdout, "cleaned\n");
+        assert_eq!(done.status.code(), Some(3));
+        // ...but one that ignores SIGTERM ends all the same.
+        let start = Instant::now();
+        let (_, done) = run(
+            sh("trap '' TERM; sleep 30"),
+            &kept(Duration::from_millis(300)),
+        )
+        .unwrap()
+        .unwrap_err();
+        assert!(!done.status.success());
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "it was not killed"
+        );
     }
 
     #[test]
