@@ -262,6 +262,35 @@ fn test_plan_passes_hostile_arguments_through_as_they_are() {
 }
 
 #[test]
+fn build_plan_runs_exactly_the_cargo_build() {
+    let cargo = PathBuf::from(std::env::var_os("CARGO").expect("cargo sets CARGO"));
+    let tools = Tools::new("build", &[("cargo", cargo)]);
+    for (flags, target) in [(&[][..], &[][..]), (&["--static"][..], &["--target"][..])] {
+        let mut cmd = support::xtask_with(&[&["--dry-run", "build"][..], flags].concat());
+        cmd.env("CARGO", tools.tool("cargo"));
+        let plan = dry_run(&mut cmd);
+        assert_commands_or_comments(&plan, 1);
+        let _ = std::fs::remove_dir_all(&tools.record);
+        std::fs::create_dir_all(&tools.record).unwrap();
+        let calls = tools.paste(&plan);
+        let build = words(&[
+            "cargo",
+            "build",
+            "--message-format=json-render-diagnostics",
+            "--release",
+            "--package",
+            "api",
+        ]);
+        assert_eq!(calls.len(), 1, "{plan}");
+        assert_eq!(calls[0][..build.len()], build, "{plan}");
+        assert_eq!(
+            calls[0][build.len()..].first().map(String::as_str),
+            target.first().copied()
+        );
+    }
+}
+
+#[test]
 fn package_plan_runs_docker_with_the_given_arguments_and_no_comment_escapes() {
     let Some(docker) = std::env::split_paths(&std::env::var_os("PATH").unwrap_or_default())
         .map(|dir| dir.join("docker"))
