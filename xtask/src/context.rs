@@ -68,14 +68,17 @@ impl Context {
             self.plan(line);
             return false;
         }
-        eprintln!("{line}");
+        say_line(line);
         true
     }
 
     /// A line of the `--dry-run` plan (a command, or `# ...` for what is not
-    /// one, such as a wait): stdout.
+    /// one, such as a wait): stdout. Pasted into a shell, it stays one line:
+    /// a control character in it (a line break in a file name, say) is written
+    /// as an escape, so a comment cannot end early and run the rest. A command
+    /// line has none to escape ([`command_line`] quotes them already).
     pub fn plan(&self, line: impl std::fmt::Display) {
-        self.result(line);
+        self.result(escape_controls(&line.to_string()));
     }
 
     /// Copies a file, atomically (a running `bin/api` keeps running). Under
@@ -95,7 +98,18 @@ impl Context {
 
     /// Progress for the person at the terminal: stderr, never stdout.
     pub fn say(&self, msg: impl std::fmt::Display) {
-        eprintln!("{msg}");
+        say_line(msg);
+    }
+
+    /// The result of a task that changes something (the image reference
+    /// `deploy` set): stdout, one line; under `--dry-run` the plan's last
+    /// line, as a comment (`# result: api:TAG`), since every line of a plan
+    /// is a command or a comment.
+    pub fn change_result(&self, msg: impl std::fmt::Display) {
+        match self.dry_run {
+            true => self.plan(format_args!("# result: {msg}")),
+            false => self.result(msg),
+        }
     }
 
     /// A result for whoever called us: stdout, one line.
@@ -105,6 +119,71 @@ impl Context {
         let _ = writeln!(out, "{msg}");
     }
 }
+
+/// One line on stderr. A closed stderr (`cargo xtask ... 2>&1 | head -n 3`)
+/// is not worth a panic, and must not cut short what follows (an abort): the
+/// line is lost, the task goes on. Every line xtask writes to stderr goes
+/// through here (`eprintln!` panics on a closed pipe).
+pub fn say_line(line: impl std::fmt::Display) {
+    let _ = writeln!(std::io::stderr(), "{line}");
+}
+
+/// Text that came from outside (a tool's stderr, a server's body) as it may
+/// be shown: control characters and the invisible ones that reorder or hide
+/// text (bidi overrides, zero-width) written as escapes (`\n`, `\u{202e}`), so
+/// it can neither forge a line nor move the cursor, and cut to `max` characters.
+pub fn outside_text(text: &str, max: usize) -> String {
+    let mut shown = String::new();
+    let mut chars = text.chars();
+    for c in chars.by_ref().take(max) {
+        push_escaped(&mut shown, c);
+    }
+    let rest = chars.as_str().len();
+    if rest > 0 {
+        shown.push_str(&format!("... ({rest} bytes more)"));
+    }
+    shown
+}
+
+/// Control characters written as escapes; everything else as it is.
+fn escape_controls(line: &str) -> String {
+    if !line.chars().any(is_hidden) {
+        return line.to_owned();
+    }
+    let mut shown = String::new();
+    for c in line.chars() {
+        push_escaped(&mut shown, c);
+    }
+    shown
+}
+
+fn push_escaped(shown: &mut String, c: char) {
+    match c {
+        '\n' => shown.push_str(r"\n"),
+        '\r' => shown.push_str(r"\r"),
+        '\t' => shown.push_str(r"\t"),
+        c if is_hidden(c) => shown.push_str(&format!(r"\u{{{:x}}}", c as u32)),
+        c => shown.push(c),
+    }
+}
+
+/// A character that does not show as itself: a control character, or one
+/// that reorders or hides text (bidi embeddings, overrides and isolates, the
+/// marks, zero-width ones, the byte-order mark).
+pub fn is_hidden(c: char) -> bool {
+    c.is_control()
+        || matches!(
+            c,
+            '\u{200b}'..='\u{200f}'
+                | '\u{202a}'..='\u{202e}'
+                | '\u{2060}'..='\u{2069}'
+                | '\u{061c}'
+                | '\u{feff}'
+        )
+}
+
+/// How much of a program's stderr an error quotes.
+pub const SAID_MAX: usize = 2000;
 
 /// A program to run, and how: the one way a task runs one. Made by
 /// [`Context::change`], [`Context::probe`] or [`Context::linter`]; then, as
@@ -199,11 +278,20 @@ impl Step {
             return Ok(None);
         };
         match ended {
+            Ok(done) if done.stdout_cut => bail!(
+                "`{line}` printed more than {} on stdout, the most xtask keeps of a program's \
+                 output; what it printed is not read",
+                process::STDOUT_CAP_TEXT
+            ),
             Ok(done) if done.status.success() => Ok(Some(done)),
             // The program's own words, when they were kept rather than shown.
             Ok(done) => match done.stderr.trim() {
                 "" => bail!("`{line}` failed ({})", done.status),
-                said => bail!("`{line}` failed ({}): {said}", done.status),
+                said => bail!(
+                    "`{line}` failed ({}): {}",
+                    done.status,
+                    outside_text(said, SAID_MAX)
+                ),
             },
             Err((Cut::Interrupted, _)) => Err(interrupt::Interrupted.into()),
             Err((Cut::Deadline(limit), _)) => bail!(
@@ -273,7 +361,7 @@ impl Step {
             return None;
         }
         if self.echoed || cx.verbose {
-            eprintln!("$ {line}{suffix}");
+            say_line(format_args!("$ {line}{suffix}"));
         }
         for (key, value) in &self.env {
             self.command.env(key, value);
@@ -402,7 +490,7 @@ pub fn shell_quote(word: &str) -> String {
     if plain {
         return word.to_owned();
     }
-    if word.chars().any(char::is_control) {
+    if word.chars().any(is_hidden) {
         let mut quoted = String::from("$'");
         for c in word.chars() {
             match c {
@@ -414,7 +502,7 @@ pub fn shell_quote(word: &str) -> String {
                 c if c.is_control() && (c as u32) < 0x100 => {
                     quoted.push_str(&format!(r"\x{:02x}", c as u32))
                 }
-                c if c.is_control() => quoted.push_str(&format!(r"\u{:04x}", c as u32)),
+                c if is_hidden(c) => quoted.push_str(&format!(r"\u{:04x}", c as u32)),
                 c => quoted.push(c),
             }
         }
@@ -463,6 +551,7 @@ mod tests {
             "\\",
             "line\nbreak",
             "cr\rtab\t",
+            "rtl\u{202e}x\u{200b}",
             "~",
             "=x",
             "%1",
@@ -504,6 +593,22 @@ mod tests {
         let root = workspace_root();
         assert!(is_xtask_workspace(&root), "{root}");
         assert!(root.join("xtask/Cargo.toml").is_file(), "{root}");
+    }
+
+    #[test]
+    fn what_does_not_show_as_itself_is_escaped() {
+        // A bidi override would show `ls` below as something else, yet run it.
+        assert_eq!(shell_quote("prod\u{202e}x"), r"$'prod\u202ex'");
+        assert_eq!(
+            escape_controls("# write A=1\nrm -rf x to f"),
+            r"# write A=1\nrm -rf x to f"
+        );
+        assert_eq!(escape_controls("plain line"), "plain line");
+        assert_eq!(
+            outside_text("ok\r\u{1b}[1A\u{200b}", 100),
+            r"ok\r\u{1b}[1A\u{200b}"
+        );
+        assert_eq!(outside_text("abcdef", 3), "abc... (3 bytes more)");
     }
 
     #[test]

@@ -5,8 +5,10 @@
 //! Whatever the peer does, a request ends: one deadline covers resolving,
 //! connecting, sending and reading together (a peer trickling a byte a second
 //! does not extend it), and at most [`MAX_RESPONSE`] bytes are read (a peer
-//! flooding does not grow memory). URLs are checked strictly, so nothing but
-//! a plain `http://HOST[:PORT]` (and a plain path) ever reaches the wire.
+//! flooding does not grow memory). Every wait is cut in slices of at most
+//! [`SLICE`], so Ctrl-C ends a request within one (`interrupt::Interrupted`).
+//! URLs are checked strictly, so nothing but a plain `http://HOST[:PORT]`
+//! (and a plain path) ever reaches the wire.
 
 use std::fmt;
 use std::io::{Read, Write};
@@ -15,6 +17,11 @@ use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, Result, bail};
+
+use crate::interrupt;
+
+/// The longest a request waits without looking for Ctrl-C.
+const SLICE: Duration = Duration::from_millis(100);
 
 /// The most a response (status line, headers and body) may hold.
 pub const MAX_RESPONSE: usize = 1024 * 1024;
@@ -244,8 +251,22 @@ fn get_limited(url: &str, timeout: Duration, limit: usize) -> Result<Response> {
         _ => err,
     };
 
-    let addrs = resolve(&base, deadline).map_err(in_time)?;
-    let mut stream = connect(&addrs, deadline).map_err(in_time)?;
+    let result = request(url, &base, path, deadline, limit, in_time);
+    // However a step was cut short by a signal, the error says so.
+    interrupt::check()?;
+    result
+}
+
+fn request(
+    url: &str,
+    base: &BaseUrl,
+    path: &str,
+    deadline: Instant,
+    limit: usize,
+    in_time: impl Fn(anyhow::Error) -> anyhow::Error,
+) -> Result<Response> {
+    let addrs = resolve(base, deadline).map_err(&in_time)?;
+    let mut stream = connect(&addrs, deadline).map_err(&in_time)?;
     let request = format!(
         "GET {path} HTTP/1.1\r\nHost: {}\r\nUser-Agent: xtask\r\nAccept: application/json\r\nConnection: close\r\n\r\n",
         base.authority
@@ -284,6 +305,15 @@ fn limit_text(limit: usize) -> String {
     }
 }
 
+/// What is left until `deadline` but at most [`SLICE`]; an error once it
+/// passed, or when a signal came.
+fn slice(deadline: Instant) -> std::io::Result<Duration> {
+    if interrupt::interrupted() {
+        return Err(std::io::ErrorKind::Interrupted.into());
+    }
+    Ok(remaining(deadline)?.min(SLICE))
+}
+
 /// What is left until `deadline`, or an error once it passed.
 fn remaining(deadline: Instant) -> std::io::Result<Duration> {
     let left = deadline.saturating_duration_since(Instant::now());
@@ -314,9 +344,12 @@ fn resolve(base: &BaseUrl, deadline: Instant) -> Result<Vec<SocketAddr>> {
                 .map(Iterator::collect::<Vec<_>>),
         );
     });
-    let addrs = match receive.recv_timeout(remaining(deadline)?) {
-        Ok(found) => found.with_context(|| format!("resolve {name}"))?,
-        Err(_) => return Err(deadline_passed().into()),
+    let addrs = loop {
+        match receive.recv_timeout(slice(deadline)?) {
+            Ok(found) => break found.with_context(|| format!("resolve {name}"))?,
+            Err(mpsc::RecvTimeoutError::Timeout) => continue,
+            Err(mpsc::RecvTimeoutError::Disconnected) => return Err(deadline_passed().into()),
+        }
     };
     if addrs.is_empty() {
         bail!("{name} has no address");
@@ -328,13 +361,29 @@ fn resolve(base: &BaseUrl, deadline: Instant) -> Result<Vec<SocketAddr>> {
 fn connect(addrs: &[SocketAddr], deadline: Instant) -> Result<TcpStream> {
     let mut last = None;
     for addr in addrs {
-        match TcpStream::connect_timeout(addr, remaining(deadline)?) {
+        match connect_one(*addr, deadline) {
             Ok(stream) => return Ok(stream),
             Err(err) if is_timeout(&err) => return Err(err.into()),
             Err(err) => last = Some(anyhow::Error::new(err).context(format!("connect to {addr}"))),
         }
     }
     Err(last.unwrap_or_else(|| anyhow::anyhow!("no address to connect to")))
+}
+
+/// A connect on a thread, waited for in slices; an abandoned one ends at the deadline.
+fn connect_one(addr: SocketAddr, deadline: Instant) -> std::io::Result<TcpStream> {
+    let left = remaining(deadline)?;
+    let (send, receive) = mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = send.send(TcpStream::connect_timeout(&addr, left));
+    });
+    loop {
+        match receive.recv_timeout(slice(deadline)?) {
+            Ok(connected) => return connected,
+            Err(mpsc::RecvTimeoutError::Timeout) => continue,
+            Err(mpsc::RecvTimeoutError::Disconnected) => return Err(deadline_passed()),
+        }
+    }
 }
 
 enum ReadError {
@@ -352,12 +401,15 @@ fn read_bounded(
     let mut raw = Vec::new();
     let mut buf = [0u8; 16 * 1024];
     loop {
-        let left = remaining(deadline).map_err(ReadError::Io)?;
+        let left = slice(deadline).map_err(ReadError::Io)?;
         stream.set_read_timeout(Some(left)).map_err(ReadError::Io)?;
         let n = match stream.read(&mut buf) {
             Ok(0) => return Ok(raw),
             Ok(n) => n,
-            Err(err) if err.kind() == std::io::ErrorKind::Interrupted => continue,
+            // The deadline or a signal is for `slice` to say.
+            Err(err) if err.kind() == std::io::ErrorKind::Interrupted || is_timeout(&err) => {
+                continue;
+            }
             Err(err) => return Err(ReadError::Io(err)),
         };
         if raw.len() + n > limit {

@@ -116,7 +116,7 @@ impl Lint {
                 .run(cx)
                 .with_context(|| format!("{} found problems", linter.name))
             {
-                eprintln!("{err:#}");
+                cx.say(format_args!("{err:#}"));
                 failed.push(linter.name);
             }
         }

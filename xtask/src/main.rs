@@ -126,7 +126,7 @@ fn main() -> ExitCode {
     match try_main() {
         Ok(code) => code,
         Err(err) => {
-            eprintln!("error: {err:#}");
+            context::say_line(format_args!("error: {err:#}"));
             ExitCode::FAILURE
         }
     }
@@ -139,6 +139,9 @@ fn try_main() -> Result<ExitCode> {
         return Ok(ExitCode::SUCCESS);
     };
     let cx = Context::new(cli.dry_run, cli.verbose)?;
+    // The children run in process groups of their own, out of a terminal's
+    // reach: xtask stops them when a signal comes, for every task.
+    interrupt::install();
     match task {
         Task::Build(task) => task.run(&cx).map(|_| ExitCode::SUCCESS),
         Task::Run(task) => task.run(&cx),

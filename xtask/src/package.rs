@@ -23,7 +23,8 @@ const ABOUT: &str = "Build the container image, tagged with the commit SHA; --pu
 
 const LONG_ABOUT: &str =
     "Build the container image with the Dockerfile, tagged IMAGE:TAG, and print \
-the image reference on stdout (the only line there; docker's own output goes to stderr).
+the image reference on stdout (the only line there; docker's own output goes to stderr; under \
+--dry-run the plan's last line, `# result: IMAGE`).
 
 IMAGE is --image, else $API_IMAGE, else $CI_REGISTRY_IMAGE, else `api`. TAG is --tag, \
 else $API_IMAGE_TAG, else $CI_COMMIT_SHA, else the full SHA of HEAD. A work tree with \
@@ -137,7 +138,7 @@ impl Package {
         }
         build(cx, &image, &version, &revision, &self.docker_args)?;
         if !self.push {
-            cx.result(&image);
+            cx.change_result(&image);
             return Ok(());
         }
         let sh = &cx.sh;
@@ -151,7 +152,7 @@ impl Package {
                     "# write {DIGEST_VARIABLE}=<the digest docker push reports> to {file}"
                 ));
             }
-            cx.result(&image);
+            cx.change_result(&image);
             return Ok(());
         };
         let said = pushed.stdout;
@@ -160,7 +161,7 @@ impl Package {
                 "`docker push {reference}` succeeded but printed no `{}: digest: sha256:...` line, \
                  so the pushed manifest is unknown; its output was:\n{}",
                 image.tag,
-                said.trim()
+                crate::context::outside_text(said.trim(), crate::context::SAID_MAX)
             )
         })?;
         if let Some(file) = &self.dotenv {
@@ -225,7 +226,7 @@ fn check_dotenv_dir(file: &Utf8Path) -> Result<()> {
 /// renamed into place) so a reader never sees half of it.
 fn write_dotenv(file: &Utf8Path, digest: &str) -> Result<()> {
     let line = format!("{DIGEST_VARIABLE}={digest}");
-    eprintln!("# write {line} to {file}");
+    crate::context::say_line(format_args!("# write {line} to {file}"));
     let partial = Utf8PathBuf::from(format!("{file}.partial"));
     std::fs::write(&partial, format!("{line}\n")).with_context(|| format!("write {partial}"))?;
     std::fs::rename(&partial, file).with_context(|| format!("move {partial} to {file}"))?;
@@ -243,7 +244,10 @@ pub fn engine_version(cx: &Context) -> Result<std::result::Result<String, String
     let ended = cx.probe(probe).keep_stderr().within(limit, "").finish(cx)?;
     Ok(match ended {
         Some(Ok(done)) if done.status.success() => Ok(done.stdout.trim().to_owned()),
-        Some(Ok(done)) => Err(done.stderr.trim().to_owned()),
+        Some(Ok(done)) => Err(crate::context::outside_text(
+            done.stderr.trim(),
+            crate::context::SAID_MAX,
+        )),
         Some(Err(_)) => Err(format!("no answer within {}s", limit.as_secs())),
         // A probe runs under --dry-run too; were it skipped, that is no answer either.
         None => Err("it did not run".to_owned()),

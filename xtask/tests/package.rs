@@ -433,7 +433,7 @@ fn dry_run_prints_the_exact_build_and_runs_nothing() {
              --build-arg API_VERSION={describe} --build-arg REVISION={head} \
              --build-arg CREATED=2023-11-14T22:13:20Z \
              --build-arg SOURCE=https://gitlab.example.com/team/api --network host --no-cache .\n\
-             registry.example.com/team/api:dry-run-test\n"
+             # result: registry.example.com/team/api:dry-run-test\n"
         )
     );
     let inspect = run(&mut docker(&[
@@ -498,9 +498,9 @@ fn dry_run_with_push_plans_login_build_and_push_without_the_password() {
         lines[1]
     );
     assert_eq!(lines[2], "docker push registry.example.com/team/api:v1");
-    assert_eq!(lines[3], "registry.example.com/team/api:v1");
+    assert_eq!(lines[3], "# result: registry.example.com/team/api:v1");
     assert!(!ran.both().contains("hunter2"), "{}", ran.both());
-    // The commands (the last line is the result, the image reference).
+    // The commands (the last line is the result, the image reference, as a comment).
     support::runs::assert_runs_describe("package", &lines[..3].join("\n"));
 }
 
@@ -778,7 +778,7 @@ fn dry_run_with_dotenv_plans_the_report_and_writes_nothing() {
             dotenv.display()
         )
     );
-    assert_eq!(lines[3], "api:v1");
+    assert_eq!(lines[3], "# result: api:v1");
     assert!(!dotenv.exists(), "a dry run wrote the report");
 }
 

@@ -109,7 +109,7 @@ fn an_empty_image_variable_means_the_default() {
     );
     assert!(out.status.success(), "{}", text(&out.stderr));
     assert!(
-        text(&out.stdout).lines().any(|l| l == "api:t1"),
+        text(&out.stdout).lines().any(|l| l == "# result: api:t1"),
         "{}",
         text(&out.stdout)
     );

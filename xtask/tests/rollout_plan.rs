@@ -49,7 +49,7 @@ fn deploy_plan_is_set_image_with_kube_flags_after_the_subcommand() {
             format!(
                 "{p} set image api api={REPOSITORY}:v2 -n shop --context prod-eu --request-timeout=10s"
             ),
-            image("v2"),
+            format!("# result: {}", image("v2")),
         ]
     );
     assert!(
@@ -80,7 +80,7 @@ fn deploy_wait_plan_adds_the_status_polls() {
                 "# wait until the preview is ready (`Paused - BlueGreenPause`, or Healthy), at most 300s, every 1s: {}",
                 get_rollout()
             ),
-            image("v2"),
+            format!("# result: {}", image("v2")),
         ]
     );
     assert!(world.calls().is_empty());
@@ -237,7 +237,7 @@ fn release_plan_is_every_step_and_the_abort_on_failure() {
     );
     let (p, k, get) = (plugin(), kubectl(), get_rollout());
     let got = plan(&world, &release);
-    // The commands: all but the last line, the released image's reference.
+    // The commands: all but the last line, the released image's reference (a comment).
     support::runs::assert_runs_describe("release", &got[..got.len() - 1].join("\n"));
     assert_eq!(
         got,
@@ -260,7 +260,7 @@ fn release_plan_is_every_step_and_the_abort_on_failure() {
             format!(
                 "# on any failure after `set image`, at most 600s in all waits: {p} abort api -n shop --request-timeout=10s"
             ),
-            image("v2"),
+            format!("# result: {}", image("v2")),
         ]
     );
     assert!(world.calls().is_empty(), "{:?}", world.calls());

@@ -251,7 +251,8 @@ fn ctrl_c_during_the_wait_aborts() {
         "{run}"
     );
     assert!(
-        run.error().contains("interrupted (Ctrl-C or SIGTERM)"),
+        run.error()
+            .contains("interrupted (Ctrl-C, SIGTERM, SIGHUP or SIGQUIT)"),
         "{run}"
     );
 }

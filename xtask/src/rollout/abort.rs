@@ -16,6 +16,15 @@ use crate::interrupt;
 /// How many times an abort is sent when the controller erases it.
 const ABORT_ATTEMPTS: u32 = 3;
 
+/// The longest an [`abort`] takes: each attempt is a plugin call (stopped
+/// after 3 request timeouts), then reads for 6, the last of which may take 3.
+pub fn bound(cluster: &Cluster) -> Duration {
+    cluster
+        .target()
+        .request_timeout
+        .saturating_mul(12 * ABORT_ATTEMPTS)
+}
+
 const ABOUT: &str = "Drop the preview; the active version stays";
 
 const LONG_ABOUT: &str = "Abort the update in flight: the active Service stays on the pods it serves, so the \

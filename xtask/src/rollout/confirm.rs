@@ -12,8 +12,9 @@ pub fn confirm(question: &str) -> Result<bool> {
     if !stdin.is_terminal() {
         return Ok(true);
     }
-    eprint!("{question} [y/N] ");
-    std::io::stderr().flush()?;
+    // A closed stderr is no reason to stop: the answer is read all the same.
+    let _ = write!(std::io::stderr(), "{question} [y/N] ");
+    let _ = std::io::stderr().flush();
     let mut answer = String::new();
     stdin.lock().read_line(&mut answer)?;
     Ok(matches!(answer.trim(), "y" | "Y" | "yes" | "YES" | "Yes"))

@@ -34,7 +34,7 @@ Runs:
   kubectl get rollouts.argoproj.io ROLLOUT -o json [-n NS] [--context CTX] --request-timeout=10s
   kubectl-argo-rollouts set image ROLLOUT CONTAINER=IMAGE:TAG[@DIGEST] ...
   kubectl get rollouts.argoproj.io ROLLOUT -o json ...    (with --wait, every --poll-interval)
-Prints the image reference on stdout.";
+Prints the image reference on stdout (under --dry-run, last: `# result: IMAGE`).";
 
 const AFTER_LONG_HELP: &str = "Environment:
   API_IMAGE, CI_REGISTRY_IMAGE        the image repository (in that order)
@@ -148,7 +148,7 @@ impl Deploy {
                 None => {}
             }
         }
-        cx.result(&image);
+        cx.change_result(&image);
         Ok(())
     }
 }
@@ -207,27 +207,47 @@ pub fn set_image(cx: &Context, cluster: &Cluster, image: &ImageRef) -> Result<()
     let Err(error) = result else {
         return Ok(());
     };
-    if interrupt::is_interrupted(&error) {
-        // Killed halfway: whether the write landed is unknown until read.
-        cx.say("interrupted while setting the image; reading the rollout back");
-    }
+    let interrupted = interrupt::is_interrupted(&error);
+    let read = {
+        // Killed halfway: whether the write landed is unknown until read, so
+        // the read has its own deadline and the signal does not stop it.
+        let _ignoring = interrupted.then(|| {
+            cx.say("interrupted while setting the image; reading the rollout back");
+            interrupt::ignore(cluster.target().request_timeout.saturating_mul(3))
+        });
+        cluster.read(cx)
+    };
     let container = &cluster.target().container;
-    match cluster.read(cx) {
+    match read {
+        Ok(state) if state.image(container).is_some_and(|i| image.is(i)) && interrupted => {
+            Err(error.context(format!(
+                "the rollout's template is {image} now (read back)"
+            )))
+        }
         Ok(state) if state.image(container).is_some_and(|i| image.is(i)) => {
             cx.say(format!(
                 "the plugin failed ({error:#}), but the rollout's template is {image} now (read back): going on"
             ));
-            interrupt::check()?;
             Ok(())
         }
-        Ok(state) => Err(error.context(format!(
+        Ok(state) => Err(error.context(NotSet(format!(
             "the rollout was not changed: read back, its template is still {}",
             state.image(container).unwrap_or("(no such container)")
-        ))),
+        )))),
         Err(read) => Err(error.context(format!(
             "and reading the rollout back failed too ({read:#}), so whether the image was set is unknown: \
              see `cargo xtask status`"
         ))),
+    }
+}
+
+/// The error of a `set image` that did not land (read back): nothing to undo.
+#[derive(Debug)]
+pub struct NotSet(String);
+
+impl std::fmt::Display for NotSet {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
     }
 }
 

@@ -10,7 +10,7 @@ use camino::{Utf8Path, Utf8PathBuf};
 
 use super::state::{RolloutState, replica_set_images};
 use super::{RolloutArgs, go_duration};
-use crate::context::{Context, command_line};
+use crate::context::{Context, SAID_MAX, command_line, outside_text};
 use crate::interrupt;
 use crate::process::{Cut, Finished, Stdout};
 
@@ -151,16 +151,16 @@ fn said(done: &Finished) -> String {
 
 /// The end of a long message: kubectl and the plugin put their summary
 /// (`Error: ...`, `The connection to the server ... was refused`) last, after
-/// any retries they logged.
+/// any retries they logged. Escaped and cut: it came from outside.
 fn last_lines(text: &str) -> String {
     let lines: Vec<&str> = text.lines().filter(|l| !l.trim().is_empty()).collect();
     if lines.len() <= 3 {
-        return lines.join("\n");
+        return outside_text(&lines.join("\n"), SAID_MAX);
     }
     format!(
         "[{} earlier lines] {}",
         lines.len() - 1,
-        lines[lines.len() - 1]
+        outside_text(lines[lines.len() - 1], SAID_MAX)
     )
 }
 

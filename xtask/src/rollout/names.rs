@@ -4,6 +4,8 @@
 
 use anyhow::{Result, bail};
 
+use crate::context::{is_hidden, outside_text};
+
 /// A DNS-1123 label: what Kubernetes allows for namespaces, Services and container names.
 pub fn check_label(what: &str, name: &str) -> Result<()> {
     if !is_label(name) {
@@ -40,15 +42,17 @@ fn is_label(name: &str) -> bool {
 
 /// kubeconfig context names are free-form (`gke_project_zone_name`,
 /// `arn:aws:eks:...`), but one must not be empty, look like a flag, or hold
-/// whitespace or control characters.
+/// whitespace, control characters or the invisible ones that reorder or hide
+/// text (a bidi override would make a plan line show other than it runs).
 pub fn check_context(context: &str) -> Result<()> {
     if context.is_empty()
         || context.starts_with('-')
-        || context.chars().any(|c| c.is_whitespace() || c.is_control())
+        || context.chars().any(|c| c.is_whitespace() || is_hidden(c))
     {
         bail!(
-            "invalid kubeconfig context {context:?}: give a context name from `kubectl config get-contexts -o name` \
-             (not empty, not starting with '-', no spaces)"
+            "invalid kubeconfig context \"{}\": give a context name from `kubectl config get-contexts -o name` \
+             (not empty, not starting with '-', no spaces, control or bidi characters)",
+            outside_text(context, 200)
         );
     }
     Ok(())
@@ -94,8 +98,16 @@ mod tests {
     fn contexts_are_free_form_but_not_flags() {
         check_context("arn:aws:eks:eu-west-1:123:cluster/prod").unwrap();
         check_context("gke_project_zone_name").unwrap();
-        for bad in ["", "--kubeconfig=/etc/x", "a b"] {
+        for bad in [
+            "",
+            "--kubeconfig=/etc/x",
+            "a b",
+            "prod\u{202e}ue-ved",
+            "a\u{200b}b",
+        ] {
             assert!(check_context(bad).is_err(), "{bad}");
         }
+        let err = check_context("prod\u{202e}x").unwrap_err().to_string();
+        assert!(err.contains(r"prod\u{202e}x"), "{err}");
     }
 }

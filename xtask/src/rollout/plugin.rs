@@ -10,7 +10,7 @@ use camino::Utf8PathBuf;
 use super::RolloutArgs;
 use super::kube::call;
 use crate::context::Context;
-use crate::context::command_line;
+use crate::context::{SAID_MAX, command_line, outside_text, say_line};
 use crate::image::ImageRef;
 
 /// The plugin, bound to one Rollout (names already checked).
@@ -64,7 +64,7 @@ impl Plugin {
         let args = self.args(args);
         if let Some(done) = call(cx, &self.path, &args, asking, &self.target, true)? {
             for line in done.stdout.lines() {
-                eprintln!("{line}");
+                say_line(outside_text(line, SAID_MAX));
             }
         }
         Ok(())

@@ -12,7 +12,7 @@ use anyhow::{Context as _, Result, bail};
 use camino::Utf8PathBuf;
 
 use super::{RolloutArgs, SERVICE_PORT, go_duration};
-use crate::context::{Context, command_line};
+use crate::context::{Context, SAID_MAX, command_line, outside_text, say_line};
 use crate::interrupt;
 use crate::process::{Background, Stdout};
 use crate::timing;
@@ -142,7 +142,7 @@ impl PortForward {
             {
                 Ok(Some(text)) => {
                     if let Some(port) = forwarded_port(&text) {
-                        eprintln!("{text}");
+                        say_line(outside_text(&text, SAID_MAX));
                         return Ok(port);
                     }
                     said.push(text);
@@ -150,7 +150,9 @@ impl PortForward {
                 Ok(None) if open > 1 => open -= 1,
                 Ok(None) | Err(RecvTimeoutError::Disconnected) => {
                     let reason = match said.iter().rev().find(|l| !l.trim().is_empty()) {
-                        Some(last) => format!("kubectl said: {}", last.trim()),
+                        Some(last) => {
+                            format!("kubectl said: {}", outside_text(last.trim(), SAID_MAX))
+                        }
                         None => "kubectl said nothing".to_owned(),
                     };
                     bail!("{line} ended before it forwarded a port; {reason}")

@@ -4,10 +4,10 @@
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::time::{Duration, Instant};
 
-use anyhow::{Context as _, Result, anyhow};
+use anyhow::{Result, anyhow};
 use camino::Utf8PathBuf;
 
-use super::abort::abort;
+use super::abort::{self, abort};
 use super::deploy::{self, Arrival, WENT_ACTIVE, WaitArgs, wait_for_preview};
 use super::promote::{check_promotable, promote_and_wait};
 use super::sanity::{Endpoint, SanityArgs, check_preview};
@@ -23,9 +23,10 @@ const ABOUT: &str = "Deploy, wait for the preview, check it, promote; abort on a
 const LONG_ABOUT: &str = "Release the image this commit builds: `deploy --wait`, `sanity` on the preview, then \
 `promote` (with --no-promote it stops there, the checked preview waiting for `promote`). On any \
 failure after the image was set (the wait times out, the rollout turns Degraded, the preview fails \
-its checks, promotion does not end Healthy, Ctrl-C/SIGTERM, a panic) it aborts the rollout and reads \
-it back until the abort holds, so the active version stays, and exits non-zero naming the step that \
-failed and what it read. From the image set on, further signals do not cut that short. If the \
+its checks, promotion does not end Healthy, Ctrl-C, SIGTERM, SIGHUP or SIGQUIT, a panic) it aborts \
+the rollout and reads it back until the abort holds, so the active version stays, and exits non-zero \
+naming the step that failed and what it read. From the image set on, further signals do not cut that \
+short (they are reported, with the time the abort may still take); a closed stderr does not either. If the \
 promotion had already switched traffic when something failed, it says so and does not abort.
 
 Refuses to replace another image's update in flight unless --replace (as deploy). A new Rollout \
@@ -42,7 +43,7 @@ Runs:
   kubectl-argo-rollouts promote ROLLOUT ...    (unless --no-promote)
   kubectl get rollouts.argoproj.io ROLLOUT -o json ...    (every --poll-interval, until Healthy)
   kubectl-argo-rollouts abort ROLLOUT ...    (only on failure)
-Prints the released image reference on stdout.";
+Prints the released image reference on stdout (under --dry-run, last: `# result: IMAGE`).";
 
 const AFTER_LONG_HELP: &str = "Environment:
   API_IMAGE, CI_REGISTRY_IMAGE        the image repository (in that order)
@@ -150,7 +151,15 @@ impl Release {
         let started = Instant::now();
 
         let _protected = interrupt::protect();
-        deploy::set_image(cx, &cluster, &image).context("release stopped at step `deploy`")?;
+        if let Err(error) = deploy::set_image(cx, &cluster, &image) {
+            // Interrupted, with the image set (read back) or not known to be unset: abort it.
+            let maybe_set = interrupt::is_interrupted(&error)
+                && error.downcast_ref::<deploy::NotSet>().is_none();
+            if !maybe_set || first_version {
+                return Err(error.context("release stopped at step `deploy`"));
+            }
+            return Err(self.recover(cx, &cluster, Failed::at("deploy")(error)));
+        }
         let outcome = catch_unwind(AssertUnwindSafe(|| {
             self.after_set_image(cx, &cluster, kubectl, &expected, &image, first_version)
         }))
@@ -179,7 +188,7 @@ impl Release {
                         timing::summary(total)
                     ));
                 }
-                cx.result(&image);
+                cx.change_result(&image);
                 Ok(())
             }
             Err(failed) if first_version => Err(failed.error.context(format!(
@@ -193,7 +202,9 @@ impl Release {
 
     /// After a failure: aborts, unless traffic had switched already; says what was read.
     fn recover(&self, cx: &Context, cluster: &Cluster, failed: Failed) -> anyhow::Error {
-        let _ignoring = interrupt::ignore();
+        // A read, then the abort: nothing a signal may cut short.
+        let bound = cluster.target().request_timeout.saturating_mul(3) + abort::bound(cluster);
+        let _ignoring = interrupt::ignore(bound);
         let why = if interrupt::is_interrupted(&failed.error) {
             "interrupted"
         } else {

@@ -10,7 +10,7 @@ use super::{
     DEFAULT_PREVIEW_SERVICE, HEALTH_PATH, RolloutArgs, check_label, duration, go_duration,
 };
 use crate::cli::{self, Arg, ArgMatches, Command, option};
-use crate::context::{Context, command_line};
+use crate::context::{Context, command_line, outside_text};
 use crate::interrupt;
 use crate::timing;
 use crate::{http, tools, version};
@@ -229,6 +229,7 @@ pub fn check_preview(
                 ));
                 return Ok(());
             }
+            Err(failure) if interrupt::is_interrupted(&failure) => return Err(failure),
             Err(failure) => {
                 if Instant::now() >= deadline {
                     bail!(
@@ -290,17 +291,14 @@ fn check_once(base: &str, expected: &str, timeout: Duration) -> Result<()> {
     Ok(())
 }
 
+/// The body as it may be shown: escaped (a line break or a terminal escape in
+/// it cannot forge a line of ours) and cut.
 fn excerpt(body: &str) -> String {
     let body = body.trim();
     if body.is_empty() {
         return "an empty body".to_owned();
     }
-    let cut: String = body.chars().take(200).collect();
-    if cut.len() < body.len() {
-        format!("{cut}...")
-    } else {
-        cut
-    }
+    outside_text(body, 200)
 }
 
 /// `--url`, checked when the command line is parsed: `http://HOST[:PORT]` and nothing else.
@@ -343,7 +341,14 @@ mod tests {
     #[test]
     fn long_bodies_are_cut() {
         assert_eq!(excerpt(""), "an empty body");
-        assert_eq!(excerpt(&"x".repeat(300)).len(), 203);
+        assert_eq!(
+            excerpt(&"x".repeat(300)),
+            format!("{}... (100 bytes more)", "x".repeat(200))
+        );
+        assert_eq!(
+            excerpt("bad\nsanity passed: \u{1b}[2K\u{202e}ok"),
+            r"bad\nsanity passed: \u{1b}[2K\u{202e}ok"
+        );
     }
 
     #[test]

@@ -282,6 +282,16 @@ impl World {
         });
     }
 
+    /// `subcommand` ("set image" or "abort") makes its change, then answers
+    /// `seconds` later (a slow API server), every time from now on.
+    pub fn answer_late(&self, subcommand: &str, seconds: f64) {
+        assert!(
+            ["set image", "abort"].contains(&subcommand),
+            "answer_late: {subcommand:?} is neither \"set image\" nor \"abort\""
+        );
+        self.edit(|s| s["faults"]["answer_late"][subcommand] = json!(seconds));
+    }
+
     /// `subcommand` ("set image", "promote", "abort") makes its change, then
     /// fails with a network error (exit 1), every time from now on.
     pub fn change_then_fail(&self, subcommand: &str) {

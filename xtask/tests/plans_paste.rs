@@ -1,0 +1,342 @@
+//! Every task's `--dry-run` plan, made with hostile values wherever a task
+//! takes a free one (line breaks, quotes, `$(...)`, backquotes, `;`, a
+//! terminal escape, a bidi override), pasted into bash: it runs exactly the
+//! commands xtask would run, with exactly their arguments, and nothing else.
+//!
+//! While xtask makes the plan, the tools it names are stand-ins at paths of
+//! this test that run the real ones (kubectl and the plugin: the doubles);
+//! while bash runs the plan, the same paths are recorders that write down
+//! each argv. `run` (the build's plan, then the binary in the foreground),
+//! `bench` (its plan names placeholders such as `<port>`), `lint` (the
+//! linters run under --dry-run), `status` and `doctor` (read-only: stdout is
+//! their report, not a plan) are not pasted.
+
+mod rollout_support;
+mod support;
+
+use std::os::unix::fs::PermissionsExt as _;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+
+use rollout_support::{NAMESPACE, REPOSITORY, World, doubles, image};
+
+/// What a shell would run if a plan let it: each of these creates CANARY.
+const HOSTILE: &str =
+    "a'b\"c $(touch CANARY) `touch CANARY`; touch CANARY\ntouch CANARY\r\u{1b}[2K\u{202e}dcba #";
+/// A kubeconfig context may hold no space, control or bidi character; all else is free.
+const HOSTILE_CONTEXT: &str = "ctx$(touch${IFS}CANARY);`touch${IFS}CANARY`'\"#";
+
+/// The tools' paths for one test: stand-ins, then recorders.
+struct Tools {
+    dir: PathBuf,
+    record: PathBuf,
+}
+
+impl Tools {
+    /// Each `(name, real)` as a stand-in that runs `real`.
+    fn new(tag: &str, tools: &[(&str, PathBuf)]) -> Tools {
+        let dir = std::env::temp_dir().join(format!("xtask-paste-{tag}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let record = dir.join("record");
+        std::fs::create_dir_all(dir.join("bin")).unwrap();
+        std::fs::create_dir_all(&record).unwrap();
+        for (name, real) in tools {
+            script(
+                &dir.join("bin").join(name),
+                &format!("#!/bin/sh\nexec '{}' \"$@\"\n", real.display()),
+            );
+        }
+        Tools { dir, record }
+    }
+
+    fn path(&self, rest: impl Into<std::ffi::OsString>) -> std::ffi::OsString {
+        let mut dirs = vec![self.dir.join("bin")];
+        dirs.extend(std::env::split_paths(&rest.into()));
+        std::env::join_paths(dirs).unwrap()
+    }
+
+    fn tool(&self, name: &str) -> PathBuf {
+        self.dir.join("bin").join(name)
+    }
+
+    /// Pastes `plan` into bash with every tool a recorder: the argv of each
+    /// call, in order. Fails if bash said anything or a canary was made.
+    fn paste(&self, plan: &str) -> Vec<Vec<String>> {
+        for entry in std::fs::read_dir(self.dir.join("bin")).unwrap() {
+            script(
+                &entry.unwrap().path(),
+                "#!/bin/sh\nn=$(ls \"$PLAN_RECORD\" | wc -l)\n\
+                 printf '%s\\0' \"$(basename \"$0\")\" \"$@\" > \"$PLAN_RECORD/$(printf %04d \"$n\")\"\n",
+            );
+        }
+        let workdir = self.dir.join("work");
+        std::fs::create_dir_all(&workdir).unwrap();
+        let mut bash = Command::new("bash");
+        bash.args(["--norc", "--noprofile", "-s"])
+            .current_dir(&workdir)
+            .env("PLAN_RECORD", &self.record)
+            // A plan may name a tool by name (docker): the recorders come first.
+            .env(
+                "PATH",
+                self.path(std::env::var_os("PATH").unwrap_or_default()),
+            )
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        let mut child = bash.spawn().unwrap();
+        {
+            use std::io::Write as _;
+            let mut stdin = child.stdin.take().unwrap();
+            stdin.write_all(plan.as_bytes()).unwrap();
+        }
+        let out = child.wait_with_output().unwrap();
+        let said = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            out.status.success() && said.is_empty() && out.stdout.is_empty(),
+            "bash ran the plan with {:?}: {said}\n--- plan ---\n{plan}",
+            out.status
+        );
+        assert!(
+            !workdir.join("CANARY").exists() && !support::root().join("CANARY").exists(),
+            "the plan ran more than its commands:\n{plan}"
+        );
+        let mut files: Vec<_> = std::fs::read_dir(&self.record)
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .collect();
+        files.sort();
+        files
+            .iter()
+            .map(|file| {
+                let bytes = std::fs::read(file).unwrap();
+                let mut argv: Vec<String> = bytes
+                    .split(|b| *b == 0)
+                    .map(|w| String::from_utf8(w.to_vec()).unwrap())
+                    .collect();
+                argv.pop(); // after the last NUL
+                argv
+            })
+            .collect()
+    }
+}
+
+impl Drop for Tools {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+fn script(path: &Path, text: &str) {
+    std::fs::write(path, text).unwrap();
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o755)).unwrap();
+}
+
+/// Every line of a plan is a command or a comment.
+fn assert_commands_or_comments(plan: &str, commands: usize) {
+    let lines: Vec<&str> = plan.lines().collect();
+    let run = lines.iter().filter(|l| !l.starts_with('#')).count();
+    assert_eq!(run, commands, "{plan}");
+    assert!(
+        !plan.contains(['\r', '\u{1b}', '\u{202e}']),
+        "a plan line holds a raw control or bidi character:\n{plan}"
+    );
+}
+
+fn words(words: &[&str]) -> Vec<String> {
+    words.iter().map(|w| (*w).to_owned()).collect()
+}
+
+fn dry_run(cmd: &mut Command) -> String {
+    let ran = support::run(cmd);
+    ran.ok();
+    ran.stdout
+}
+
+/// The rollout tasks, with a hostile context.
+fn rollout_plan(world: &World, tools: &Tools, args: &[&str]) -> String {
+    let mut cmd =
+        world.xtask(&[&["--dry-run"][..], args, &["--context", HOSTILE_CONTEXT]].concat());
+    cmd.env("PATH", tools.path(world.path()));
+    dry_run(&mut cmd)
+}
+
+fn rollout_tools() -> Tools {
+    Tools::new(
+        "rollout",
+        &[
+            ("kubectl", doubles().join("kubectl")),
+            (
+                "kubectl-argo-rollouts",
+                doubles().join("kubectl-argo-rollouts"),
+            ),
+        ],
+    )
+}
+
+fn kube_flags() -> Vec<String> {
+    words(&[
+        "-n",
+        NAMESPACE,
+        "--context",
+        HOSTILE_CONTEXT,
+        "--request-timeout=10s",
+    ])
+}
+
+fn plugin_call(args: &[&str]) -> Vec<String> {
+    let mut argv = words(&["kubectl-argo-rollouts"]);
+    argv.extend(words(args));
+    argv.extend(kube_flags());
+    argv
+}
+
+#[test]
+fn deploy_and_release_plans_run_exactly_their_commands() {
+    let world = World::new(Some("v1"));
+    let tools = rollout_tools();
+    let image_args = ["-n", NAMESPACE, "--image", REPOSITORY, "--tag", "v2"];
+    let deploy = rollout_plan(
+        &world,
+        &tools,
+        &[&["deploy", "--wait"][..], &image_args].concat(),
+    );
+    let release = rollout_plan(
+        &world,
+        &tools,
+        &[&["release", "--expect-version", "v2"][..], &image_args].concat(),
+    );
+    let set_image = plugin_call(&["set", "image", "api", &format!("api={}", image("v2"))]);
+    assert_commands_or_comments(&deploy, 1);
+    assert!(
+        deploy.ends_with(&format!("# result: {}\n", image("v2"))),
+        "{deploy}"
+    );
+    assert_eq!(tools.paste(&deploy), std::slice::from_ref(&set_image));
+    let _ = std::fs::remove_dir_all(&tools.record);
+    std::fs::create_dir_all(&tools.record).unwrap();
+    assert_commands_or_comments(&release, 2);
+    assert_eq!(
+        tools.paste(&release),
+        [set_image, plugin_call(&["promote", "api"])]
+    );
+}
+
+#[test]
+fn promote_abort_and_sanity_plans_run_exactly_their_commands() {
+    let world = World::paused_on_v2();
+    let expect = image("v2");
+    let cases: [(&[&str], Vec<Vec<String>>); 3] = [
+        (
+            &["promote", "-n", NAMESPACE, "--expect-image", &expect],
+            vec![plugin_call(&["promote", "api"])],
+        ),
+        (
+            &["abort", "-n", NAMESPACE],
+            vec![plugin_call(&["abort", "api"])],
+        ),
+        (
+            &["sanity", "-n", NAMESPACE, "--expect-version", "v2"],
+            vec![],
+        ),
+    ];
+    for (args, expected) in cases {
+        let tools = rollout_tools();
+        let plan = rollout_plan(&world, &tools, args);
+        assert_commands_or_comments(&plan, expected.len());
+        assert_eq!(tools.paste(&plan), expected, "{args:?}");
+    }
+}
+
+#[test]
+fn test_plan_passes_hostile_arguments_through_as_they_are() {
+    let cargo = PathBuf::from(std::env::var_os("CARGO").expect("cargo sets CARGO"));
+    let tools = Tools::new("test", &[("cargo", cargo)]);
+    let mut cmd = support::xtask_with(&["--dry-run", "test", "--", HOSTILE]);
+    cmd.env("CARGO", tools.tool("cargo"));
+    let plan = dry_run(&mut cmd);
+    assert_commands_or_comments(&plan, 3);
+    let calls = tools.paste(&plan);
+    assert_eq!(calls.len(), 3, "{plan}");
+    assert_eq!(calls[0], words(&["cargo", "fmt", "--all", "--", "--check"]));
+    assert_eq!(calls[2].last().map(String::as_str), Some(HOSTILE), "{plan}");
+}
+
+#[test]
+fn build_plan_runs_exactly_the_cargo_build() {
+    let cargo = PathBuf::from(std::env::var_os("CARGO").expect("cargo sets CARGO"));
+    let tools = Tools::new("build", &[("cargo", cargo)]);
+    for (flags, target) in [(&[][..], &[][..]), (&["--static"][..], &["--target"][..])] {
+        let mut cmd = support::xtask_with(&[&["--dry-run", "build"][..], flags].concat());
+        cmd.env("CARGO", tools.tool("cargo"));
+        let plan = dry_run(&mut cmd);
+        assert_commands_or_comments(&plan, 1);
+        let _ = std::fs::remove_dir_all(&tools.record);
+        std::fs::create_dir_all(&tools.record).unwrap();
+        let calls = tools.paste(&plan);
+        let build = words(&[
+            "cargo",
+            "build",
+            "--message-format=json-render-diagnostics",
+            "--release",
+            "--package",
+            "api",
+        ]);
+        assert_eq!(calls.len(), 1, "{plan}");
+        assert_eq!(calls[0][..build.len()], build, "{plan}");
+        assert_eq!(
+            calls[0][build.len()..].first().map(String::as_str),
+            target.first().copied()
+        );
+    }
+}
+
+#[test]
+fn package_plan_runs_docker_with_the_given_arguments_and_no_comment_escapes() {
+    let Some(docker) = std::env::split_paths(&std::env::var_os("PATH").unwrap_or_default())
+        .map(|dir| dir.join("docker"))
+        .find(|p| p.is_file())
+    else {
+        // The engine's gate is package's own test; without docker there is no plan.
+        assert!(std::env::var_os("CI").is_none(), "CI has docker");
+        eprintln!("skipped: no docker on PATH");
+        return;
+    };
+    let tools = Tools::new("package", &[("docker", docker)]);
+    let reports = tools.dir.join("reports");
+    std::fs::create_dir_all(&reports).unwrap();
+    let dotenv = reports.join("x.env\ntouch CANARY\n# ");
+    let mut cmd = support::xtask_with(&[
+        "--dry-run",
+        "package",
+        "--allow-dirty",
+        "--push",
+        "--tag",
+        "v1",
+    ]);
+    cmd.arg("--dotenv")
+        .arg(&dotenv)
+        .args(["--", "--label", HOSTILE])
+        .env(
+            "PATH",
+            tools.path(std::env::var_os("PATH").unwrap_or_default()),
+        );
+    let ran = support::run(&mut cmd);
+    if ran.code != Some(0) && ran.stderr.contains("engine") && std::env::var_os("CI").is_none() {
+        eprintln!("skipped: no Docker engine answers\n{ran}");
+        return;
+    }
+    ran.ok();
+    let plan = ran.stdout;
+    assert_commands_or_comments(&plan, 2);
+    let calls = tools.paste(&plan);
+    assert_eq!(calls.len(), 2, "{plan}");
+    let build = &calls[0];
+    assert_eq!(build[..2], words(&["docker", "build"]));
+    assert_eq!(
+        build[build.len() - 3..],
+        words(&["--label", HOSTILE, "."]),
+        "{plan}"
+    );
+    assert_eq!(calls[1], words(&["docker", "push", "api:v1"]));
+    assert!(!dotenv.exists(), "a dry run wrote the report");
+}
