@@ -17,10 +17,13 @@ const LONG_ABOUT: &str =
     "Show which tools are found, their paths and versions, which tasks need them, \
 and how to install what is missing. Changes nothing.
 
-Exits 0 when what `build` and `test` need (cargo, git) is present.
+Exits 0 when what `build` and `test` need is present: cargo, git, and the toolchain's \
+rustfmt and clippy (rustup's minimal profile, as in the official rust images, has \
+neither: `rustup component add rustfmt clippy`).
 
 Runs (read-only):
   TOOL --version              for each tool
+  cargo fmt --version, cargo clippy --version   (the toolchain's components)
   docker version --format {{.Server.Version}}   (does the engine answer?)";
 
 const AFTER_LONG_HELP: &str = "Examples:
@@ -57,6 +60,27 @@ impl Doctor {
                 "{line}\n         {:<24} needed by: {}",
                 "", tool.used_by
             ));
+        }
+        // On PATH is not enough: rustup puts a proxy there for each, installed or not.
+        if tools::locate(tools::CARGO.name).is_some() {
+            for component in tools::COMPONENTS {
+                let line = match tools::component_version(cx, component)? {
+                    Ok(version) => format!("ok       {:<24} {version}", component.name),
+                    Err(said) => {
+                        essentials_present = false;
+                        format!(
+                            "missing  {:<24} {} (`cargo {} --version` says: {said})",
+                            component.name,
+                            tools::COMPONENTS_INSTALL,
+                            component.subcommand
+                        )
+                    }
+                };
+                cx.result(format_args!(
+                    "{line}\n         {:<24} needed by: test (a toolchain component)",
+                    ""
+                ));
+            }
         }
         if tools::locate(tools::DOCKER.name).is_some() {
             let engine = match crate::package::engine_version(cx) {

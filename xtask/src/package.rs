@@ -38,6 +38,13 @@ Before any work it checks that the docker CLI is on PATH and that its engine ans
 Each docker command has a deadline (login 2 minutes, build 45, push 15), after which it \
 is stopped and the task fails.
 
+With --push, a tag names one image forever: the tag is pulled first, and if the registry \
+has it already, built from this commit (its org.opencontainers.image.revision label) out of \
+a clean tree, nothing is built or pushed and its digest is reported as below (a re-run \
+pipeline, a tag pipeline of a commit already built); if it holds anything else, the task \
+fails and the tag stays. Only a tag the registry does not have (`manifest unknown`) is \
+built and pushed; any other pull failure stops the task before the build.
+
 With --push, the tag is pushed after a successful build, and stdout says which image \
 was pushed, by digest: IMAGE:TAG@sha256:... (the manifest digest the registry confirmed \
 to docker push). --dotenv FILE also writes API_IMAGE_DIGEST=sha256:... to FILE, for \
@@ -49,6 +56,8 @@ Runs:
   git rev-parse --verify HEAD, git status --porcelain, git describe --tags --always --dirty
   docker version --format {{.Server.Version}}                (does the engine answer?)
   docker login --username <user> --password-stdin <registry>  (--push, credentials set)
+  docker pull IMAGE:TAG                                       (--push: is the tag there?)
+  docker image inspect --format {{index .Config.Labels ...}} IMAGE:TAG   (--push, it is)
   docker build --file Dockerfile --tag IMAGE:TAG --build-arg API_VERSION=<version> \\
       --build-arg REVISION=<sha> --build-arg CREATED=<time> [--build-arg SOURCE=<url>] [ARGS...] .
   docker push IMAGE:TAG                                       (--push)
@@ -136,6 +145,15 @@ impl Package {
         if let Some(credentials) = &credentials {
             login(cx, credentials)?;
         }
+        if self.push
+            && let Some(digest) = existing(cx, &image, &revision)?
+        {
+            if let Some(file) = &self.dotenv {
+                write_dotenv(file, &digest)?;
+            }
+            cx.result(format!("{image}@{digest}"));
+            return Ok(());
+        }
         build(cx, &image, &version, &revision, &self.docker_args)?;
         if !self.push {
             cx.change_result(&image);
@@ -187,6 +205,8 @@ fn docker(cx: &Context, cmd: Cmd<'_>, limit: Duration) -> Step {
 const LOGIN_LIMIT: Duration = Duration::from_secs(120);
 const BUILD_LIMIT: Duration = Duration::from_secs(45 * 60);
 const PUSH_LIMIT: Duration = Duration::from_secs(15 * 60);
+const PULL_LIMIT: Duration = Duration::from_secs(15 * 60);
+const INSPECT_LIMIT: Duration = Duration::from_secs(60);
 
 /// The variable the dotenv report sets for the deploy jobs.
 const DIGEST_VARIABLE: &str = "API_IMAGE_DIGEST";
@@ -200,6 +220,102 @@ fn pushed_digest(output: &str, tag: &str) -> Option<String> {
     let prefix = format!("{tag}: digest: ");
     output.lines().rev().find_map(|line| {
         let digest = line.trim().strip_prefix(&prefix)?.split(' ').next()?;
+        let hex = digest.strip_prefix("sha256:")?;
+        let valid = hex.len() == 64 && hex.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'));
+        valid.then(|| digest.to_owned())
+    })
+}
+
+/// A tag names one image forever: a deployed Rollout is pinned to the digest
+/// its tag named, and a registry's clean-up deletes manifests no tag names. So
+/// before building for a push, the tag is pulled: absent, `None` (build and
+/// push); present with this commit's revision label and a clean work tree,
+/// its digest, and nothing is built or pushed again (a pipeline re-run, a tag
+/// pipeline of a commit already built); present otherwise, an error, and the
+/// tag stays where it is. Under --dry-run the pull is planned and `None` given.
+fn existing(cx: &Context, image: &ImageRef, revision: &str) -> Result<Option<String>> {
+    let sh = &cx.sh;
+    let reference = image.to_string();
+    let pull = docker(cx, cmd!(sh, "docker pull {reference}"), PULL_LIMIT).keep_stderr();
+    let Some(ended) = pull.finish(cx)? else {
+        return Ok(None);
+    };
+    let pulled = match ended {
+        Ok(done) => done,
+        Err((_, _)) => bail!(
+            "`docker pull {reference}` did not finish within {} s, so whether the tag exists \
+             is unknown and nothing was built or pushed (a tag is never moved); check that \
+             the registry answers, then run it again",
+            PULL_LIMIT.as_secs()
+        ),
+    };
+    if !pulled.status.success() {
+        let said = pulled.stderr.trim();
+        if tag_absent(said) {
+            eprintln!("# {reference} is not in the registry yet: building and pushing it");
+            return Ok(None);
+        }
+        bail!(
+            "`docker pull {reference}` failed ({}): {said}\nwhether the tag exists is unknown, so \
+             nothing was built or pushed (a tag is never moved); check the registry and the \
+             login, then run it again",
+            pulled.status
+        );
+    }
+    let digest = pulled_digest(&pulled.stdout).with_context(|| {
+        format!(
+            "`docker pull {reference}` printed no `Digest: sha256:...` line, so the tag's \
+             manifest is unknown; its output was:\n{}",
+            pulled.stdout.trim()
+        )
+    })?;
+    let labelled = cx
+        .probe(cmd!(
+            sh,
+            "docker image inspect --format {REVISION_FORMAT} {reference}"
+        ))
+        .within(INSPECT_LIMIT, "check that the engine answers")
+        .read(cx)?;
+    if labelled != revision {
+        bail!(
+            "{reference} exists already ({digest}) and holds revision {labelled:?}, not this \
+             commit's {revision}: a tag names one image forever, so it is not pushed again. \
+             Push this build under another tag (--tag), or find out how {reference} came to \
+             name another commit"
+        );
+    }
+    if version::is_dirty(cx, &cx.root)? {
+        bail!(
+            "{reference} exists already ({digest}), built from this commit's clean tree, and \
+             the work tree has uncommitted changes: a tag names one image forever, so it is \
+             not pushed again. Commit the changes (a new SHA, a new tag) or use another --tag"
+        );
+    }
+    eprintln!(
+        "# {reference} exists already and holds this commit (label \
+         org.opencontainers.image.revision={revision}): not built or pushed again, its tag \
+         keeps naming {digest}"
+    );
+    Ok(Some(digest))
+}
+
+/// What `docker image inspect` prints for the revision label.
+const REVISION_FORMAT: &str = "{{index .Config.Labels \"org.opencontainers.image.revision\"}}";
+
+/// A pull that failed because the registry has no such tag: the distribution
+/// spec's MANIFEST_UNKNOWN, which the engine relays as `manifest for REF not
+/// found: manifest unknown: manifest unknown` (moby distribution/pull_v2.go,
+/// `pullV2Tag`; a missing repository gives the same). Anything else (refused
+/// login, no answer) is not taken for "absent": that could move a tag.
+fn tag_absent(said: &str) -> bool {
+    said.contains("manifest unknown")
+}
+
+/// The manifest digest `docker pull` reports: `Digest: sha256:HEX` (moby
+/// distribution/pull_v2.go, `pullV2Tag`).
+fn pulled_digest(output: &str) -> Option<String> {
+    output.lines().rev().find_map(|line| {
+        let digest = line.trim().strip_prefix("Digest: ")?;
         let hex = digest.strip_prefix("sha256:")?;
         let valid = hex.len() == 64 && hex.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'));
         valid.then(|| digest.to_owned())
@@ -507,5 +623,34 @@ mod tests {
             None
         );
         assert_eq!(pushed_digest("5f70bf18a086: Pushed\n", "v1"), None);
+    }
+
+    #[test]
+    fn the_pulled_digest_is_read_from_docker_pull() {
+        let hex = "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
+        let output = format!(
+            "v1: Pulling from team/api\n\
+             Digest: sha256:{hex}\n\
+             Status: Downloaded newer image for 127.0.0.1:5000/team/api:v1\n"
+        );
+        assert_eq!(pulled_digest(&output), Some(format!("sha256:{hex}")));
+        assert_eq!(pulled_digest("Digest: sha256:0123\n"), None);
+        assert_eq!(pulled_digest("Status: Image is up to date\n"), None);
+    }
+
+    #[test]
+    fn only_an_unknown_manifest_means_the_tag_is_absent() {
+        assert!(tag_absent(
+            "Error response from daemon: manifest for 127.0.0.1:5000/team/api:v1 not found: \
+             manifest unknown: manifest unknown"
+        ));
+        assert!(!tag_absent(
+            "Error response from daemon: Head \"https://registry/v2/team/api/manifests/v1\": \
+             unauthorized: HTTP Basic: Access denied"
+        ));
+        assert!(!tag_absent(
+            "Error response from daemon: Get \"https://registry/v2/\": dial tcp: lookup \
+             registry: no such host"
+        ));
     }
 }

@@ -159,3 +159,38 @@ fn deploy_jobs_get_the_digest_and_the_preview_can_be_stopped() {
     assert_eq!(stop_env["action"].as_str(), Some("stop"));
     assert_eq!(stop_env["name"], pipeline["deploy"]["environment"]["name"]);
 }
+
+/// The job image (`rust:VERSION-bookworm`) has rustup's minimal profile: the
+/// test job must install rustfmt and clippy before `cargo xtask test` runs them.
+#[test]
+fn the_test_job_installs_rustfmt_and_clippy_before_the_tests() {
+    let pipeline = pipeline();
+    let job = &pipeline["test"];
+    let mut lines = Vec::new();
+    for key in ["before_script", "script"] {
+        let mut one = serde_yaml_ng::Mapping::new();
+        if let Some(script) = job_key(&pipeline, job, key) {
+            one.insert(key.into(), script.clone());
+        }
+        let mut wrapper = serde_yaml_ng::Mapping::new();
+        wrapper.insert("job".into(), serde_yaml_ng::Value::Mapping(one));
+        lines.extend(script_lines(&serde_yaml_ng::Value::Mapping(wrapper)));
+    }
+    let install = lines
+        .iter()
+        .position(|l| l == crate::tools::COMPONENTS_INSTALL)
+        .unwrap_or_else(|| {
+            panic!(
+                "the test job never runs `{}`: {lines:#?}",
+                crate::tools::COMPONENTS_INSTALL
+            )
+        });
+    let test = lines
+        .iter()
+        .position(|l| l == "cargo xtask test")
+        .expect("the test job runs `cargo xtask test`");
+    assert!(
+        install < test,
+        "the components are installed after the tests: {lines:#?}"
+    );
+}

@@ -17,7 +17,12 @@ target/nextest/ci/junit.xml for CI; with `cargo test` otherwise. A report left b
 earlier run is removed first, so a run that stops at fmt or clippy leaves none, never \
 the last one's. Each step that fails is named. Tests that need the Docker engine fail, rather than skip, when CI is set.
 
+Before anything else it checks that the toolchain has rustfmt and clippy (rustup's \
+minimal profile, as in the official rust images, has neither) and, when one is missing, \
+stops naming `rustup component add rustfmt clippy`.
+
 Runs:
+  cargo fmt --version, cargo clippy --version            (read-only: are the components there?)
   # remove target/nextest/ci/junit.xml                  (an earlier run's report)
   cargo fmt --all -- --check
   cargo clippy --workspace --all-targets -- -D warnings
@@ -65,6 +70,7 @@ impl Test {
 
     pub fn run(self, cx: &Context) -> Result<()> {
         tools::require(&[&tools::CARGO])?;
+        tools::require_components(cx, tools::COMPONENTS)?;
         let sh = &cx.sh;
         let cargo = tools::cargo();
         let args = &self.args;

@@ -1,7 +1,11 @@
 //! The external tools tasks call, found on `PATH` before any work starts.
 
+use std::time::Duration;
+
 use anyhow::{Result, bail};
 use camino::Utf8PathBuf;
+
+use crate::context::Context;
 
 /// A program a task runs, and how to get it when it is missing.
 pub struct Tool {
@@ -121,3 +125,80 @@ pub const GO: Tool = Tool {
     used_by: "bench (optional)",
     version_args: &["version"],
 };
+
+/// A part of the Rust toolchain that cargo runs as a subcommand. rustup's
+/// `minimal` profile (the official `rust` images) installs neither of these.
+pub struct Component {
+    /// rustup's name for it.
+    pub name: &'static str,
+    /// What `cargo SUBCOMMAND` runs it.
+    pub subcommand: &'static str,
+}
+
+pub const RUSTFMT: Component = Component {
+    name: "rustfmt",
+    subcommand: "fmt",
+};
+pub const CLIPPY: Component = Component {
+    name: "clippy",
+    subcommand: "clippy",
+};
+
+/// The components `test` runs (`cargo fmt`, `cargo clippy`).
+pub const COMPONENTS: &[&Component] = &[&RUSTFMT, &CLIPPY];
+
+/// How to get them: one line for all, as a job script runs it.
+pub const COMPONENTS_INSTALL: &str = "rustup component add rustfmt clippy";
+
+/// How long `cargo SUBCOMMAND --version` may take (a cold disk, a busy runner).
+const COMPONENT_PROBE_LIMIT: Duration = Duration::from_secs(60);
+
+/// Whether `cargo SUBCOMMAND --version` answers: `Ok(version)`, else what
+/// cargo or rustup's proxy said instead (rustup: `'cargo-fmt' is not
+/// installed for the toolchain ...`; cargo without the binary on its search
+/// path: `no such command: `fmt``).
+pub fn component_version(cx: &Context, component: &Component) -> Result<Result<String, String>> {
+    let mut probe = std::process::Command::new(cargo().as_std_path());
+    probe.args([component.subcommand, "--version"]);
+    let ended = cx
+        .probe(probe)
+        .keep_stderr()
+        .within(COMPONENT_PROBE_LIMIT, "")
+        .finish(cx)?;
+    Ok(match ended {
+        Some(Ok(done)) if done.status.success() => {
+            Ok(done.stdout.lines().next().unwrap_or_default().to_owned())
+        }
+        Some(Ok(done)) => Err(match done.stderr.lines().find(|l| !l.trim().is_empty()) {
+            Some(line) => line.trim().to_owned(),
+            None => format!("it exited with {}", done.status),
+        }),
+        Some(Err(_)) => Err(format!(
+            "no answer within {} s",
+            COMPONENT_PROBE_LIMIT.as_secs()
+        )),
+        None => Err("it did not run".to_owned()),
+    })
+}
+
+/// Finds every component, or fails naming all that are missing and the one
+/// line that installs them.
+pub fn require_components(cx: &Context, components: &[&Component]) -> Result<()> {
+    let mut missing = Vec::new();
+    for component in components {
+        if let Err(said) = component_version(cx, component)? {
+            missing.push(format!(
+                "  {}: `cargo {} --version` says: {said}",
+                component.name, component.subcommand
+            ));
+        }
+    }
+    if !missing.is_empty() {
+        bail!(
+            "missing toolchain component{}:\n{}\ninstall them with: {COMPONENTS_INSTALL}",
+            if missing.len() == 1 { "" } else { "s" },
+            missing.join("\n")
+        );
+    }
+    Ok(())
+}

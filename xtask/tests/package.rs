@@ -12,6 +12,7 @@
 mod engine;
 mod support;
 
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use engine::*;
@@ -486,22 +487,24 @@ fn dry_run_with_push_plans_login_build_and_push_without_the_password() {
         .env("CI_REGISTRY_PASSWORD", "hunter2-dry-run-secret"));
     assert!(ran.success(), "{}", ran.stderr);
     let lines: Vec<&str> = ran.stdout.lines().collect();
-    assert_eq!(lines.len(), 4, "{}", ran.stdout);
+    assert_eq!(lines.len(), 5, "{}", ran.stdout);
     assert_eq!(
         lines[0],
         "docker login --username gitlab-ci-token --password-stdin registry.example.com"
     );
+    // Is the tag there already? A tag names one image forever.
+    assert_eq!(lines[1], "docker pull registry.example.com/team/api:v1");
     assert!(
-        lines[1]
+        lines[2]
             .starts_with("docker build --file Dockerfile --tag registry.example.com/team/api:v1 "),
         "{}",
-        lines[1]
+        lines[2]
     );
-    assert_eq!(lines[2], "docker push registry.example.com/team/api:v1");
-    assert_eq!(lines[3], "# result: registry.example.com/team/api:v1");
+    assert_eq!(lines[3], "docker push registry.example.com/team/api:v1");
+    assert_eq!(lines[4], "# result: registry.example.com/team/api:v1");
     assert!(!ran.both().contains("hunter2"), "{}", ran.both());
     // The commands (the last line is the result, the image reference, as a comment).
-    support::runs::assert_runs_describe("package", &lines[..3].join("\n"));
+    support::runs::assert_runs_describe("package", &lines[..4].join("\n"));
 }
 
 #[test]
@@ -769,16 +772,17 @@ fn dry_run_with_dotenv_plans_the_report_and_writes_nothing() {
         .arg(&dotenv));
     assert!(ran.success(), "{}", ran.stderr);
     let lines: Vec<&str> = ran.stdout.lines().collect();
-    assert_eq!(lines.len(), 4, "{}", ran.stdout);
-    assert_eq!(lines[1], "docker push api:v1");
+    assert_eq!(lines.len(), 5, "{}", ran.stdout);
+    assert_eq!(lines[0], "docker pull api:v1");
+    assert_eq!(lines[2], "docker push api:v1");
     assert_eq!(
-        lines[2],
+        lines[3],
         format!(
             "# write API_IMAGE_DIGEST=<the digest docker push reports> to {}",
             dotenv.display()
         )
     );
-    assert_eq!(lines[3], "# result: api:v1");
+    assert_eq!(lines[4], "# result: api:v1");
     assert!(!dotenv.exists(), "a dry run wrote the report");
 }
 
@@ -892,4 +896,159 @@ impl Drop for RemoveImage {
     fn drop(&mut self) {
         let _ = run(&mut docker(&["rmi", &self.0]));
     }
+}
+
+// --- A tag names one image forever ----------------------------------------------
+
+/// A clean clone of this checkout's HEAD, where `package` runs as a pipeline's
+/// job does (xtask finds its workspace from the current folder).
+struct Clone {
+    _dir: TempDir,
+    path: std::path::PathBuf,
+    head: String,
+}
+
+impl Clone {
+    fn of_head(name: &str) -> Clone {
+        let dir = TempDir::new(name);
+        let path = dir.path.join("api");
+        let root = support::root();
+        let ran = run(Command::new("git")
+            .args(["clone", "--quiet", "--no-local"])
+            .arg(&root)
+            .arg(&path));
+        assert!(ran.success(), "{ran}");
+        let head = git(&["rev-parse", "--verify", "HEAD"]);
+        let ran = run(Command::new("git")
+            .args(["checkout", "--quiet", "--detach", &head])
+            .current_dir(&path));
+        assert!(ran.success(), "{ran}");
+        Clone {
+            _dir: dir,
+            path,
+            head,
+        }
+    }
+
+    /// `cargo xtask package --push` there, as the package job runs it.
+    fn push(&self, registry: &Registry, docker_config: &TempDir, args: &[&str]) -> support::Ran {
+        let mut package = xtask();
+        package
+            .current_dir(&self.path)
+            .env_remove("CARGO_MANIFEST_DIR")
+            .args(["package", "--push"])
+            .args(args)
+            .env(
+                "CI_REGISTRY_IMAGE",
+                format!("{}/team/api", registry.address),
+            )
+            .env("CI_REGISTRY", &registry.address)
+            .env("CI_REGISTRY_USER", registry.user)
+            .env("CI_REGISTRY_PASSWORD", registry.password)
+            .env("DOCKER_CONFIG", &docker_config.path);
+        run(&mut serialised(&package))
+    }
+}
+
+/// A re-run pipeline (or a tag pipeline of a commit already built) on a fresh
+/// engine: no local image, no build cache. The tag must keep naming the digest
+/// the first run pushed, which a Rollout may be pinned to.
+#[test]
+fn a_second_push_of_the_same_commit_keeps_the_tag_and_prints_its_digest() {
+    if !needs_engine() || !needs_registry() {
+        return;
+    }
+    let registry = Registry::start();
+    let docker_config = TempDir::new("docker-config-twice");
+    let clone = Clone::of_head("push-twice");
+    let reports = TempDir::new("dotenv-twice");
+    let dotenv = reports.path.join("package.env");
+    let reference = format!("{}/team/api:{}", registry.address, clone.head);
+    let _pushed = RemoveImage(reference.clone());
+
+    let first = clone.push(
+        &registry,
+        &docker_config,
+        &["--dotenv", dotenv.to_str().unwrap()],
+    );
+    assert!(first.success(), "{first}");
+    assert!(
+        first.stderr.contains("is not in the registry yet"),
+        "{first}"
+    );
+    assert!(first.stderr.contains("$ docker push "), "{first}");
+    let digest = registry.manifest_digest("team/api", &clone.head);
+    assert_eq!(first.stdout, format!("{reference}@{digest}\n"));
+    std::fs::remove_file(&dotenv).unwrap();
+
+    // As on a fresh engine: the image is gone here, and the build may use no
+    // cache (--no-cache; pruning the engine's whole build cache would take
+    // every other user's on a shared engine).
+    let removed = run(&mut docker(&["rmi", &reference]));
+    assert!(removed.success(), "{removed}");
+    let second = clone.push(
+        &registry,
+        &docker_config,
+        &["--dotenv", dotenv.to_str().unwrap(), "--", "--no-cache"],
+    );
+
+    assert!(second.success(), "{second}");
+    assert!(
+        second
+            .stderr
+            .contains(&format!("$ docker pull {reference}")),
+        "{second}"
+    );
+    assert!(
+        second
+            .stderr
+            .contains("exists already and holds this commit"),
+        "{second}"
+    );
+    assert!(
+        !second.stderr.contains("$ docker build"),
+        "rebuilt:\n{second}"
+    );
+    assert!(
+        !second.stderr.contains("$ docker push"),
+        "pushed again:\n{second}"
+    );
+    // The registry's tag still names the first digest, and the second run says it.
+    assert_eq!(registry.manifest_digest("team/api", &clone.head), digest);
+    assert_eq!(second.stdout, first.stdout);
+    assert_eq!(
+        std::fs::read_to_string(&dotenv).unwrap(),
+        format!("API_IMAGE_DIGEST={digest}\n")
+    );
+    assert!(!second.both().contains(registry.password));
+
+    // A tag that names another commit's image is refused, before any build,
+    // and stays where it is.
+    let committed = run(Command::new("git")
+        .args([
+            "-c",
+            "user.name=test",
+            "-c",
+            "user.email=test@example.com",
+            "commit",
+            "--quiet",
+            "--allow-empty",
+            "--message",
+            "another commit",
+        ])
+        .current_dir(&clone.path));
+    assert!(committed.success(), "{committed}");
+    let other = clone.push(&registry, &docker_config, &["--tag", &clone.head]);
+    assert!(!other.success(), "{other}");
+    assert!(
+        other.stderr.contains(&format!(
+            "holds revision \"{}\", not this commit's",
+            clone.head
+        )),
+        "{other}"
+    );
+    assert!(!other.stderr.contains("$ docker build"), "built:\n{other}");
+    assert!(!other.stderr.contains("$ docker push"), "pushed:\n{other}");
+    assert_eq!(other.stdout, "");
+    assert_eq!(registry.manifest_digest("team/api", &clone.head), digest);
 }

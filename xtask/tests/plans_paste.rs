@@ -327,16 +327,18 @@ fn package_plan_runs_docker_with_the_given_arguments_and_no_comment_escapes() {
     }
     ran.ok();
     let plan = ran.stdout;
-    assert_commands_or_comments(&plan, 2);
+    assert_commands_or_comments(&plan, 3);
     let calls = tools.paste(&plan);
-    assert_eq!(calls.len(), 2, "{plan}");
-    let build = &calls[0];
+    assert_eq!(calls.len(), 3, "{plan}");
+    // Is the tag there already? A tag names one image forever.
+    assert_eq!(calls[0], words(&["docker", "pull", "api:v1"]));
+    let build = &calls[1];
     assert_eq!(build[..2], words(&["docker", "build"]));
     assert_eq!(
         build[build.len() - 3..],
         words(&["--label", HOSTILE, "."]),
         "{plan}"
     );
-    assert_eq!(calls[1], words(&["docker", "push", "api:v1"]));
+    assert_eq!(calls[2], words(&["docker", "push", "api:v1"]));
     assert!(!dotenv.exists(), "a dry run wrote the report");
 }
