@@ -412,7 +412,7 @@ fn abort_keeps_the_active_version_and_says_how_to_recover() {
     assert!(
         abort
             .stderr
-            .contains("kubectl-argo-rollouts undo api -n shop"),
+            .contains("kubectl-argo-rollouts undo api --to-revision=1 -n shop"),
         "{abort}"
     );
     assert_eq!(world.active_image(), Some(image("v1")));

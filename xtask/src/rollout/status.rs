@@ -174,8 +174,8 @@ fn hint(state: &RolloutState, line: &PhaseLine) -> &'static str {
         }
         Phase::Paused => " (paused by hand: `kubectl argo rollouts promote` resumes it)",
         Phase::Degraded => {
-            " (the active Service still serves the last good version; `kubectl argo rollouts undo` \
-             or a deploy of the stable image returns it to Healthy)"
+            " (the active Service still serves the last good version; `kubectl argo rollouts undo ROLLOUT --to-revision=N` (N: the stable ReplicaSet's revision) \
+             or a deploy of the stable image, with its digest, returns it to Healthy)"
         }
     }
 }
