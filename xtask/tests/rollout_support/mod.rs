@@ -154,6 +154,22 @@ impl World {
         assert_eq!(phase, "Paused", "the preview {tag} is not paused");
     }
 
+    /// As [`World::deploy_paused`], with `--replace`: a newer pipeline takes the preview.
+    pub fn deploy_paused_replacing(&self, tag: &str) {
+        self.behaviour(tag, Some(0.0), None);
+        self.run(&deploy_args(&[
+            "--tag",
+            tag,
+            "--wait",
+            "--poll-interval",
+            "100ms",
+            "--replace",
+        ]))
+        .ok();
+        let phase = self.rollout_object()["status"]["phase"].clone();
+        assert_eq!(phase, "Paused", "the preview {tag} is not paused");
+    }
+
     /// The pods of `tag` are `pod` (what port-forward reaches); the pod back.
     pub fn serve(&self, tag: &str, pod: Pod) -> Pod {
         self.pods(tag, &pod.addr);
