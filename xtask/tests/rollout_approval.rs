@@ -354,10 +354,34 @@ fn a_tag_with_another_sources_digest_is_refused() {
     );
     run.failed();
     assert!(run.error().contains("API_IMAGE_DIGEST"), "{run}");
+    // The other way round: a flag's digest with API_IMAGE_TAG.
+    let run = support::run(
+        world
+            .xtask(&[
+                "deploy",
+                "-n",
+                NAMESPACE,
+                "--image",
+                rollout_support::REPOSITORY,
+                "--digest",
+                DIGEST_B,
+            ])
+            .env("API_IMAGE_TAG", "v3"),
+    );
+    run.failed();
+    assert!(run.error().contains("API_IMAGE_TAG"), "{run}");
     assert!(world.changes().is_empty(), "{:?}", world.changes());
     assert!(
         world.kubectl_calls().is_empty(),
         "{:?}",
         world.kubectl_calls()
+    );
+    // Both on the command line name one image, as meant: the plan sets it.
+    let args = [&["--dry-run"][..], &deploy_args(&["--digest", DIGEST_A])].concat();
+    let run = support::run(world.xtask(&args).env("API_IMAGE_DIGEST", DIGEST_B));
+    run.ok();
+    assert!(
+        run.stdout.contains(&format!("{}@{DIGEST_A}", image("v2"))),
+        "{run}"
     );
 }

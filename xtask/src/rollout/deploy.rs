@@ -170,8 +170,8 @@ impl Deploy {
 }
 
 pub const WENT_ACTIVE: &str = "the rollout went straight to Healthy without a pause: this was the first \
-     image of a new Rollout (its active Service had no pods to switch from), or the image was active \
-     already; it serves on the active Service";
+     image of a new Rollout (its active Service had no pods to switch from), a fast rollback (its old \
+     ReplicaSet still had its pods), or the image was active already; it serves on the active Service";
 
 /// Refuses to drop someone else's update in flight (a preview being checked,
 /// or one still starting) unless `replace`. An aborted or failed update is
