@@ -520,9 +520,26 @@ fn a_rollout_without_status_yet_is_waited_for() {
         return;
     };
     world.behaviour("v2", Some(0.3), None);
-    world.without_status_for(4.0);
+    world.without_status_for(8.0);
     let run = world.run(&deploy_args(&["--wait", "--poll-interval", "100ms"]));
     run.ok();
     assert!(run.stderr.contains("has no status yet"), "{run}");
     assert!(run.stderr.contains("Paused - BlueGreenPause"), "{run}");
+}
+
+#[test]
+fn status_waits_for_a_new_rollouts_first_status() {
+    // The same for `status`: a new Rollout reads as what it becomes, not as an error.
+    let Some(world) = World::needing_kubectl(None) else {
+        return;
+    };
+    // Long enough to be seen on a loaded machine (where starting a process can take seconds).
+    world.without_status_for(8.0);
+    let run = world.run(&["status", "-n", NAMESPACE]);
+    assert!(run.stderr.contains("has no status yet"), "{run}");
+    assert!(
+        run.stdout.starts_with("rollout api in namespace shop: "),
+        "{run}"
+    );
+    assert!(run.stdout.contains("active:  none yet"), "{run}");
 }

@@ -94,7 +94,7 @@ impl Abort {
         };
         interrupt::install();
         let limit = self.target.request_timeout.saturating_mul(6);
-        let state = wait::reconciled(cx, &cluster, limit, Duration::from_millis(500))?;
+        let state = wait::reconciled(cx, &cluster.kubectl, limit, Duration::from_millis(500))?;
         let Some((preview, line)) = in_flight(cx, &cluster, &state, expected.as_ref())? else {
             return Ok(());
         };

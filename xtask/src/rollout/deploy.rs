@@ -209,7 +209,7 @@ pub fn refuse_foreign_update(
 /// The Rollout before any change, once its controller wrote a status (a new
 /// Rollout has none before its first reconcile), within the wait's timeout.
 pub fn first_read(cx: &Context, cluster: &Cluster, waiting: &WaitArgs) -> Result<RolloutState> {
-    wait::reconciled(cx, cluster, waiting.timeout, waiting.poll_interval)
+    wait::reconciled(cx, &cluster.kubectl, waiting.timeout, waiting.poll_interval)
 }
 
 /// What a deploy of `image` will do, when it is not a new preview.

@@ -123,7 +123,7 @@ impl Promote {
         let expected = self.expected.resolve(cx)?;
         interrupt::install();
         let limit = self.target.request_timeout.saturating_mul(6);
-        let mut state = wait::reconciled(cx, &cluster, limit, self.poll_interval)?;
+        let mut state = wait::reconciled(cx, &cluster.kubectl, limit, self.poll_interval)?;
         check_promotable(&cluster, &state, &expected)?;
         if !self.yes && !cx.dry_run {
             if !confirm(&format!(
@@ -240,7 +240,7 @@ pub fn promote_and_wait(
         if interrupt::is_interrupted(&error) {
             return Err(error);
         }
-        let state = match wait::read(cx, cluster, timeout, poll_interval) {
+        let state = match wait::read(cx, &cluster.kubectl, timeout, poll_interval) {
             Ok(state) => state,
             Err(read) if interrupt::is_interrupted(&read) => return Err(read),
             Err(read) => {

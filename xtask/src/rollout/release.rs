@@ -323,7 +323,7 @@ impl Release {
                 // Through the weather: one refused read must not abort a checked preview.
                 let state = wait::read(
                     cx,
-                    cluster,
+                    &cluster.kubectl,
                     self.waiting.timeout,
                     self.waiting.poll_interval,
                 )

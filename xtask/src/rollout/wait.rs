@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Result, anyhow};
 
-use super::kube::CallFailed;
+use super::kube::{CallFailed, Kubectl};
 use super::state::{PhaseLine, RolloutState};
 use super::{Cluster, go_duration};
 use crate::context::Context;
@@ -74,11 +74,11 @@ impl Misses {
     fn read(
         &mut self,
         cx: &Context,
-        cluster: &Cluster,
+        kubectl: &Kubectl,
         start: Instant,
         what: &str,
     ) -> Result<Option<RolloutState>> {
-        match cluster.read(cx) {
+        match kubectl.read(cx) {
             Ok(state) => {
                 self.in_a_row = 0;
                 self.last = None;
@@ -97,7 +97,7 @@ impl Misses {
                     self.in_a_row
                 ));
                 if self.in_a_row >= MISSES_IN_A_ROW {
-                    return Err(self.unknown(error, cluster, what));
+                    return Err(self.unknown(error, kubectl, what));
                 }
                 self.last = Some(error);
                 Ok(None)
@@ -105,10 +105,10 @@ impl Misses {
         }
     }
 
-    fn unknown(&self, error: anyhow::Error, cluster: &Cluster, what: &str) -> anyhow::Error {
+    fn unknown(&self, error: anyhow::Error, kubectl: &Kubectl, what: &str) -> anyhow::Error {
         let message = format!(
             "gave up waiting for {what} on rollout {}: the last {} reads failed, so its state is unknown",
-            cluster.rollout(),
+            kubectl.rollout(),
             self.in_a_row
         );
         error.context(StateUnknown { message })
@@ -139,7 +139,7 @@ pub fn until<T>(
     let mut misses = Misses::new();
     loop {
         interrupt::check()?;
-        if let Some(state) = misses.read(cx, cluster, start, what)? {
+        if let Some(state) = misses.read(cx, &cluster.kubectl, start, what)? {
             let line = state.phase()?;
             if last.as_ref() != Some(&line) {
                 cx.say(format!("  {:>5.1}s  {line}", start.elapsed().as_secs_f64()));
@@ -177,16 +177,16 @@ pub fn until<T>(
 /// not decide it.
 pub fn read(
     cx: &Context,
-    cluster: &Cluster,
+    kubectl: &Kubectl,
     timeout: Duration,
     interval: Duration,
 ) -> Result<RolloutState> {
-    until_quiet(cx, cluster, "a read of the rollout", timeout, interval)
+    until_quiet(cx, kubectl, "a read of the rollout", timeout, interval)
 }
 
 fn until_quiet(
     cx: &Context,
-    cluster: &Cluster,
+    kubectl: &Kubectl,
     what: &str,
     timeout: Duration,
     interval: Duration,
@@ -195,7 +195,7 @@ fn until_quiet(
     let mut misses = Misses::new();
     loop {
         interrupt::check()?;
-        if let Some(state) = misses.read(cx, cluster, start, what)? {
+        if let Some(state) = misses.read(cx, kubectl, start, what)? {
             return Ok(state);
         }
         if start.elapsed() >= timeout {
@@ -203,7 +203,7 @@ fn until_quiet(
             return Err(error.context(StateUnknown {
                 message: format!(
                     "no read of rollout {} succeeded within {}, so its state is unknown",
-                    cluster.rollout(),
+                    kubectl.rollout(),
                     go_duration(timeout)
                 ),
             }));
@@ -217,24 +217,24 @@ fn until_quiet(
 /// waits for it, at most `timeout`, rather than refuse it.
 pub fn reconciled(
     cx: &Context,
-    cluster: &Cluster,
+    kubectl: &Kubectl,
     timeout: Duration,
     interval: Duration,
 ) -> Result<RolloutState> {
-    let state = cluster.read(cx)?;
+    let state = kubectl.read(cx)?;
     if state.has_status {
         return Ok(state);
     }
     cx.say(format!(
         "rollout {} has no status yet: its controller has not reconciled it (a new Rollout); waiting \
          for it, at most {}",
-        cluster.rollout(),
+        kubectl.rollout(),
         go_duration(timeout)
     ));
     let start = Instant::now();
     loop {
         timing::waiting(|| interrupt::sleep(interval))?;
-        let state = read(cx, cluster, timeout, interval)?;
+        let state = read(cx, kubectl, timeout, interval)?;
         if state.has_status {
             return Ok(state);
         }
@@ -242,7 +242,7 @@ pub fn reconciled(
             return Err(anyhow!(
                 "rollout {} still has no status after {}: is the Argo Rollouts controller running, and does \
                  it watch this namespace? (`kubectl get pods -n argo-rollouts`, its logs)",
-                cluster.rollout(),
+                kubectl.rollout(),
                 go_duration(timeout)
             ));
         }
