@@ -212,15 +212,6 @@ pub fn first_read(cx: &Context, cluster: &Cluster, waiting: &WaitArgs) -> Result
     wait::reconciled(cx, &cluster.kubectl, waiting.timeout, waiting.poll_interval)
 }
 
-/// What a deploy of `image` will do, when it is not a new preview.
-#[derive(Debug, PartialEq, Eq)]
-pub enum Shortcut {
-    /// The template goes to the preview as usual.
-    None,
-    /// A fast rollback, allowed: the controller switches traffic to it at once.
-    FastRollback,
-}
-
 /// Refuses, before any change, what the controller would not do as asked:
 /// the image whose update was aborted (an unchanged template makes no new
 /// generation, so the abort stays), and, unless `fast_rollback`, an image
@@ -233,7 +224,7 @@ pub fn refuse_what_the_controller_skips(
     state: &RolloutState,
     image: &ImageRef,
     fast_rollback: bool,
-) -> Result<Shortcut> {
+) -> Result<()> {
     let rollout = cluster.rollout();
     let container = &cluster.target().container;
     let current = state.image(container).unwrap_or_default();
@@ -241,10 +232,10 @@ pub fn refuse_what_the_controller_skips(
         if state.abort && state.observed() {
             bail!(aborted_image(cx, cluster, state, image));
         }
-        return Ok(Shortcut::None);
+        return Ok(());
     }
     if state.active_selector.is_empty() {
-        return Ok(Shortcut::None); // a new Rollout: nothing to switch from, nothing kept
+        return Ok(()); // a new Rollout: nothing to switch from, nothing kept
     }
     let kept = cluster
         .kubectl
@@ -257,7 +248,7 @@ pub fn refuse_what_the_controller_skips(
                 && rs.image(container).is_some_and(|i| image.is(i))
         });
     let Some(rs) = kept else {
-        return Ok(Shortcut::None);
+        return Ok(());
     };
     let revision = rs
         .revision
@@ -280,7 +271,7 @@ pub fn refuse_what_the_controller_skips(
          the controller switches traffic to it at once, with no preview and no promote",
         rs.pod_hash, rs.scale_down_deadline
     ));
-    Ok(Shortcut::FastRollback)
+    Ok(())
 }
 
 /// Why the aborted image is refused, and the ways out.
