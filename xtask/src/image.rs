@@ -17,6 +17,11 @@ pub struct ImageArgs {
     pub tag: Option<String>,
     pub digest: Option<String>,
     pub allow_dirty: bool,
+    /// Whether the tag and the digest were given on the command line (else by
+    /// their variables): one from each would join one image's tag to
+    /// another's digest.
+    pub tag_on_command_line: bool,
+    pub digest_on_command_line: bool,
 }
 
 impl ImageArgs {
@@ -57,6 +62,8 @@ impl ImageArgs {
             tag: cli::optional(matches, "tag"),
             digest: cli::optional(matches, "digest"),
             allow_dirty: matches.get_flag("allow-dirty"),
+            tag_on_command_line: on_command_line(matches, "tag"),
+            digest_on_command_line: on_command_line(matches, "digest"),
         }
     }
 }
@@ -239,6 +246,7 @@ impl ImageArgs {
         };
         check_tag(&tag)?;
         let digest = first_set([self.digest.clone()]);
+        self.refuse_mixed_sources(&tag, digest.as_deref())?;
         if let Some(digest) = &digest {
             check_digest(digest)?;
         }
@@ -248,6 +256,39 @@ impl ImageArgs {
             digest,
         })
     }
+}
+
+impl ImageArgs {
+    /// A tag from the command line with a digest from the environment (the
+    /// pipeline's API_IMAGE_DIGEST, say), or the other way round, names two
+    /// images at once: the runtime would run the digest's, whatever the tag
+    /// says. Refused: nothing is guessed.
+    fn refuse_mixed_sources(&self, tag: &str, digest: Option<&str>) -> Result<()> {
+        let Some(digest) = digest else {
+            return Ok(());
+        };
+        let tag_from_env = self.tag.is_some() && !self.tag_on_command_line;
+        if self.tag_on_command_line && !self.digest_on_command_line {
+            bail!(
+                "--tag {tag} was given on the command line, and the digest {digest} comes from \
+                 API_IMAGE_DIGEST: that digest is another image's (the pipeline's build, say), and \
+                 IMAGE:{tag}@{digest} would run it whatever the tag says. Give both (--tag and \
+                 --digest) of the image you mean, or unset API_IMAGE_DIGEST to deploy by tag"
+            );
+        }
+        if self.digest_on_command_line && tag_from_env {
+            bail!(
+                "--digest {digest} was given on the command line, and the tag {tag} comes from \
+                 API_IMAGE_TAG: they may name two images. Give both (--tag and --digest) of the image \
+                 you mean, or unset API_IMAGE_TAG"
+            );
+        }
+        Ok(())
+    }
+}
+
+fn on_command_line(matches: &ArgMatches, id: &str) -> bool {
+    matches.value_source(id) == Some(clap::parser::ValueSource::CommandLine)
 }
 
 fn env(key: &str) -> Option<String> {

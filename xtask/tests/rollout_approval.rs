@@ -192,3 +192,196 @@ fn status_says_what_runs_where() {
     assert_eq!(json["stable_pod_hash"], json["active"]["pod_hash"]);
     assert_ne!(json["active"]["pod_hash"], json["preview"]["pod_hash"]);
 }
+
+/// The plugin calls so far that were of `subcommand`.
+fn count(world: &World, subcommand: &str) -> usize {
+    world
+        .changes()
+        .iter()
+        .filter(|c| c.starts_with(subcommand))
+        .count()
+}
+
+#[test]
+fn redeploying_the_aborted_image_is_refused_with_the_ways_out() {
+    // rollout/sync.go: an unchanged template makes no new generation, so status.abort stays.
+    let Some((world, _blue)) = blue_world() else {
+        return;
+    };
+    deploy(&world, "v2", &[]).ok();
+    world.run(&["abort", "-n", NAMESPACE, "--yes"]).ok();
+    let changes = world.changes();
+
+    let run = deploy(&world, "v2", &[]);
+    run.failed();
+    let error = run.error();
+    for says in [
+        "aborted the update to this same image (Rollout aborted update to revision 2, at 20",
+        "undo api --to-revision=1 -n shop",
+        "retry rollout api",
+        "abortScaleDownDelaySeconds",
+        "fast-tracks it",
+    ] {
+        assert!(error.contains(says), "{says:?} missing: {run}");
+    }
+    assert_eq!(
+        world.changes(),
+        changes,
+        "the refused deploy changed something"
+    );
+}
+
+#[test]
+fn a_deploy_the_controller_would_fast_track_is_refused_unless_fast_rollback() {
+    // rollout/bluegreen.go isBlueGreenFastTracked: the old ReplicaSet still has its scale-down deadline.
+    let Some((world, _blue)) = blue_world() else {
+        return;
+    };
+    let _green = world.api_pods("v2", "v2");
+    world.run(&release_args(&[])).ok();
+    assert_eq!(world.active_image(), Some(image("v2")));
+    let changes = world.changes();
+
+    // The previous pipeline's image, deployed again within scaleDownDelaySeconds.
+    let run = deploy(&world, "v1", &[]);
+    run.failed();
+    let error = run.error();
+    assert!(error.contains("a fast rollback"), "{run}");
+    assert!(error.contains("revision 1"), "{run}");
+    assert!(error.contains("--fast-rollback"), "{run}");
+    assert_eq!(
+        world.changes(),
+        changes,
+        "the refused deploy changed something"
+    );
+    assert_eq!(world.active_image(), Some(image("v2")));
+
+    // Asked for: traffic switches at once, and release checks the active Service.
+    let run = world.run(&release_args(&[
+        "--tag",
+        "v1",
+        "--expect-version",
+        "v1",
+        "--fast-rollback",
+    ]));
+    run.ok();
+    assert!(
+        run.stderr.contains("a fast rollback of rollout api"),
+        "{run}"
+    );
+    assert!(
+        run.stderr
+            .contains("checking api-active instead of the preview"),
+        "{run}"
+    );
+    assert_eq!(world.active_image(), Some(image("v1")));
+    assert_eq!(count(&world, "promote"), 1, "{:?}", world.changes());
+}
+
+#[test]
+fn after_its_scale_down_deadline_an_old_image_goes_to_the_preview_again() {
+    // rollout/replicaset.go scaleDownDelayHelper: past the deadline the old ReplicaSet is scaled down.
+    let Some((world, _blue)) = blue_world() else {
+        return;
+    };
+    world.scale_down_delay(0.5);
+    deploy(&world, "v2", &[]).ok();
+    promote(&world, "v2", &[]).ok();
+    std::thread::sleep(std::time::Duration::from_millis(700));
+    let run = deploy(&world, "v1", &[]);
+    run.ok();
+    assert!(run.stderr.contains("the preview is ready"), "{run}");
+    assert_eq!(world.active_image(), Some(image("v2")));
+}
+
+#[test]
+fn aborting_a_first_revision_sends_nothing() {
+    // rollout/sync.go shouldFullPromote: "Initial deploy" makes the first template stable at once.
+    let Some(world) = World::needing_kubectl(None) else {
+        return;
+    };
+    world.behaviour("v2", None, None); // its pods never get ready: Progressing
+    world.run(&deploy_args(&[])).ok();
+
+    let run = world.run(&["abort", "-n", NAMESPACE, "--yes"]);
+    run.ok();
+    assert!(run.stderr.contains("nothing to abort"), "{run}");
+    assert!(run.stderr.contains("Initial deploy"), "{run}");
+    assert_eq!(count(&world, "abort"), 0, "{:?}", world.changes());
+}
+
+#[test]
+fn the_abort_holds_only_once_the_controller_wrote_aborted_at() {
+    // rollout/pause.go CalculatePauseStatus: abortedAt is the controller's; status.abort the plugin's.
+    let Some((world, _blue)) = blue_world() else {
+        return;
+    };
+    deploy(&world, "v2", &[]).ok();
+    world.abort_lag(1.5);
+    let start = std::time::Instant::now();
+    let run = world.run(&["abort", "-n", NAMESPACE, "--yes"]);
+    let took = start.elapsed();
+    run.ok();
+    assert!(
+        took >= std::time::Duration::from_millis(1500),
+        "claimed before the controller acted: {took:?}\n{run}"
+    );
+    assert!(run.stderr.contains("(abortedAt 20"), "{run}");
+    // The way back names the stable revision and its exact image.
+    assert!(
+        run.stderr.contains("undo api --to-revision=1 -n shop"),
+        "{run}"
+    );
+    assert!(
+        run.stderr.contains(&format!(
+            "deploy its exact image, {} (`cargo xtask deploy --image {} --tag v1`)",
+            image("v1"),
+            rollout_support::REPOSITORY
+        )),
+        "{run}"
+    );
+    assert_eq!(count(&world, "abort"), 1, "{:?}", world.changes());
+}
+
+#[test]
+fn a_tag_with_another_sources_digest_is_refused() {
+    // A flag's tag joined to the pipeline's API_IMAGE_DIGEST would run the digest's image.
+    let world = World::new(Some("v1"));
+    let run = support::run(
+        world
+            .xtask(&deploy_args(&["--tag", "v3"]))
+            .env("API_IMAGE_DIGEST", DIGEST_A),
+    );
+    run.failed();
+    assert!(run.error().contains("API_IMAGE_DIGEST"), "{run}");
+    // The other way round: a flag's digest with API_IMAGE_TAG.
+    let run = support::run(
+        world
+            .xtask(&[
+                "deploy",
+                "-n",
+                NAMESPACE,
+                "--image",
+                rollout_support::REPOSITORY,
+                "--digest",
+                DIGEST_B,
+            ])
+            .env("API_IMAGE_TAG", "v3"),
+    );
+    run.failed();
+    assert!(run.error().contains("API_IMAGE_TAG"), "{run}");
+    assert!(world.changes().is_empty(), "{:?}", world.changes());
+    assert!(
+        world.kubectl_calls().is_empty(),
+        "{:?}",
+        world.kubectl_calls()
+    );
+    // Both on the command line name one image, as meant: the plan sets it.
+    let args = [&["--dry-run"][..], &deploy_args(&["--digest", DIGEST_A])].concat();
+    let run = support::run(world.xtask(&args).env("API_IMAGE_DIGEST", DIGEST_B));
+    run.ok();
+    assert!(
+        run.stdout.contains(&format!("{}@{DIGEST_A}", image("v2"))),
+        "{run}"
+    );
+}

@@ -603,7 +603,7 @@ fn an_abort_sent_before_the_controller_observes_the_template_is_erased() {
 }
 
 #[test]
-fn an_abort_of_a_fully_promoted_rollout_is_removed_from_v1_7() {
+fn an_abort_of_a_fully_promoted_rollout_is_removed_from_v1_6_1() {
     // rollout/controller.go newRolloutContext: "Removing abort condition from fully promoted rollout"
     let Some(world) = World::needing_kubectl(Some("v1")) else {
         return;
@@ -622,7 +622,7 @@ fn an_abort_of_a_fully_promoted_rollout_is_removed_from_v1_7() {
         degraded.stderr,
         "Error: The rollout is in a degraded state with message: RolloutAborted: Rollout aborted update to revision 1\n"
     );
-    assert!(old.is_aborted(), "before v1.7 the abort stays");
+    assert!(old.is_aborted(), "before v1.6.1 the abort stays");
 }
 
 // --- faults ---------------------------------------------------------------------
@@ -949,4 +949,135 @@ fn a_change_can_land_and_the_command_still_fail() {
     );
     assert!(world.is_aborted(), "the abort landed");
     assert_eq!(world.active_image(), Some(image("v2")));
+}
+
+// --- weather and shortcuts ---------------------------------------------------------
+
+/// `kubectl get rollouts.argoproj.io api -o json -n shop`, as xtask runs it (faults apply).
+fn get_faulty(world: &World) -> Ran {
+    run(&mut world.kubectl(&GET_ROLLOUT))
+}
+
+#[test]
+fn failed_reads_fail_k_times_with_kubectls_text_then_recover() {
+    // pkg/cmd/util/helpers.go StandardErrorMessage: a *url.Error saying "connection refused".
+    let Some(world) = World::needing_kubectl(Some("v1")) else {
+        return;
+    };
+    world.read_fails("refused", 2);
+    for _ in 0..2 {
+        get_faulty(&world).failed_with(
+            "The connection to the server 127.0.0.1:6443 was refused - did you specify the right host or port?\n",
+        );
+    }
+    get_faulty(&world).ok();
+    world.read_fails("server_error_500", 1);
+    get_faulty(&world).failed_with(
+        "Error from server (InternalError): an error on the server (\"unknown\") has prevented the request \
+         from succeeding (get rollouts.argoproj.io api)\n",
+    );
+    get_faulty(&world).ok();
+}
+
+#[test]
+fn read_failures_after_a_call_are_armed_by_its_success() {
+    let Some(world) = World::needing_kubectl(Some("v1")) else {
+        return;
+    };
+    world.read_fails_after("set image", "unauthorized", 1);
+    get_faulty(&world).ok();
+    set_v2(&world, Some(0.0), None);
+    get_faulty(&world).failed_with("error: You must be logged in to the server (Unauthorized)\n");
+    get_faulty(&world).ok();
+}
+
+#[test]
+fn a_new_rollouts_first_template_is_stable_at_once() {
+    // rollout/sync.go shouldFullPromote: "Initial deploy" while the active selector is empty.
+    let Some(world) = World::needing_kubectl(None) else {
+        return;
+    };
+    let status = &world.rollout_object()["status"];
+    assert_eq!(status["stableRS"], status["currentPodHash"], "{status}");
+    assert_eq!(status["blueGreen"].get("activeSelector"), None, "{status}");
+    // An abort of it is removed at the next reconcile (a fully promoted rollout).
+    rollouts(&world, &["abort", "api"]).ok();
+    assert!(!world.is_aborted());
+}
+
+#[test]
+fn the_controller_writes_aborted_at_after_its_lag() {
+    // rollout/pause.go CalculatePauseStatus: abortedAt and the RolloutAborted condition are the controller's.
+    let Some(world) = World::needing_kubectl(Some("v1")) else {
+        return;
+    };
+    paused_on_v2(&world);
+    // Long enough for the reads below on a loaded machine.
+    world.abort_lag(5.0);
+    rollouts(&world, &["abort", "api"]).ok();
+    let status = world.rollout_object()["status"].clone();
+    assert_eq!(status["abort"], true, "{status}");
+    assert_eq!(status.get("abortedAt"), None, "{status}");
+    assert_eq!(
+        status["phase"], "Paused",
+        "the phase is stale until then: {status}"
+    );
+    std::thread::sleep(Duration::from_millis(5100));
+    let status = world.rollout_object()["status"].clone();
+    assert!(status["abortedAt"].is_string(), "{status}");
+    assert_eq!(status["phase"], "Degraded", "{status}");
+    assert_eq!(
+        status["conditions"][0]["reason"], "RolloutAborted",
+        "{status}"
+    );
+}
+
+/// The ReplicaSets of the Rollout, as `kubectl get replicasets.apps -l SELECTOR -o json` lists them.
+fn replica_sets(world: &World) -> Vec<Value> {
+    let listed = run(&mut world.kubectl(&[
+        "get",
+        "replicasets.apps",
+        "-l",
+        "app.kubernetes.io/name=api",
+        "-o",
+        "json",
+        "-n",
+        NAMESPACE,
+    ]));
+    let list: Value = serde_json::from_str(&listed.ok().stdout).unwrap();
+    list["items"].as_array().unwrap().clone()
+}
+
+#[test]
+fn the_old_replica_set_keeps_its_pods_and_a_template_equal_to_it_is_fast_tracked() {
+    // rollout/replicaset.go addScaleDownDelay; rollout/bluegreen.go isBlueGreenFastTracked (v1.8.3).
+    let Some(world) = World::needing_kubectl(Some("v1")) else {
+        return;
+    };
+    paused_on_v2(&world);
+    rollouts(&world, &["promote", "api"]).ok();
+    wait_for(&world, "Healthy");
+    let old = replica_sets(&world)
+        .into_iter()
+        .find(|rs| rs["spec"]["template"]["spec"]["containers"][0]["image"] == json!(image("v1")))
+        .expect("v1's ReplicaSet");
+    assert!(
+        old["metadata"]["annotations"]["scale-down-deadline"].is_string(),
+        "{old}"
+    );
+    assert_eq!(old["spec"]["replicas"], 2, "{old}");
+
+    set_image(&world, "v1").ok();
+    // No pause: the active Service is on v1 at the first reconcile.
+    assert_eq!(status(&world).ok().stdout, "Healthy\n");
+    assert_eq!(world.active_image(), Some(image("v1")));
+}
+
+#[test]
+fn a_new_rollout_has_no_status_before_the_first_reconcile() {
+    let Some(world) = World::needing_kubectl(None) else {
+        return;
+    };
+    world.without_status_for(60.0);
+    assert_eq!(world.rollout_object().get("status"), None);
 }

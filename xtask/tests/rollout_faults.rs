@@ -134,7 +134,8 @@ fn an_abort_the_controller_erases_is_sent_again() {
     let Some((world, _blue, _green)) = blue_green_world() else {
         return;
     };
-    world.observe_after(1.0);
+    // 3s: the abort below must come before it, even on a loaded machine.
+    world.observe_after(3.0);
     world.run(&deploy_args(&[])).ok();
     // Sent before the controller saw the new template: it will erase this abort.
     let run = world.run(&["abort", "-n", NAMESPACE]);
@@ -353,4 +354,192 @@ fn status_with_the_real_kubectl_and_a_silent_api_server_ends_within_its_bound() 
     );
     // A generous bound: it only proves the task ended by itself.
     assert!(took < Duration::from_secs(60), "took {took:?}");
+}
+
+/// The plugin calls that changed something, without their kubeconfig flags.
+fn aborts(world: &World) -> usize {
+    world
+        .changes()
+        .iter()
+        .filter(|c| c.starts_with("abort"))
+        .count()
+}
+
+#[test]
+fn one_refused_read_during_the_preview_wait_still_promotes() {
+    // client-go rest/request.go Request.request: a refused connection is not retried; kubectl exits 1.
+    let Some((world, _blue, _green)) = blue_green_world() else {
+        return;
+    };
+    world.read_fails_after("set image", "refused", 1);
+
+    let run = world.run(&release_args(&[]));
+    run.ok();
+    assert!(
+        run.stderr.contains(
+            "missed a look (1 of 5 in a row): The connection to the server 127.0.0.1:6443 was refused"
+        ),
+        "{run}"
+    );
+    assert!(run.stderr.contains("Paused - BlueGreenPause"), "{run}");
+    assert_eq!(world.read_failures_left(), 0, "the refused read never came");
+    assert_eq!(aborts(&world), 0, "{:?}", world.changes());
+    assert_eq!(world.active_image(), Some(image("v2")));
+}
+
+#[test]
+fn one_refused_read_right_after_promote_is_not_an_abort() {
+    // The same refusal, on the first read after the plugin's promote succeeded.
+    let Some((world, _blue, _green)) = blue_green_world() else {
+        return;
+    };
+    world.read_fails_after("promote", "refused", 1);
+
+    let run = world.run(&release_args(&[]));
+    run.ok();
+    assert!(run.stderr.contains("missed a look (1 of 5"), "{run}");
+    assert!(
+        run.stderr.contains("promoted: rollout api is Healthy"),
+        "{run}"
+    );
+    assert_eq!(world.read_failures_left(), 0, "the refused read never came");
+    assert_eq!(aborts(&world), 0, "{:?}", world.changes());
+    assert_eq!(world.active_image(), Some(image("v2")));
+}
+
+#[test]
+fn every_kind_of_failed_read_is_a_missed_look_with_kubectls_reason() {
+    // pkg/cmd/util/helpers.go StandardErrorMessage and checkErr: the one line kubectl prints for each.
+    let says = [
+        (
+            "refused",
+            "was refused - did you specify the right host or port?",
+        ),
+        ("tls_timeout", "net/http: TLS handshake timeout"),
+        (
+            "server_error_500",
+            "Error from server (InternalError): an error on the server (\"unknown\")",
+        ),
+        ("credential_plugin", "getting credentials: exec: executable"),
+        (
+            "unauthorized",
+            "You must be logged in to the server (Unauthorized)",
+        ),
+        ("namespace_not_found", "namespaces \"shop\" not found"),
+    ];
+    for (kind, said) in says {
+        let Some(world) = World::needing_kubectl(Some("v1")) else {
+            return;
+        };
+        world.behaviour("v2", Some(0.3), None);
+        world.read_fails_after("set image", kind, 2);
+        let run = world.run(&deploy_args(&["--wait", "--poll-interval", "100ms"]));
+        run.ok();
+        assert!(
+            run.stderr.contains("missed a look (2 of 5 in a row)") && run.stderr.contains(said),
+            "{kind}: {run}"
+        );
+        assert!(
+            run.stderr.contains("Paused - BlueGreenPause"),
+            "{kind}: {run}"
+        );
+    }
+}
+
+#[test]
+fn reads_that_keep_failing_end_the_wait_early_saying_why() {
+    // A revoked login fails every read: the wait gives up after 5 in a row, not at its deadline.
+    let Some(world) = World::needing_kubectl(Some("v1")) else {
+        return;
+    };
+    world.behaviour("v2", Some(0.3), None);
+    world.read_fails_after("set image", "unauthorized", 100);
+    let start = Instant::now();
+    let run = world.run(&deploy_args(&[
+        "--wait",
+        "--poll-interval",
+        "100ms",
+        "--timeout",
+        "120s",
+    ]));
+    let took = start.elapsed();
+    run.failed();
+    assert!(
+        run.stderr.contains("missed a look (5 of 5 in a row)"),
+        "{run}"
+    );
+    let error = run.error();
+    assert!(error.contains("the last 5 reads failed"), "{run}");
+    assert!(error.contains("401"), "the 401 hint is missing: {run}");
+    assert!(took < Duration::from_secs(60), "took {took:?}");
+}
+
+#[test]
+fn a_promotion_sent_then_unread_is_not_aborted_and_says_how_to_look() {
+    // After the plugin's promote succeeded, no read comes back: the switch may be under way.
+    let Some((world, _blue, _green)) = blue_green_world() else {
+        return;
+    };
+    world.read_fails_after("promote", "tls_timeout", 100);
+
+    let run = world.run(&release_args(&[]));
+    run.failed();
+    let error = run.error();
+    assert!(error.contains("promotion sent, state unknown"), "{run}");
+    assert!(
+        error.contains("kubectl get rollouts.argoproj.io api -o json -n shop"),
+        "{run}"
+    );
+    assert!(error.contains("not aborted"), "{run}");
+    assert_eq!(aborts(&world), 0, "{:?}", world.changes());
+    // The controller switched meanwhile: the truth, read without the fault.
+    let status = &world.rollout_object()["status"];
+    assert_eq!(status["stableRS"], status["currentPodHash"], "{status}");
+    assert_eq!(world.active_image(), Some(image("v2")));
+}
+
+#[test]
+fn a_failing_credential_plugin_is_not_called_an_unreachable_server() {
+    // client-go plugin/pkg/client/auth/exec/exec.go: "getting credentials: exec: executable ... failed".
+    let Some(world) = World::needing_kubectl(Some("v1")) else {
+        return;
+    };
+    world.read_fails("credential_plugin", 1);
+    let run = world.run(&deploy_args(&[]));
+    run.failed();
+    let error = run.error();
+    assert!(error.contains("credential plugin failed"), "{run}");
+    assert!(!error.contains("did not answer"), "{run}");
+    assert!(world.changes().is_empty(), "{:?}", world.changes());
+}
+
+#[test]
+fn a_rollout_without_status_yet_is_waited_for() {
+    // Right after `kubectl create`: the API server's object has no status before the first reconcile.
+    let Some(world) = World::needing_kubectl(Some("v1")) else {
+        return;
+    };
+    world.behaviour("v2", Some(0.3), None);
+    world.without_status_for(8.0);
+    let run = world.run(&deploy_args(&["--wait", "--poll-interval", "100ms"]));
+    run.ok();
+    assert!(run.stderr.contains("has no status yet"), "{run}");
+    assert!(run.stderr.contains("Paused - BlueGreenPause"), "{run}");
+}
+
+#[test]
+fn status_waits_for_a_new_rollouts_first_status() {
+    // The same for `status`: a new Rollout reads as what it becomes, not as an error.
+    let Some(world) = World::needing_kubectl(None) else {
+        return;
+    };
+    // Long enough to be seen on a loaded machine (where starting a process can take seconds).
+    world.without_status_for(8.0);
+    let run = world.run(&["status", "-n", NAMESPACE]);
+    assert!(run.stderr.contains("has no status yet"), "{run}");
+    assert!(
+        run.stdout.starts_with("rollout api in namespace shop: "),
+        "{run}"
+    );
+    assert!(run.stdout.contains("active:  none yet"), "{run}");
 }

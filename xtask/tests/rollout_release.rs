@@ -413,7 +413,7 @@ fn abort_keeps_the_active_version_and_says_how_to_recover() {
     assert!(
         abort
             .stderr
-            .contains("kubectl-argo-rollouts undo api -n shop"),
+            .contains("kubectl-argo-rollouts undo api --to-revision=1 -n shop"),
         "{abort}"
     );
     assert_eq!(world.active_image(), Some(image("v1")));
@@ -472,6 +472,9 @@ fn release_overhead_figures() {
     let _green = world.api_pods("v2", "v2");
     world.behaviour("v1", Some(0.0), None);
     world.behaviour("v2", Some(0.0), None);
+    // Each release goes through the preview: the old ReplicaSet is scaled down at
+    // once, so going back to it is not a fast rollback (which deploy refuses).
+    world.scale_down_delay(0.0);
     let runs = 15;
     let (mut wall, mut outside, mut tools, mut waits, mut own) =
         (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
@@ -521,40 +524,9 @@ fn release_overhead_figures() {
 }
 
 /// Runs xtask on a pseudo-terminal (Python's pty module, arguments passed one
-/// by one), typing `answer`; returns what the terminal showed and the exit code.
+/// by one), typing `answer` once it asks; returns what the terminal showed and the exit code.
 fn at_a_terminal(world: &World, args: &[&str], answer: &str) -> (String, Option<i32>) {
-    const SPAWN: &str =
-        "import os, pty, sys; sys.exit(os.waitstatus_to_exitcode(pty.spawn(sys.argv[1:])))";
-    let cmd = world.xtask(&[]);
-    let xtask = cmd.get_program().to_owned();
-    let mut terminal = Command::new("python3");
-    terminal.args(["-c", SPAWN]).arg(xtask).args(args);
-    for (key, value) in cmd.get_envs() {
-        match value {
-            Some(value) => terminal.env(key, value),
-            None => terminal.env_remove(key),
-        };
-    }
-    let mut child = Spawned::new(
-        terminal
-            .current_dir(rollout_support::root())
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped()),
-    );
-    // Typed ahead: the terminal keeps it until the question reads it.
-    use std::io::Write;
-    child
-        .child()
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(answer.as_bytes())
-        .unwrap();
-    let output = child.wait_with_output();
-    (
-        String::from_utf8_lossy(&output.stdout).into_owned(),
-        output.status.code(),
-    )
+    at_a_terminal_after(world, args, || {}, answer)
 }
 
 #[test]
@@ -637,4 +609,98 @@ fn sanity_waits_for_a_pod_behind_the_preview_service() {
     assert_eq!(output.status.code(), Some(0), "{stderr}");
     assert!(stderr.contains("pod is not running"), "{stderr}");
     assert!(stderr.contains("sanity passed"), "{stderr}");
+}
+
+/// Runs xtask on a pseudo-terminal (Python's pty module, arguments passed one
+/// by one); once the question is on the screen, runs `meanwhile` (what
+/// happens while a person reads it), then types `answer`. Returns what the
+/// terminal showed and the exit code.
+fn at_a_terminal_after(
+    world: &World,
+    args: &[&str],
+    meanwhile: impl FnOnce(),
+    answer: &str,
+) -> (String, Option<i32>) {
+    const SPAWN: &str =
+        "import os, pty, sys; sys.exit(os.waitstatus_to_exitcode(pty.spawn(sys.argv[1:])))";
+    let cmd = world.xtask(&[]);
+    let xtask = cmd.get_program().to_owned();
+    let mut terminal = Command::new("python3");
+    terminal.args(["-c", SPAWN]).arg(xtask).args(args);
+    for (key, value) in cmd.get_envs() {
+        match value {
+            Some(value) => terminal.env(key, value),
+            None => terminal.env_remove(key),
+        };
+    }
+    let mut child = Spawned::new(
+        terminal
+            .current_dir(rollout_support::root())
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped()),
+    );
+    let screen = rollout_support::Collected::new(child.child().stdout.take().unwrap());
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !screen.contains("[y/N]") {
+        assert!(Instant::now() < deadline, "never asked");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    meanwhile();
+    use std::io::Write;
+    let mut stdin = child.child().stdin.take().unwrap();
+    stdin.write_all(answer.as_bytes()).unwrap();
+    let code = child.child().wait().unwrap().code();
+    drop(stdin);
+    (screen.finish(), code)
+}
+
+#[test]
+fn promote_reads_again_after_the_question_and_ships_only_what_was_confirmed() {
+    if !require_tool("python3") {
+        return;
+    }
+    let world = World::paused_on_v2();
+    // While the person reads the question, a newer pipeline takes the preview.
+    let (screen, code) = at_a_terminal_after(
+        &world,
+        &promote_args(&[]),
+        || world.deploy_paused_replacing("v3"),
+        "y\n",
+    );
+    assert_ne!(code, Some(0), "{screen}");
+    assert!(
+        screen.contains("not promoted: the rollout changed while you were asked"),
+        "{screen}"
+    );
+    assert!(
+        world.changes().iter().all(|c| !c.starts_with("promote")),
+        "{:?}",
+        world.changes()
+    );
+    assert_eq!(world.active_image(), Some(image("v1")));
+}
+
+#[test]
+fn abort_reads_again_after_the_question_and_sends_nothing_when_nothing_is_left() {
+    if !require_tool("python3") {
+        return;
+    }
+    let world = World::paused_on_v2();
+    // While the person reads the question, someone promotes the preview.
+    let (screen, code) = at_a_terminal_after(
+        &world,
+        &["abort", "-n", NAMESPACE],
+        || {
+            world.run(&promote_args(&["--yes"])).ok();
+        },
+        "y\n",
+    );
+    assert_eq!(code, Some(0), "{screen}");
+    assert!(screen.contains("nothing to abort"), "{screen}");
+    assert!(
+        world.changes().iter().all(|c| !c.starts_with("abort")),
+        "{:?}",
+        world.changes()
+    );
+    assert_eq!(world.active_image(), Some(image("v2")));
 }

@@ -24,7 +24,14 @@ of HEAD (a dirty work tree is refused unless --allow-dirty); --digest, else $API
 the tag points to later.
 
 Refuses when another image's update is in flight (a preview someone may be checking, paused or \
-still starting), naming it, unless --replace. With --wait it then reads the Rollout until its \
+still starting), naming it, unless --replace. Refuses, before any change, what the controller would \
+not do as asked: the image whose update was just aborted (an unchanged template makes no new \
+generation, so the abort stays; the error names the ways out), and an image whose old ReplicaSet \
+still has its pods (within scaleDownDelaySeconds after it left the active Service, or \
+abortScaleDownDelaySeconds after an abort): the controller fast-tracks such a template \
+(isBlueGreenFastTracked), switching traffic to it at once with no preview, pause or promote. That \
+fast rollback runs only with --fast-rollback. A Rollout with no status yet (right after `kubectl \
+create`) is waited for. With --wait it then reads the Rollout until its \
 preview is ready (`Paused - BlueGreenPause` on this image's ReplicaSet), printing each change on \
 stderr, for at most --timeout; Degraded ends it with an error. A new Rollout, whose active Service \
 never had pods, does not pause: its first image goes straight to active, and the wait ends at \
@@ -32,6 +39,7 @@ Healthy. If the plugin fails, the Rollout is read back to say whether the image 
 
 Runs:
   kubectl get rollouts.argoproj.io ROLLOUT -o json [-n NS] [--context CTX] --request-timeout=10s
+  kubectl get replicasets.apps -l SELECTOR -o json ...    (a new image: is its old ReplicaSet still up?)
   kubectl-argo-rollouts set image ROLLOUT CONTAINER=IMAGE:TAG[@DIGEST] ...
   kubectl get rollouts.argoproj.io ROLLOUT -o json ...    (with --wait, every --poll-interval)
 Prints the image reference on stdout (under --dry-run, last: `# result: IMAGE`).";
@@ -57,6 +65,7 @@ pub struct Deploy {
     pub image: ImageArgs,
     pub wait: bool,
     pub replace: bool,
+    pub fast_rollback: bool,
     pub waiting: WaitArgs,
 }
 
@@ -73,6 +82,7 @@ impl Deploy {
                 "Wait until the preview is ready (`Paused - BlueGreenPause`)",
             ))
             .arg(switch("replace", REPLACE_HELP))
+            .arg(switch("fast-rollback", FAST_ROLLBACK_HELP))
             .args(WaitArgs::args())
     }
 
@@ -82,10 +92,15 @@ impl Deploy {
             image: ImageArgs::from(matches),
             wait: matches.get_flag("wait"),
             replace: matches.get_flag("replace"),
+            fast_rollback: matches.get_flag("fast-rollback"),
             waiting: WaitArgs::from(matches),
         }
     }
 }
+
+/// `--fast-rollback`'s help, in `deploy` and `release`.
+pub const FAST_ROLLBACK_HELP: &str = "Allow a fast rollback: an image whose old ReplicaSet still has its pods \
+     goes straight to active (traffic switches at once, no preview, no promote)";
 
 /// `--replace`'s help, in `deploy` and `release`.
 pub const REPLACE_HELP: &str = "Replace another image's update in flight (its preview is dropped)";
@@ -136,8 +151,9 @@ impl Deploy {
         let cluster = self.target.cluster()?;
         let image = self.image.resolve(cx)?;
         interrupt::install();
-        let before = cluster.read(cx)?;
+        let before = first_read(cx, &cluster, &self.waiting)?;
         refuse_foreign_update(&cluster, &before, &image, self.replace)?;
+        refuse_what_the_controller_skips(cx, &cluster, &before, &image, self.fast_rollback)?;
         set_image(cx, &cluster, &image)?;
         if self.wait {
             match wait_for_preview(cx, &cluster, &image, &self.waiting)? {
@@ -154,8 +170,8 @@ impl Deploy {
 }
 
 pub const WENT_ACTIVE: &str = "the rollout went straight to Healthy without a pause: this was the first \
-     image of a new Rollout (its active Service had no pods to switch from), or the image was active \
-     already; it serves on the active Service";
+     image of a new Rollout (its active Service had no pods to switch from), a fast rollback (its old \
+     ReplicaSet still had its pods), or the image was active already; it serves on the active Service";
 
 /// Refuses to drop someone else's update in flight (a preview being checked,
 /// or one still starting) unless `replace`. An aborted or failed update is
@@ -188,6 +204,122 @@ pub fn refuse_foreign_update(
         );
     }
     Ok(())
+}
+
+/// The Rollout before any change, once its controller wrote a status (a new
+/// Rollout has none before its first reconcile), within the wait's timeout.
+pub fn first_read(cx: &Context, cluster: &Cluster, waiting: &WaitArgs) -> Result<RolloutState> {
+    wait::reconciled(cx, &cluster.kubectl, waiting.timeout, waiting.poll_interval)
+}
+
+/// Refuses, before any change, what the controller would not do as asked:
+/// the image whose update was aborted (an unchanged template makes no new
+/// generation, so the abort stays), and, unless `fast_rollback`, an image
+/// whose old ReplicaSet still has its pods, which the controller would
+/// fast-track to active (rollout/bluegreen.go isBlueGreenFastTracked:
+/// HasScaleDownDeadline of the new ReplicaSet).
+pub fn refuse_what_the_controller_skips(
+    cx: &Context,
+    cluster: &Cluster,
+    state: &RolloutState,
+    image: &ImageRef,
+    fast_rollback: bool,
+) -> Result<()> {
+    let rollout = cluster.rollout();
+    let container = &cluster.target().container;
+    let current = state.image(container).unwrap_or_default();
+    if image.is(current) {
+        if state.abort && state.observed() {
+            bail!(aborted_image(cx, cluster, state, image));
+        }
+        return Ok(());
+    }
+    if state.active_selector.is_empty() {
+        return Ok(()); // a new Rollout: nothing to switch from, nothing kept
+    }
+    let kept = cluster
+        .kubectl
+        .replica_sets(cx, state)
+        .context("before deploying, read whether the image's old ReplicaSet still has its pods")?
+        .into_iter()
+        .find(|rs| {
+            rs.pod_hash != state.active_selector
+                && !rs.scale_down_deadline.is_empty()
+                && rs.image(container).is_some_and(|i| image.is(i))
+        });
+    let Some(rs) = kept else {
+        return Ok(());
+    };
+    let revision = rs
+        .revision
+        .map_or(String::new(), |n| format!(", revision {n}"));
+    if !fast_rollback {
+        bail!(
+            "refusing to deploy {image}: it is the template of ReplicaSet {}{revision}, which still has its \
+             pods until {} (its scale-down deadline: scaleDownDelaySeconds after it left the active \
+             Service, or abortScaleDownDelaySeconds after an abort). The controller would fast-track it \
+             (isBlueGreenFastTracked): a fast rollback, where traffic switches to it at once, with no \
+             preview, no pause, no sanity check and no promote. Pass --fast-rollback to do that on \
+             purpose (the active Service is then checked, as on a first revision), or deploy it after \
+             that deadline, when it goes to the preview like any other image",
+            rs.pod_hash,
+            rs.scale_down_deadline
+        );
+    }
+    cx.say(format!(
+        "a fast rollback of rollout {rollout} to {image} (ReplicaSet {}{revision}, still up until {}): \
+         the controller switches traffic to it at once, with no preview and no promote",
+        rs.pod_hash, rs.scale_down_deadline
+    ));
+    Ok(())
+}
+
+/// Why the aborted image is refused, and the ways out.
+fn aborted_image(
+    cx: &Context,
+    cluster: &Cluster,
+    state: &RolloutState,
+    image: &ImageRef,
+) -> String {
+    let rollout = cluster.rollout();
+    let plugin = |args: &[&str]| cluster.plugin.line(args);
+    let stable = cluster
+        .kubectl
+        .replica_set(cx, &state.stable_rs)
+        .ok()
+        .flatten();
+    let undo = match stable.as_ref().and_then(|rs| rs.revision) {
+        Some(n) => format!(
+            "`{}` goes back to the stable template (revision {n}, what the active Service serves) and \
+             ends the Degraded state",
+            plugin(&["undo", rollout, &format!("--to-revision={n}")])
+        ),
+        None => format!(
+            "`kubectl argo rollouts undo {rollout} --to-revision=N` (N: the revision of the stable \
+             ReplicaSet {}) goes back to the stable template and ends the Degraded state",
+            state.stable_rs
+        ),
+    };
+    format!(
+        "refusing to deploy {image}: rollout {rollout} aborted the update to this same image ({}{}), and \
+         setting it again changes nothing: an unchanged template makes no new generation, so the abort \
+         stays and so does the Degraded state, and a wait would blame the pods. Ways out: deploy \
+         another image (a new commit), which goes to the preview as usual; {undo}; or `{}` runs this \
+         image's update again, but within abortScaleDownDelaySeconds (30s by default) of the abort its \
+         ReplicaSet still has its pods and a scale-down deadline, so the controller fast-tracks it \
+         (isBlueGreenFastTracked): traffic would switch to it at once, with no pause, no sanity check \
+         and no promote. Retry only after that delay, then check it with `cargo xtask deploy --wait` \
+         and `cargo xtask sanity`",
+        state
+            .aborted_condition
+            .as_deref()
+            .unwrap_or("status.abort is set"),
+        match state.aborted_at.as_str() {
+            "" => String::new(),
+            at => format!(", at {at}"),
+        },
+        plugin(&["retry", "rollout", rollout])
+    )
 }
 
 /// `set image`; if the plugin fails, the Rollout is read back to say whether the image was set.

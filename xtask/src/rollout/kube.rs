@@ -5,10 +5,10 @@
 use std::process::Command;
 use std::time::Duration;
 
-use anyhow::{Result, anyhow, bail};
+use anyhow::{Result, anyhow};
 use camino::{Utf8Path, Utf8PathBuf};
 
-use super::state::{RolloutState, replica_set_images};
+use super::state::{ReplicaSet, RolloutState, replica_set_images, replica_sets};
 use super::{RolloutArgs, go_duration};
 use crate::context::{Context, SAID_MAX, command_line, outside_text};
 use crate::interrupt;
@@ -60,6 +60,33 @@ impl Kubectl {
         replica_set_images(&out.stdout).map_err(|e| anyhow!("{asking}: {e:#}"))
     }
 
+    /// Every ReplicaSet of the Rollout (by its `spec.selector`), with its
+    /// revision and scale-down deadline.
+    pub fn replica_sets(&self, cx: &Context, state: &RolloutState) -> Result<Vec<ReplicaSet>> {
+        let args = self.replica_sets_args(state);
+        let asking = format!("read the ReplicaSets of rollout {}", self.rollout());
+        let out = read_call(cx, &self.path, &args, &asking, &self.target)?;
+        replica_sets(&out.stdout).map_err(|e| anyhow!("{asking}: {e:#}"))
+    }
+
+    /// The arguments of [`Kubectl::replica_sets`].
+    pub fn replica_sets_args(&self, state: &RolloutState) -> Vec<String> {
+        self.get_args(&["replicasets.apps", "-l", &state.selector])
+    }
+
+    /// The ReplicaSet with this pod-template-hash, if it is still there.
+    pub fn replica_set(&self, cx: &Context, pod_hash: &str) -> Result<Option<ReplicaSet>> {
+        let selector = format!("rollouts-pod-template-hash={pod_hash}");
+        let args = self.get_args(&["replicasets.apps", "-l", &selector]);
+        let asking = format!(
+            "read the ReplicaSet {pod_hash} of rollout {}",
+            self.rollout()
+        );
+        let out = read_call(cx, &self.path, &args, &asking, &self.target)?;
+        let found = replica_sets(&out.stdout).map_err(|e| anyhow!("{asking}: {e:#}"))?;
+        Ok(found.into_iter().next())
+    }
+
     /// The exact command line, for plans and messages.
     pub fn line(&self, args: &[String]) -> String {
         command_line(&self.path, args)
@@ -96,23 +123,55 @@ pub fn call(
     match ended {
         None => Ok(None),
         Some(Ok(done)) if done.status.success() => Ok(Some(done)),
-        Some(Ok(done)) => Err(anyhow!(
-            "{asking}: `{line}` exited with {}: {}{}",
-            done.status,
-            said(&done),
-            hint(target, &done.stderr)
-        )),
+        Some(Ok(done)) => Err(CallFailed {
+            message: format!(
+                "{asking}: `{line}` exited with {}: {}{}",
+                done.status,
+                said(&done),
+                hint(target, &done.stderr)
+            ),
+            said: last_line(&said(&done)).to_owned(),
+        }
+        .into()),
         Some(Err((Cut::Interrupted, _))) => Err(interrupt::Interrupted.into()),
-        Some(Err((Cut::Deadline(limit), done))) => bail!(
-            "{asking}: `{line}` got no answer within {} and was stopped{}. {}",
-            go_duration(limit),
-            match done.stderr.trim() {
-                "" => String::new(),
-                stderr => format!(" (it said: {})", last_lines(stderr)),
-            },
-            unreachable(target)
-        ),
+        Some(Err((Cut::Deadline(limit), done))) => Err(CallFailed {
+            message: format!(
+                "{asking}: `{line}` got no answer within {} and was stopped{}. {}",
+                go_duration(limit),
+                match done.stderr.trim() {
+                    "" => String::new(),
+                    stderr => format!(" (it said: {})", last_lines(stderr)),
+                },
+                unreachable(target)
+            ),
+            said: format!("no answer within {}", go_duration(limit)),
+        }
+        .into()),
     }
+}
+
+/// A cluster tool that failed or got no answer: the whole message, and what
+/// the tool said in one line (for a wait's missed look).
+#[derive(Debug)]
+pub struct CallFailed {
+    pub message: String,
+    pub said: String,
+}
+
+impl std::fmt::Display for CallFailed {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+impl std::error::Error for CallFailed {}
+
+fn last_line(text: &str) -> &str {
+    text.lines()
+        .rev()
+        .map(str::trim)
+        .find(|l| !l.is_empty())
+        .unwrap_or("")
 }
 
 /// [`call`] of a read, which runs under --dry-run too.
@@ -133,11 +192,15 @@ fn unreachable(target: &RolloutArgs) -> String {
         "The API server did not answer: check the kube context ({}), that the cluster is reachable from \
          here (network, VPN, proxy), and that this identity may read and patch the Rollout (README, \
          \"Permissions\")",
-        match &target.context {
-            Some(context) => format!("--context {context}"),
-            None => "the kubeconfig's current one; set --context or API_KUBE_CONTEXT".to_owned(),
-        }
+        context_of(target)
     )
+}
+
+fn context_of(target: &RolloutArgs) -> String {
+    match &target.context {
+        Some(context) => format!("--context {context}"),
+        None => "the kubeconfig's current one; set --context or API_KUBE_CONTEXT".to_owned(),
+    }
 }
 
 /// What the tool said: its stderr, else its stdout, else that it said nothing.
@@ -182,6 +245,30 @@ fn hint(target: &RolloutArgs, stderr: &str) -> String {
             " (no Rollout {} there: check --namespace and --context, or create it once with \
              `kubectl create{ns} -f rollout.yaml`; see README.md, \"Blue/green with Argo Rollouts\")",
             target.rollout
+        );
+    }
+    if let Some(ns) = &target.namespace
+        && stderr.contains(&format!("namespaces \"{ns}\" not found"))
+    {
+        return format!(
+            " (namespace {ns} does not exist in this cluster: check -n/--namespace, API_NAMESPACE and \
+             KUBE_NAMESPACE, and that the context ({}) is the cluster meant)",
+            context_of(target)
+        );
+    }
+    // client-go's exec credential plugin (plugin/pkg/client/auth/exec/exec.go): "getting credentials: exec: ...".
+    if stderr.contains("getting credentials") || stderr.contains("exec plugin") {
+        return format!(
+            " (the kubeconfig's credential plugin failed, so no request reached the API server: log in \
+             again (an expired cloud login, say) and check that the plugin runs here, with the context {})",
+            context_of(target)
+        );
+    }
+    if stderr.contains("(Unauthorized)") {
+        return format!(
+            " (the API server did not accept these credentials (401): the token or certificate of the \
+             context {} expired or was revoked; log in again, or refresh the CI job's token)",
+            context_of(target)
         );
     }
     if stderr.contains("the server doesn't have a resource type \"rollouts\"")
@@ -266,6 +353,31 @@ mod tests {
     fn a_forbidden_call_points_at_the_role() {
         let said = "Error from server (Forbidden): rollouts.argoproj.io \"api\" is forbidden: User \"ci\" cannot get resource";
         assert!(hint(&target(), said).contains("Permissions"));
+    }
+
+    #[test]
+    fn a_failing_credential_plugin_is_not_an_unreachable_server() {
+        let said = "Unable to connect to the server: getting credentials: exec: executable gke-gcloud-auth-plugin failed with exit code 1";
+        let hint = hint(&target(), said);
+        assert!(hint.contains("credential plugin failed"), "{hint}");
+        assert!(!hint.contains("did not answer"), "{hint}");
+    }
+
+    #[test]
+    fn unauthorized_and_a_missing_namespace_get_their_own_hints() {
+        let hint_401 = hint(
+            &target(),
+            "error: You must be logged in to the server (Unauthorized)",
+        );
+        assert!(hint_401.contains("401"), "{hint_401}");
+        let missing = hint(
+            &target(),
+            "Error from server (NotFound): namespaces \"shop\" not found",
+        );
+        assert!(
+            missing.contains("namespace shop does not exist"),
+            "{missing}"
+        );
     }
 
     #[test]

@@ -122,16 +122,30 @@ impl Promote {
         let cluster = self.target.cluster()?;
         let expected = self.expected.resolve(cx)?;
         interrupt::install();
-        let state = cluster.read(cx)?;
+        let limit = self.target.request_timeout.saturating_mul(6);
+        let mut state = wait::reconciled(cx, &cluster.kubectl, limit, self.poll_interval)?;
         check_promotable(&cluster, &state, &expected)?;
-        if !self.yes
-            && !cx.dry_run
-            && !confirm(&format!(
+        if !self.yes && !cx.dry_run {
+            if !confirm(&format!(
                 "switch all traffic of rollout {} to the preview {expected}?",
                 cluster.rollout()
-            ))?
-        {
-            bail!("not promoted: not confirmed");
+            ))? {
+                bail!("not promoted: not confirmed");
+            }
+            // A person may answer minutes later: what is promoted is what is there now.
+            let now = cluster.read(cx)?;
+            check_promotable(&cluster, &now, &expected)
+                .context("not promoted: the rollout changed while you were asked")?;
+            if now.current_pod_hash != state.current_pod_hash {
+                bail!(
+                    "not promoted: the preview of rollout {} changed while you were asked (ReplicaSet {} is \
+                     now {}); run promote again to see and confirm what is there now",
+                    cluster.rollout(),
+                    state.current_pod_hash,
+                    now.current_pod_hash
+                );
+            }
+            state = now;
         }
         promote_and_wait(
             cx,
@@ -177,9 +191,41 @@ pub fn check_promotable(
     Ok(())
 }
 
+/// The promotion was sent (or may have been: the call failed after its
+/// write could land) and no read since says where traffic is. Never a reason
+/// to abort: an abort could race the switch the controller is making.
+#[derive(Debug)]
+pub struct PromotionUnknown {
+    pub message: String,
+}
+
+impl std::fmt::Display for PromotionUnknown {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+impl std::error::Error for PromotionUnknown {}
+
+/// `promotion sent, state unknown`, with how to look.
+fn promotion_unknown(cluster: &Cluster, sent: &str, error: anyhow::Error) -> anyhow::Error {
+    let look = cluster.kubectl.line(&cluster.kubectl.rollout_args());
+    error.context(PromotionUnknown {
+        message: format!(
+            "promotion {sent}, state unknown: no read of rollout {} shows where traffic went. Look with \
+             `{look}` (status.blueGreen.activeSelector is the ReplicaSet the active Service selects, \
+             status.stableRS the promoted one) or `cargo xtask status`; do not abort before you know",
+            cluster.rollout()
+        ),
+    })
+}
+
 /// `promote`, then read the Rollout until it is Healthy with the active
 /// Service on the ReplicaSet that was checked (`hash`, running `image`). If
-/// the plugin fails, the Rollout is read back first: the promotion may have landed.
+/// the plugin fails, the Rollout is read back first: the promotion may have
+/// landed. Once the promotion may have been sent, no failed read leads to
+/// an abort: when no read says where traffic is, the error is
+/// [`PromotionUnknown`].
 pub fn promote_and_wait(
     cx: &Context,
     cluster: &Cluster,
@@ -191,9 +237,20 @@ pub fn promote_and_wait(
     let plan = "Healthy, the active Service on the promoted ReplicaSet";
     let what = "Healthy on the promoted ReplicaSet";
     if let Err(error) = cluster.plugin.promote(cx) {
-        let state = cluster.read(cx).with_context(|| {
-            format!("{error:#}; and reading the rollout back failed, so whether it was promoted is unknown")
-        })?;
+        if interrupt::is_interrupted(&error) {
+            return Err(error);
+        }
+        let state = match wait::read(cx, &cluster.kubectl, timeout, poll_interval) {
+            Ok(state) => state,
+            Err(read) if interrupt::is_interrupted(&read) => return Err(read),
+            Err(read) => {
+                return Err(promotion_unknown(
+                    cluster,
+                    "may have been sent",
+                    read.context(format!("{error:#}")),
+                ));
+            }
+        };
         if state.at_blue_green_pause() {
             return Err(
                 error.context("not promoted: read back, the preview still waits at the pause")
@@ -209,7 +266,7 @@ pub fn promote_and_wait(
         return Ok(());
     }
     let rollout = cluster.rollout().to_owned();
-    wait::until(cx, cluster, what, timeout, poll_interval, |state, line| {
+    let waited = wait::until(cx, cluster, what, timeout, poll_interval, |state, line| {
         if state.current_pod_hash != hash && state.observed() {
             bail!(
                 "rollout {rollout} was given another template while it was promoted (its ReplicaSet is now \
@@ -228,7 +285,13 @@ pub fn promote_and_wait(
             return Ok(Look::Done(()));
         }
         Ok(Look::Wait)
-    })?;
+    });
+    match waited {
+        Err(error) if wait::is_unknown(&error) => {
+            return Err(promotion_unknown(cluster, "sent", error));
+        }
+        other => other?,
+    }
     cx.say(format!(
         "promoted: rollout {} is Healthy and its active Service selects ReplicaSet {hash} ({image}), read back",
         cluster.rollout(),

@@ -9,8 +9,9 @@ use camino::Utf8PathBuf;
 
 use super::abort::{self, abort};
 use super::deploy::{self, Arrival, WENT_ACTIVE, WaitArgs, wait_for_preview};
-use super::promote::{check_promotable, promote_and_wait};
+use super::promote::{PromotionUnknown, check_promotable, promote_and_wait};
 use super::sanity::{Endpoint, SanityArgs, check_preview};
+use super::wait;
 use super::{Cluster, DEFAULT_ACTIVE_SERVICE, RolloutArgs, check_label, duration, go_duration};
 use crate::cli::{self, ArgMatches, Command, option, switch};
 use crate::context::Context;
@@ -29,13 +30,20 @@ naming the step that failed and what it read. From the image set on, further sig
 short (they are reported, with the time the abort may still take); a closed stderr does not either. If the \
 promotion had already switched traffic when something failed, it says so and does not abort.
 
-Refuses to replace another image's update in flight unless --replace (as deploy). A new Rollout \
+A failed read of the Rollout inside a wait is a missed look (said in one line), not a failure: \
+the wait goes on to its deadline, and gives up early after 5 failed reads in a row. Once the \
+promotion was sent, no failed read leads to an abort: if no read says where traffic went, release \
+exits non-zero with \"promotion sent, state unknown\" and how to look.
+
+Refuses to replace another image's update in flight unless --replace, the image whose update \
+was just aborted, and a fast rollback unless --fast-rollback (as deploy). A new Rollout \
 does not pause on its first image (its active Service has no pods to switch from): the wait ends \
 at Healthy, release says so, and checks the active Service instead of the preview; with nothing to \
 return to, a failure there is reported but not aborted. Never prompts.
 
 Runs:
   kubectl get rollouts.argoproj.io ROLLOUT -o json [-n NS] [--context CTX] --request-timeout=10s
+  kubectl get replicasets.apps -l SELECTOR -o json ...    (a new image: is its old ReplicaSet still up?)
   kubectl-argo-rollouts set image ROLLOUT CONTAINER=IMAGE:TAG[@DIGEST] ...
   kubectl get rollouts.argoproj.io ROLLOUT -o json ...    (every --poll-interval, to the pause)
   kubectl port-forward service/api-preview :80 --address 127.0.0.1 ...    (unless --url)
@@ -72,6 +80,7 @@ pub struct Release {
     pub sanity_timeout: Duration,
     pub no_promote: bool,
     pub replace: bool,
+    pub fast_rollback: bool,
 }
 
 /// A step that failed after `set image`.
@@ -121,6 +130,7 @@ impl Release {
                 "Stop after the checks: leave the checked preview waiting for `promote`",
             ))
             .arg(switch("replace", deploy::REPLACE_HELP))
+            .arg(switch("fast-rollback", deploy::FAST_ROLLBACK_HELP))
     }
 
     pub fn from(matches: &ArgMatches) -> Release {
@@ -133,6 +143,7 @@ impl Release {
             sanity_timeout: cli::value(matches, "sanity-timeout"),
             no_promote: matches.get_flag("no-promote"),
             replace: matches.get_flag("replace"),
+            fast_rollback: matches.get_flag("fast-rollback"),
         }
     }
 
@@ -144,8 +155,15 @@ impl Release {
         let image = self.image.resolve(cx)?;
         let expected = self.check.expected_version(cx)?;
         interrupt::install();
-        let before = cluster.read(cx)?;
+        let before = deploy::first_read(cx, &cluster, &self.waiting)?;
         deploy::refuse_foreign_update(&cluster, &before, &image, self.replace)?;
+        deploy::refuse_what_the_controller_skips(
+            cx,
+            &cluster,
+            &before,
+            &image,
+            self.fast_rollback,
+        )?;
         // A new Rollout's active Service never selected pods: nothing to return to.
         let first_version = before.active_selector.is_empty();
         let started = Instant::now();
@@ -210,6 +228,13 @@ impl Release {
         } else {
             "failed"
         };
+        if failed.error.downcast_ref::<PromotionUnknown>().is_some() {
+            return failed.error.context(format!(
+                "release {why} at step `{}`; not aborted: the promotion was sent, and an abort now could \
+                 race the switch",
+                failed.step
+            ));
+        }
         if let Some(hash) = &failed.promoted {
             match cluster.read(cx) {
                 Ok(state) if &state.active_selector == hash => {
@@ -221,9 +246,15 @@ impl Release {
                     ));
                 }
                 Ok(_) => {}
-                Err(read) => cx.say(format!(
-                    "cannot read whether the promotion switched traffic ({read:#}); aborting all the same"
-                )),
+                Err(read) => {
+                    // After a promotion that may have landed, an unread state is never a reason to abort.
+                    return failed.error.context(format!(
+                        "release {why} at step `{}`; not aborted: promotion sent, state unknown (reading \
+                         the rollout failed: {read:#}); look with `{}` or `cargo xtask status`",
+                        failed.step,
+                        cluster.kubectl.line(&cluster.kubectl.rollout_args())
+                    ));
+                }
             }
         }
         cx.say(format!(
@@ -300,7 +331,14 @@ impl Release {
         let hash = match cx.dry_run {
             true => String::new(),
             false => {
-                let state = cluster.read(cx).map_err(Failed::at("promote"))?;
+                // Through the weather: one refused read must not abort a checked preview.
+                let state = wait::read(
+                    cx,
+                    &cluster.kubectl,
+                    self.waiting.timeout,
+                    self.waiting.poll_interval,
+                )
+                .map_err(Failed::at("promote"))?;
                 check_promotable(cluster, &state, image).map_err(Failed::at("promote"))?;
                 state.current_pod_hash
             }

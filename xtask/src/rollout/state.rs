@@ -10,6 +10,15 @@ use serde_json::Value;
 /// The pause a blue/green rollout makes when the preview is ready (`PauseReasonBlueGreenPause`).
 pub const BLUE_GREEN_PAUSE: &str = "BlueGreenPause";
 
+/// The reason of the `Progressing` condition once the controller acted on an
+/// abort (utils/conditions/conditions.go `RolloutAbortedReason`).
+pub const ROLLOUT_ABORTED: &str = "RolloutAborted";
+
+/// The annotation of a ReplicaSet that keeps its pods until a deadline after
+/// it left the active Service or was aborted
+/// (`DefaultReplicaSetScaleDownDeadlineAnnotationKey` in types.go).
+pub const SCALE_DOWN_DEADLINE: &str = "scale-down-deadline";
+
 /// The phases a Rollout reports (`RolloutPhase` in types.go).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Phase {
@@ -63,7 +72,17 @@ pub struct RolloutState {
     pub preview_selector: String,
     pub pause_reasons: Vec<String>,
     pub controller_pause: bool,
+    /// `status.abort`: written by the plugin's abort, so it says what was asked, not what was done.
     pub abort: bool,
+    /// `status.abortedAt`: written by the controller when it acted on the abort.
+    pub aborted_at: String,
+    /// The `Progressing` condition's message when its reason is `RolloutAborted`
+    /// (`Rollout aborted update to revision N`), written by the controller.
+    pub aborted_condition: Option<String>,
+    /// `spec.selector.matchLabels` as a label selector (`k=v,k2=v2`): every ReplicaSet of the Rollout.
+    pub selector: String,
+    /// Whether the controller wrote any status yet (a new Rollout has none before its first reconcile).
+    pub has_status: bool,
     phase: String,
     message: String,
 }
@@ -102,6 +121,29 @@ impl RolloutState {
                 .collect(),
             controller_pause: bool_at(&object, "/status/controllerPause"),
             abort: bool_at(&object, "/status/abort"),
+            aborted_at: status("abortedAt"),
+            aborted_condition: object
+                .pointer("/status/conditions")
+                .and_then(Value::as_array)
+                .into_iter()
+                .flatten()
+                .find(|c| {
+                    string_at(c, "/type") == "Progressing"
+                        && string_at(c, "/reason") == ROLLOUT_ABORTED
+                })
+                .map(|c| string_at(c, "/message")),
+            selector: object
+                .pointer("/spec/selector/matchLabels")
+                .and_then(Value::as_object)
+                .into_iter()
+                .flatten()
+                .map(|(k, v)| format!("{k}={}", v.as_str().unwrap_or_default()))
+                .collect::<Vec<_>>()
+                .join(","),
+            has_status: object
+                .get("status")
+                .and_then(Value::as_object)
+                .is_some_and(|status| !status.is_empty()),
             phase: status("phase"),
             message: status("message"),
         })
@@ -173,6 +215,16 @@ impl RolloutState {
             && self.preview_selector == self.current_pod_hash
     }
 
+    /// The controller acted on an abort of the current template: it wrote
+    /// `abortedAt` or the `RolloutAborted` condition, both of which it clears
+    /// when it sees a new template (rollout/sync.go resetRolloutStatus).
+    /// `status.abort` alone is only what the plugin asked.
+    pub fn abort_holds(&self) -> bool {
+        self.observed()
+            && self.abort
+            && (!self.aborted_at.is_empty() || self.aborted_condition.is_some())
+    }
+
     /// Whether the active Service selects the current template's ReplicaSet.
     pub fn active_is_current(&self) -> bool {
         !self.current_pod_hash.is_empty() && self.active_selector == self.current_pod_hash
@@ -205,6 +257,59 @@ fn containers(value: &Value, pointer: &str) -> Option<Vec<(String, String)>> {
         .as_array()?
         .iter()
         .map(|c| Some((c.get("name")?.as_str()?.to_owned(), string_at(c, "/image"))))
+        .collect()
+}
+
+/// A ReplicaSet of the Rollout, as far as the tasks need it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReplicaSet {
+    /// Its `rollouts-pod-template-hash` label.
+    pub pod_hash: String,
+    /// Its `rollout.argoproj.io/revision` annotation: what `undo --to-revision` takes.
+    pub revision: Option<u64>,
+    pub images: Vec<(String, String)>,
+    /// `spec.replicas`: 0 once scaled down.
+    pub replicas: i64,
+    /// The `scale-down-deadline` annotation (RFC 3339), empty when it has none.
+    pub scale_down_deadline: String,
+}
+
+impl ReplicaSet {
+    pub fn image(&self, container: &str) -> Option<&str> {
+        self.images
+            .iter()
+            .find(|(name, _)| name == container)
+            .map(|(_, image)| image.as_str())
+    }
+}
+
+/// The ReplicaSets of a list (`kubectl get replicasets.apps -l ... -o json`).
+pub fn replica_sets(text: &str) -> Result<Vec<ReplicaSet>> {
+    let not_a_list = "kubectl printed something that is not a list of ReplicaSets";
+    let list: Value = serde_json::from_str(text).context(not_a_list)?;
+    let items = list
+        .get("items")
+        .and_then(Value::as_array)
+        .context(not_a_list)?;
+    items
+        .iter()
+        .map(|rs| {
+            Ok(ReplicaSet {
+                pod_hash: string_at(rs, "/metadata/labels/rollouts-pod-template-hash"),
+                revision: string_at(rs, "/metadata/annotations/rollout.argoproj.io~1revision")
+                    .parse()
+                    .ok(),
+                images: containers(rs, "/spec/template/spec/containers").context(not_a_list)?,
+                replicas: rs
+                    .pointer("/spec/replicas")
+                    .and_then(Value::as_i64)
+                    .unwrap_or(1),
+                scale_down_deadline: string_at(
+                    rs,
+                    &format!("/metadata/annotations/{SCALE_DOWN_DEADLINE}"),
+                ),
+            })
+        })
         .collect()
 }
 

@@ -1,12 +1,14 @@
 //! `cargo xtask status`: what runs where, read from the Rollout.
 
 use std::process::ExitCode;
+use std::time::Duration;
 
 use anyhow::Result;
 
 use super::RolloutArgs;
 use super::kube::Kubectl;
 use super::state::{Phase, PhaseLine, RolloutState};
+use super::wait;
 use crate::cli::{ArgMatches, Command, switch};
 use crate::context::Context;
 
@@ -17,7 +19,9 @@ serves (the stable ReplicaSet), the preview's image when an update is in flight,
 plugin computes it, and whether a promotion is waiting. One line a person reads, or one JSON object \
 with --json. Changes nothing (it also runs under --dry-run).
 
-Exits 1 when the rollout is Degraded (aborted, or a preview that never became ready), 0 otherwise.
+Exits 1 when the rollout is Degraded (aborted, or a preview that never became ready), 0 otherwise. \
+A new Rollout with no status yet (before its controller's first reconcile) is waited for, at most \
+6 request timeouts.
 
 Runs (read-only):
   kubectl get rollouts.argoproj.io ROLLOUT -o json [-n NS] [--context CTX] --request-timeout=10s
@@ -86,7 +90,9 @@ impl Side {
 impl Status {
     pub fn run(self, cx: &Context) -> Result<ExitCode> {
         let kubectl = self.target.kubectl()?;
-        let state = kubectl.read(cx)?;
+        // A new Rollout has no status before its controller's first reconcile: wait, bounded.
+        let limit = self.target.request_timeout.saturating_mul(6);
+        let state = wait::reconciled(cx, &kubectl, limit, Duration::from_millis(500))?;
         let line = state.phase()?;
         let container = &kubectl.target.container;
         let current = state.image(container).map(str::to_owned);
@@ -174,8 +180,8 @@ fn hint(state: &RolloutState, line: &PhaseLine) -> &'static str {
         }
         Phase::Paused => " (paused by hand: `kubectl argo rollouts promote` resumes it)",
         Phase::Degraded => {
-            " (the active Service still serves the last good version; `kubectl argo rollouts undo` \
-             or a deploy of the stable image returns it to Healthy)"
+            " (the active Service still serves the last good version; `kubectl argo rollouts undo ROLLOUT --to-revision=N` (N: the stable ReplicaSet's revision) \
+             or a deploy of the stable image, with its digest, returns it to Healthy)"
         }
     }
 }

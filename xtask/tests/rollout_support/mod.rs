@@ -154,6 +154,22 @@ impl World {
         assert_eq!(phase, "Paused", "the preview {tag} is not paused");
     }
 
+    /// As [`World::deploy_paused`], with `--replace`: a newer pipeline takes the preview.
+    pub fn deploy_paused_replacing(&self, tag: &str) {
+        self.behaviour(tag, Some(0.0), None);
+        self.run(&deploy_args(&[
+            "--tag",
+            tag,
+            "--wait",
+            "--poll-interval",
+            "100ms",
+            "--replace",
+        ]))
+        .ok();
+        let phase = self.rollout_object()["status"]["phase"].clone();
+        assert_eq!(phase, "Paused", "the preview {tag} is not paused");
+    }
+
     /// The pods of `tag` are `pod` (what port-forward reaches); the pod back.
     pub fn serve(&self, tag: &str, pod: Pod) -> Pod {
         self.pods(tag, &pod.addr);
@@ -234,7 +250,7 @@ impl World {
         self.edit(|s| s["observe_after"] = json!(seconds));
     }
 
-    /// The controller's version (default v1.8.3): before v1.7 an abort of a
+    /// The controller's version (default v1.8.3): before v1.6.1 an abort of a
     /// fully promoted rollout stays (Degraded) instead of being removed.
     pub fn controller_version(&self, version: &str) {
         self.edit(|s| s["controller_version"] = json!(version));
@@ -305,6 +321,67 @@ impl World {
                 *list = json!([]);
             }
             list.as_array_mut().unwrap().push(json!(subcommand));
+        });
+    }
+
+    /// The next `count` reads of `kubectl get` fail as kubectl reports `kind`
+    /// (one of [`READ_FAILURE_KINDS`]), exit 1; then reads recover.
+    pub fn read_fails(&self, kind: &str, count: u32) {
+        assert!(READ_FAILURE_KINDS.contains(&kind), "read_fails: {kind:?}");
+        self.edit(|s| s["faults"]["read_failures"] = json!({"kind": kind, "left": count}));
+    }
+
+    /// As [`World::read_fails`], from the moment the plugin's `call` ("set
+    /// image", "promote", "abort") succeeded: the reads right after it fail.
+    pub fn read_fails_after(&self, call: &str, kind: &str, count: u32) {
+        assert!(
+            READ_FAILURE_KINDS.contains(&kind),
+            "read_fails_after: {kind:?}"
+        );
+        assert!(
+            ["set image", "promote", "abort"].contains(&call),
+            "read_fails_after: {call:?}"
+        );
+        self.edit(|s| {
+            s["faults"]["read_failures_after"] = json!({"call": call, "kind": kind, "count": count})
+        });
+    }
+
+    /// How many failing reads are still to come.
+    pub fn read_failures_left(&self) -> u64 {
+        self.state()["faults"]["read_failures"]["left"]
+            .as_u64()
+            .unwrap_or(0)
+    }
+
+    /// scaleDownDelaySeconds (default 30): how long a ReplicaSet that left the
+    /// active Service keeps its pods (and fast-tracks a template equal to it).
+    pub fn scale_down_delay(&self, seconds: f64) {
+        self.edit(|s| s["scale_down_delay"] = json!(seconds));
+    }
+
+    /// abortScaleDownDelaySeconds (default 30): how long an aborted ReplicaSet keeps its pods.
+    pub fn abort_scale_down_delay(&self, seconds: f64) {
+        self.edit(|s| s["abort_scale_down_delay"] = json!(seconds));
+    }
+
+    /// The controller acts on an abort `seconds` after the plugin set
+    /// status.abort (default 0): until then no abortedAt, and the phase is stale.
+    pub fn abort_lag(&self, seconds: f64) {
+        self.edit(|s| s["abort_lag"] = json!(seconds));
+    }
+
+    /// The Rollout has no status at all for `seconds` from now, as right
+    /// after `kubectl create`, before the controller's first reconcile.
+    pub fn without_status_for(&self, seconds: f64) {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs_f64();
+        self.edit(|s| {
+            let ro = &mut s["rollouts"][format!("{NAMESPACE}/api")];
+            ro["created_at"] = json!(now);
+            ro["status_after"] = json!(seconds);
         });
     }
 
@@ -487,6 +564,16 @@ impl Drop for World {
         );
     }
 }
+
+/// The kinds of failed read the kubectl double knows (its READ_FAILURES).
+pub const READ_FAILURE_KINDS: [&str; 6] = [
+    "refused",
+    "tls_timeout",
+    "server_error_500",
+    "credential_plugin",
+    "unauthorized",
+    "namespace_not_found",
+];
 
 /// The environment variable that marks a test's processes.
 pub const MARKER: &str = "XTASK_ROLLOUT_TEST_MARKER";
