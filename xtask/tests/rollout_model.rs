@@ -118,6 +118,12 @@ struct Gap {
 const KNOWN_GAPS: &[Gap] = &[
     Gap {
         rule: "(b)",
+        kind: "promote",
+        what: "promote sent, the switch not seen within --timeout: the error names neither the image whose \
+               switch is pending nor what to do (to come: \"promotion sent, state unknown\" and how to look)",
+    },
+    Gap {
+        rule: "(b)",
         kind: "deploy --wait",
         what: "deploy --wait leaves its preview when the wait fails (by design: it does not abort), \
                and its error names the image and the last phase but not how to clean up (`cargo xtask abort`)",
@@ -270,17 +276,17 @@ impl Rng {
 
 fn draw_pods(rng: &mut Rng) -> Pods {
     let readiness = match rng.below(10) {
-        0..=5 => Readiness::Ready,
-        6..=7 => Readiness::Slow,
+        0..=6 => Readiness::Ready,
+        7 => Readiness::Slow,
         8 => Readiness::Never,
         _ => Readiness::Stuck,
     };
-    let serving = match rng.below(12) {
-        0..=6 => Serving::Good,
-        7 => Serving::WrongVersion,
-        8 => Serving::Error500,
-        9 => Serving::Silent,
-        10 => Serving::Pending,
+    let serving = match rng.below(14) {
+        0..=8 => Serving::Good,
+        9 => Serving::WrongVersion,
+        10 => Serving::Error500,
+        11 => Serving::Silent,
+        12 => Serving::Pending,
         _ => Serving::Missing,
     };
     Pods {
@@ -297,11 +303,13 @@ impl Sequence {
         let controller = if rng.percent(15) { "v1.6.1" } else { "v1.8.3" };
         let pods = TAGS.iter().map(|&t| (t, draw_pods(&mut rng))).collect();
         let length = 3 + rng.below(6) as usize;
+        let weights: Vec<u32> = FAULTS.iter().map(|f| f.weight).collect();
         let mut steps = Vec::new();
-        // The tag most steps are about: the newest deployed, or the next one.
+        // The tag most steps are about: the one deployed last (a pipeline's
+        // own), else another (an older or a newer pipeline's).
         let mut latest = TAGS[0];
-        for _ in 0..length {
-            let tag = if rng.percent(70) {
+        while steps.len() < length {
+            let tag = if rng.percent(60) {
                 latest
             } else {
                 rng.pick(&TAGS)
@@ -318,7 +326,27 @@ impl Sequence {
                     no_promote: rng.percent(30),
                     replace: rng.percent(40),
                 },
-                2 => Op::Promote { expect: tag },
+                2 => {
+                    // Half of the promotes come after a preview was made ready.
+                    if rng.percent(50) {
+                        latest = rng.pick(&TAGS);
+                        steps.push(Step {
+                            op: Op::Deploy {
+                                tag: latest,
+                                wait: true,
+                                replace: true,
+                                fast_rollback: false,
+                            },
+                            fault: None,
+                        });
+                    }
+                    let expect = if rng.percent(60) {
+                        latest
+                    } else {
+                        rng.pick(&TAGS)
+                    };
+                    Op::Promote { expect }
+                }
                 3 => Op::Abort {
                     only_expected: rng.percent(30).then_some(tag),
                 },
@@ -331,13 +359,9 @@ impl Sequence {
             };
             if let Op::Deploy { tag, .. } | Op::Release { tag, .. } = op {
                 latest = tag;
-                if rng.percent(50) {
-                    latest = rng.pick(&TAGS);
-                }
             }
             let task = !matches!(op, Op::Tick | Op::Pods { .. } | Op::Status);
-            let weights: Vec<u32> = FAULTS.iter().map(|f| f.weight).collect();
-            let fault = (task && rng.percent(15)).then(|| rng.weighted(&weights));
+            let fault = (task && rng.percent(20)).then(|| rng.weighted(&weights));
             steps.push(Step { op, fault });
         }
         let kept = (0..steps.len()).collect();
