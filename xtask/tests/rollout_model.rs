@@ -92,7 +92,7 @@ const FAULTS: &[Fault] = &[
     // kubectl-argo-rollouts reconcile/observe: the controller sees a new template only later.
     Fault {
         name: "the controller has not observed the new template yet",
-        weight: 1,
+        weight: 2,
         on: |s| s["observe_after"] = json!(LATER),
     },
 ];
@@ -702,12 +702,14 @@ fn kind(op: &Op) -> &'static str {
     }
 }
 
+/// The folder of `fast_path`'s link to the Python interpreter, removed at the end.
+static PYTHON_DIR: OnceLock<Option<PathBuf>> = OnceLock::new();
+
 /// The doubles first on PATH, then the Python interpreter itself (not a
 /// version manager's shim, a shell script that costs ~0.3 s a start), then the
 /// machine's PATH.
 fn fast_path() -> OsString {
-    static DIR: OnceLock<Option<PathBuf>> = OnceLock::new();
-    let dir = DIR.get_or_init(|| {
+    let dir = PYTHON_DIR.get_or_init(|| {
         let out = Command::new("python3")
             .args(["-c", "import sys; print(sys.executable)"])
             .output()
@@ -1325,6 +1327,17 @@ fn shrink(seq: &Sequence, first: Violation) -> (Sequence, Violation, usize) {
     (best.0, best.1, runs)
 }
 
+/// Removes a folder when dropped (also when the test fails).
+struct RemoveOnDrop(Option<PathBuf>);
+
+impl Drop for RemoveOnDrop {
+    fn drop(&mut self) {
+        if let Some(dir) = &self.0 {
+            let _ = std::fs::remove_dir_all(dir);
+        }
+    }
+}
+
 fn env_number(name: &str) -> Option<u64> {
     let text = std::env::var(name).ok()?;
     Some(
@@ -1420,6 +1433,7 @@ fn random_sequences_of_rollout_tasks_keep_the_four_rules() {
     });
     let figures = figures.into_inner().unwrap();
     let ran_for = started.elapsed();
+    let _remove = RemoveOnDrop(PYTHON_DIR.get().cloned().flatten());
     if let Some((seq, violation)) = failed.into_inner().unwrap() {
         eprintln!(
             "FAILED: sequence of seed {}:\n{seq}{violation}\nshrinking...",
