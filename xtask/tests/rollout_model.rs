@@ -57,13 +57,16 @@ const REQUEST_TIMEOUT: Duration = Duration::from_secs(1);
 const SLACK: Duration = Duration::from_secs(3);
 
 // ---------------------------------------------------------------------------
-// The faults: each a line, drawn for one task step, cleared after it.
+// The faults: each a line, drawn for one task step, and cleared after it or,
+// for the controller's own lag, at the next clock step.
 
 struct Fault {
     name: &'static str,
     weight: u32,
     /// Switches it on in the doubles' state.
     on: fn(&mut Value),
+    /// Lasts until the next clock step, not only for its own step.
+    until_tick: bool,
 }
 
 const FAULTS: &[Fault] = &[
@@ -72,28 +75,33 @@ const FAULTS: &[Fault] = &[
         name: "the API server never answers",
         weight: 1,
         on: |s| s["faults"]["api_hangs"] = json!(true),
+        until_tick: false,
     },
     // kubectl-argo-rollouts fail_after_write: the write lands, then the connection is lost.
     Fault {
         name: "set image lands, then the connection is lost",
         weight: 2,
         on: |s| change_then_fail(s, "set image"),
+        until_tick: false,
     },
     Fault {
         name: "promote lands, then the connection is lost",
         weight: 2,
         on: |s| change_then_fail(s, "promote"),
+        until_tick: false,
     },
     Fault {
         name: "abort lands, then the connection is lost",
         weight: 2,
         on: |s| change_then_fail(s, "abort"),
+        until_tick: false,
     },
     // kubectl-argo-rollouts reconcile/observe: the controller sees a new template only later.
     Fault {
-        name: "the controller has not observed the new template yet",
+        name: "the controller lags: it observes a new template only at the next clock step",
         weight: 2,
         on: |s| s["observe_after"] = json!(LATER),
+        until_tick: true,
     },
 ];
 
@@ -101,8 +109,13 @@ fn change_then_fail(state: &mut Value, subcommand: &str) {
     state["faults"]["change_then_fail"] = json!([subcommand]);
 }
 
+/// Clears the faults of one step.
 fn clear_faults(state: &mut Value) {
     state["faults"] = json!({});
+}
+
+/// The controller catches up: it observes a new template at once again.
+fn clear_lag(state: &mut Value) {
     state["observe_after"] = json!(0.0);
 }
 
@@ -116,6 +129,13 @@ struct Gap {
 }
 
 const KNOWN_GAPS: &[Gap] = &[
+    Gap {
+        rule: "(b)",
+        kind: "abort",
+        what: "abort sent while the controller has not observed the template: after its wait the error says \
+               `did not reach the abort holds`, not which preview is left, that the abort is set and will be \
+               erased when the controller observes, nor to abort again",
+    },
     Gap {
         rule: "(b)",
         kind: "promote",
@@ -757,6 +777,7 @@ impl<'s> Run<'s> {
         let mut state = run.world.state();
         state["controller_version"] = json!(seq.controller);
         clear_faults(&mut state);
+        clear_lag(&mut state);
         run.world.write_state(&state);
         run.set_pods("v1", Pods::good());
         for (tag, pods) in &seq.pods {
@@ -846,6 +867,7 @@ impl<'s> Run<'s> {
             let ran = match &step.op {
                 Op::Tick => {
                     self.tick(LATER);
+                    self.edit(clear_lag);
                     None
                 }
                 Op::Pods { tag, pods } => {
@@ -900,11 +922,8 @@ impl<'s> Run<'s> {
             count.1 += step_took;
             self.figures.steps += 1;
             before = after;
-            if step.fault.is_some() {
-                // The world moves on without the fault (a lagging controller
-                // observes now): the next step starts from what is read then.
+            if step.fault.is_some_and(|f| !FAULTS[f].until_tick) {
                 self.edit(clear_faults);
-                before = Truth::read(&self.world, &self.path);
             }
         }
         self.figures.sequences = 1;
