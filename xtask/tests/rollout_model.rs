@@ -24,6 +24,7 @@
 //! - `ROLLOUT_MODEL_SEED=S`: replay the sequence of seed S (as printed), and
 //!   `ROLLOUT_MODEL_STEPS=0,3,5` only those of its steps (a shrunk sequence).
 //! - `ROLLOUT_MODEL_THREADS=N`: sequences run side by side (default 2).
+//! - `ROLLOUT_MODEL_VERBOSE=1`: print every step and what its task printed.
 
 mod rollout_support;
 mod support;
@@ -877,6 +878,12 @@ impl<'s> Run<'s> {
                 op => Some(self.task(op, at)?),
             };
             let step_took = step_started.elapsed();
+            if std::env::var_os("ROLLOUT_MODEL_VERBOSE").is_some() {
+                eprintln!("step {at}: {step} ({step_took:.1?})");
+                if let Some(ran) = &ran {
+                    eprintln!("{ran}");
+                }
+            }
             let after = Truth::read(&self.world, &self.path);
             let changes: Vec<String> = self.world.changes().split_off(changes_before);
             let check = Check {
