@@ -16,6 +16,8 @@ use crate::process::{Cut, Finished, Stdout};
 
 /// The Rollout's resource, fully qualified, so no other `rollouts` kind is meant.
 pub const ROLLOUT_RESOURCE: &str = "rollouts.argoproj.io";
+/// The AnalysisRun's resource, fully qualified.
+pub const ANALYSIS_RUN_RESOURCE: &str = "analysisruns.argoproj.io";
 
 /// `kubectl`, bound to one Rollout (names already checked), for reading it.
 pub struct Kubectl {
@@ -58,6 +60,13 @@ impl Kubectl {
         );
         let out = read_call(cx, &self.path, &args, &asking, &self.target)?;
         replica_set_images(&out.stdout).map_err(|e| anyhow!("{asking}: {e:#}"))
+    }
+
+    /// `kubectl get analysisruns.argoproj.io NAME -o json`: the AnalysisRun's JSON.
+    pub fn analysis_run(&self, cx: &Context, name: &str) -> Result<String> {
+        let args = self.get_args(&[ANALYSIS_RUN_RESOURCE, name]);
+        let asking = format!("read the analysis run {name} of rollout {}", self.rollout());
+        Ok(read_call(cx, &self.path, &args, &asking, &self.target)?.stdout)
     }
 
     /// The exact command line, for plans and messages.

@@ -5,6 +5,7 @@
 //! Argo Rollouts") says how the controller behaves and what each task relies on.
 
 mod abort;
+mod analysis;
 mod confirm;
 mod deploy;
 mod duration;

@@ -7,6 +7,8 @@
 use anyhow::{Context as _, Result, bail};
 use serde_json::Value;
 
+use super::analysis::Analysis;
+
 /// The pause a blue/green rollout makes when the preview is ready (`PauseReasonBlueGreenPause`).
 pub const BLUE_GREEN_PAUSE: &str = "BlueGreenPause";
 
@@ -64,6 +66,8 @@ pub struct RolloutState {
     pub pause_reasons: Vec<String>,
     pub controller_pause: bool,
     pub abort: bool,
+    /// The current pre-promotion analysis (`status.blueGreen.prePromotionAnalysisRunStatus`).
+    pub analysis: Option<Analysis>,
     phase: String,
     message: String,
 }
@@ -102,6 +106,7 @@ impl RolloutState {
                 .collect(),
             controller_pause: bool_at(&object, "/status/controllerPause"),
             abort: bool_at(&object, "/status/abort"),
+            analysis: Analysis::of_rollout(&object),
             phase: status("phase"),
             message: status("message"),
         })
