@@ -9,7 +9,8 @@ use crate::tools::{self, Tool};
 
 const ABOUT: &str = "Lint the Dockerfile, the pipeline and the Kubernetes manifests";
 
-const LONG_ABOUT: &str = "Lint the Dockerfile, the pipeline and the Kubernetes manifests, each with the linter \
+const LONG_ABOUT: &str =
+    "Lint the Dockerfile, the pipeline and the Kubernetes manifests, each with the linter \
 that knows it. Changes nothing.
 
 Runs:
@@ -18,7 +19,7 @@ Runs:
   check-jsonschema --builtin-schema vendor.gitlab-ci .gitlab-ci.yml
   kubernetes-validate --strict --quiet rollout.yaml   (the Services; the Rollout and the
       AnalysisTemplate are CRDs it has no schema for: it warns and passes them)
-  check-jsonschema --schemafile xtask/lint/analysistemplate.schema.json target/lint/rollout.yaml.N.yaml
+  check-jsonschema --schemafile xtask/lint/analysis.schema.json target/lint/rollout.N.yaml
       (each AnalysisTemplate of rollout.yaml, its document N copied alone: check-jsonschema reads
       one document a file; the schema holds the fields we use to the CRD's shape, see its $comment)
 
@@ -101,7 +102,7 @@ const CHECKS: &[(&Tool, &[&str])] = &[
 ];
 
 /// The schema of the AnalysisTemplate, written for the fields rollout.yaml uses.
-const ANALYSIS_TEMPLATE_SCHEMA: &str = "xtask/lint/analysistemplate.schema.json";
+const ANALYSIS_TEMPLATE_SCHEMA: &str = "xtask/lint/analysis.schema.json";
 
 /// The documents of a multi-document YAML text whose `kind` is `kind`, with
 /// their 1-based index: split at the `---` lines, as rollout.yaml is written
@@ -136,7 +137,7 @@ fn analysis_templates(cx: &Context) -> Result<Vec<String>> {
     std::fs::create_dir_all(&dir).with_context(|| format!("create {dir}"))?;
     let mut paths = Vec::new();
     for (index, doc) in documents_of_kind(&text, "AnalysisTemplate") {
-        let rel = format!("target/lint/rollout.yaml.{index}.yaml");
+        let rel = format!("target/lint/rollout.{index}.yaml");
         let path = cx.path(&rel);
         std::fs::write(&path, doc).with_context(|| format!("write {path}"))?;
         paths.push(rel);
@@ -225,7 +226,7 @@ mod tests {
     #[test]
     fn the_help_names_the_analysis_template_check() {
         let line = format!(
-            "  check-jsonschema --schemafile {ANALYSIS_TEMPLATE_SCHEMA} target/lint/rollout.yaml.N.yaml"
+            "  check-jsonschema --schemafile {ANALYSIS_TEMPLATE_SCHEMA} target/lint/rollout.N.yaml"
         );
         assert!(LONG_ABOUT.lines().any(|l| l == line), "{LONG_ABOUT}");
     }

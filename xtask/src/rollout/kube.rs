@@ -69,6 +69,13 @@ impl Kubectl {
         Ok(read_call(cx, &self.path, &args, &asking, &self.target)?.stdout)
     }
 
+    /// `kubectl get replicasets.apps -l SELECTOR -o json`: the List's JSON.
+    pub fn replica_sets(&self, cx: &Context, selector: &str) -> Result<String> {
+        let args = self.get_args(&["replicasets.apps", "-l", selector]);
+        let asking = format!("read the ReplicaSets of rollout {}", self.rollout());
+        Ok(read_call(cx, &self.path, &args, &asking, &self.target)?.stdout)
+    }
+
     /// The exact command line, for plans and messages.
     pub fn line(&self, args: &[String]) -> String {
         command_line(&self.path, args)

@@ -32,7 +32,7 @@ confirmation when stdin is a terminal (not with --yes); never prompts otherwise,
 
 Runs:
   kubectl get rollouts.argoproj.io ROLLOUT -o json [-n NS] [--context CTX] --request-timeout=10s
-  kubectl get rollouts.argoproj.io ROLLOUT -o json ...    (every --poll-interval, while the in-cluster check runs)
+  kubectl get rollouts.argoproj.io ROLLOUT -o json ...    (while the in-cluster check runs)
   kubectl-argo-rollouts promote ROLLOUT ...    (if the preview is ready and expected)
   kubectl get rollouts.argoproj.io ROLLOUT -o json ...    (every --poll-interval, until Healthy)";
 

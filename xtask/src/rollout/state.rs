@@ -68,6 +68,8 @@ pub struct RolloutState {
     pub abort: bool,
     /// The current pre-promotion analysis (`status.blueGreen.prePromotionAnalysisRunStatus`).
     pub analysis: Option<Analysis>,
+    /// `spec.selector.matchLabels` as a label selector, `k=v,k2=v2` (sorted).
+    pub selector: String,
     phase: String,
     message: String,
 }
@@ -107,6 +109,18 @@ impl RolloutState {
             controller_pause: bool_at(&object, "/status/controllerPause"),
             abort: bool_at(&object, "/status/abort"),
             analysis: Analysis::of_rollout(&object),
+            selector: object
+                .pointer("/spec/selector/matchLabels")
+                .and_then(Value::as_object)
+                .map(|labels| {
+                    let mut terms: Vec<String> = labels
+                        .iter()
+                        .map(|(k, v)| format!("{k}={}", v.as_str().unwrap_or_default()))
+                        .collect();
+                    terms.sort();
+                    terms.join(",")
+                })
+                .unwrap_or_default(),
             phase: status("phase"),
             message: status("message"),
         })
