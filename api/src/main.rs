@@ -2,12 +2,10 @@
 //! down gracefully on SIGTERM or SIGINT. `api --version` and `api healthcheck`
 //! serve a container that has no shell.
 
-use std::io::{Read, Write};
-use std::net::SocketAddr;
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use api::VERSION;
 use api::config::{self, Config};
@@ -17,6 +15,7 @@ use tokio::sync::watch;
 
 use server::{Acceptor, DRAINING, Shared};
 
+mod healthcheck;
 mod memory;
 mod probe;
 mod server;
@@ -24,11 +23,17 @@ mod shed;
 
 fn usage() -> String {
     format!(
-        "Usage: api [--version | healthcheck | --help]
+        "Usage: api [--version | healthcheck [--url URL [--expect-version VERSION|SELF]] | --help]
 
   api               serve HTTP: GET / and GET /health answer JSON with the version
   api --version     print the version compiled in ({VERSION}) and exit
   api healthcheck   GET http://127.0.0.1:$PORT/health: exit 0 on 200, 1 otherwise
+  api healthcheck --url URL [--expect-version VERSION|SELF]
+                    GET URL/health: 200, with that version in its body when asked (SELF:
+                    the version compiled into this binary, {VERSION}); then GET URL/: 200.
+                    Exit 0 when both pass, 1 otherwise. Each request has a 5 s deadline.
+                    The analysis Job of rollout.yaml runs the preview's own image with
+                    --url http://api-preview/ --expect-version SELF.
 
 Environment:
 {}
@@ -57,24 +62,29 @@ fn main() -> ExitCode {
             println!("{VERSION}");
             ExitCode::SUCCESS
         }
-        [Some("healthcheck")] => healthcheck(),
+        [Some("healthcheck"), rest @ ..] => match healthcheck::parse(rest) {
+            Ok(check) => healthcheck::run(check),
+            Err(problem) => unexpected_arguments(&problem),
+        },
         [Some("--help" | "-h")] => {
             print!("{}", usage());
             ExitCode::SUCCESS
         }
-        _ => {
-            let shown: Vec<_> = std::env::args_os()
-                .skip(1)
-                .map(|a| format!("{a:?}"))
-                .collect();
-            eprint!(
-                "error: unexpected arguments: {}\n\n{}",
-                shown.join(" "),
-                usage()
-            );
-            ExitCode::from(2)
-        }
+        _ => unexpected_arguments("not a mode of api"),
     }
+}
+
+fn unexpected_arguments(problem: &str) -> ExitCode {
+    let shown: Vec<_> = std::env::args_os()
+        .skip(1)
+        .map(|a| format!("{a:?}"))
+        .collect();
+    eprint!(
+        "error: unexpected arguments: {} ({problem})\n\n{}",
+        shown.join(" "),
+        usage()
+    );
+    ExitCode::from(2)
 }
 
 fn serve() -> ExitCode {
@@ -240,59 +250,4 @@ async fn run(config: Config) -> Result<(), String> {
         .num("drain_ms", started.elapsed().as_millis() as u64)
         .emit();
     Ok(())
-}
-
-/// `api healthcheck`: a Docker HEALTHCHECK for an image with no shell and no curl.
-fn healthcheck() -> ExitCode {
-    let addr = match config::healthcheck_addr() {
-        Ok(addr) => addr,
-        Err(err) => {
-            eprintln!("error: {err}");
-            return ExitCode::FAILURE;
-        }
-    };
-    match check(addr, Duration::from_secs(3)) {
-        Ok(()) => {
-            println!("healthy: http://{addr}/health answered 200");
-            ExitCode::SUCCESS
-        }
-        Err(err) => {
-            eprintln!("error: unhealthy: http://{addr}/health: {err}");
-            ExitCode::FAILURE
-        }
-    }
-}
-
-fn check(addr: SocketAddr, timeout: Duration) -> Result<(), String> {
-    let mut stream = std::net::TcpStream::connect_timeout(&addr, timeout)
-        .map_err(|e| format!("connect: {e}"))?;
-    let _ = stream.set_read_timeout(Some(timeout));
-    let _ = stream.set_write_timeout(Some(timeout));
-    // One write: a server that answers early must not find half a request.
-    let request = format!(
-        "GET /health HTTP/1.1\r\nHost: {addr}\r\nUser-Agent: api-healthcheck\r\nConnection: close\r\n\r\n"
-    );
-    stream
-        .write_all(request.as_bytes())
-        .map_err(|e| format!("send: {e}"))?;
-    // The status line is all we need; it is the first line of the answer.
-    let mut head = Vec::with_capacity(256);
-    let mut buf = [0u8; 256];
-    while !head.windows(2).any(|w| w == b"\r\n") {
-        match stream.read(&mut buf) {
-            Ok(0) => break,
-            Ok(n) => head.extend_from_slice(&buf[..n]),
-            Err(e) => return Err(format!("read: {e}")),
-        }
-        if head.len() > 8192 {
-            break;
-        }
-    }
-    let head = String::from_utf8_lossy(&head);
-    let status_line = head.lines().next().unwrap_or_default();
-    match status_line.split(' ').nth(1) {
-        Some("200") if status_line.starts_with("HTTP/1.") => Ok(()),
-        Some(code) if status_line.starts_with("HTTP/1.") => Err(format!("answered {code}")),
-        _ => Err(format!("not an HTTP answer: {status_line:?}")),
-    }
 }

@@ -413,6 +413,82 @@ fn healthcheck_passes_against_a_live_service() {
 }
 
 #[test]
+fn healthcheck_by_url_passes_with_its_own_version() {
+    let api = Api::start(&[]);
+    let url = format!("http://{}/", api.addr);
+    let out = run_api(
+        &["healthcheck", "--url", &url, "--expect-version", "SELF"],
+        &[],
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        stdout.contains(&format!("with version {}", api::VERSION))
+            && stdout.contains("/ answered 200"),
+        "{stdout}"
+    );
+}
+
+#[test]
+fn healthcheck_by_url_fails_on_another_version() {
+    let api = Api::start(&[]);
+    let url = format!("http://{}", api.addr);
+    let out = run_api(
+        &["healthcheck", "--url", &url, "--expect-version", "v0-other"],
+        &[],
+    );
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("not version \"v0-other\"") && stderr.contains(&health_body()),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn healthcheck_by_url_fails_when_the_root_does_not_answer_200() {
+    // /health is right, / is not: both must pass.
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let body = health_body();
+    let server = std::thread::spawn(move || {
+        for answer in [
+            format!(
+                "HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n{body}",
+                body.len()
+            ),
+            "HTTP/1.1 500 Internal Server Error\r\nContent-Length: 0\r\n\r\n".to_string(),
+        ] {
+            let (mut conn, _) = listener.accept().unwrap();
+            let mut buf = [0u8; 1024];
+            let _ = conn.read(&mut buf);
+            conn.write_all(answer.as_bytes()).unwrap();
+        }
+    });
+    let url = format!("http://{addr}/");
+    let out = run_api(
+        &["healthcheck", "--url", &url, "--expect-version", "SELF"],
+        &[],
+    );
+    server.join().unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("/ answered 500"), "{stderr}");
+}
+
+#[test]
+fn healthcheck_refuses_a_url_it_cannot_use() {
+    let out = run_api(&["healthcheck", "--url", "https://api-preview/"], &[]);
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("only http:// URLs"), "{stderr}");
+}
+
+#[test]
 fn healthcheck_fails_against_a_dead_port() {
     let port = free_port().to_string();
     let out = run_api(&["healthcheck"], &[("PORT", &port)]);

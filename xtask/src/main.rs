@@ -53,6 +53,7 @@ enum Task {
     Promote(rollout::Promote),
     Abort(rollout::Abort),
     Release(rollout::Release),
+    History(rollout::History),
     Doctor(doctor::Doctor),
 }
 
@@ -79,6 +80,7 @@ impl Cli {
                 rollout::Promote::command(),
                 rollout::Abort::command(),
                 rollout::Release::command(),
+                rollout::History::command(),
                 doctor::Doctor::command(),
             ])
     }
@@ -97,6 +99,7 @@ impl Cli {
             "promote" => Task::Promote(rollout::Promote::from(m)),
             "abort" => Task::Abort(rollout::Abort::from(m)),
             "release" => Task::Release(rollout::Release::from(m)),
+            "history" => Task::History(rollout::History::from(m)),
             "doctor" => Task::Doctor(doctor::Doctor {}),
             other => unreachable!("`{other}` is not among Cli::command()'s tasks"),
         });
@@ -155,6 +158,7 @@ fn try_main() -> Result<ExitCode> {
         Task::Promote(task) => task.run(&cx).map(|()| ExitCode::SUCCESS),
         Task::Abort(task) => task.run(&cx).map(|()| ExitCode::SUCCESS),
         Task::Release(task) => task.run(&cx).map(|()| ExitCode::SUCCESS),
+        Task::History(task) => task.run(&cx).map(|()| ExitCode::SUCCESS),
         Task::Doctor(task) => task.run(&cx),
     }
 }
@@ -179,7 +183,7 @@ mod tests {
             names,
             [
                 "build", "run", "test", "bench", "lint", "package", "deploy", "status", "sanity",
-                "promote", "abort", "release", "doctor"
+                "promote", "abort", "release", "history", "doctor"
             ]
         );
     }

@@ -38,7 +38,7 @@ pub const DOCKER: Tool = Tool {
 pub const KUBECTL: Tool = Tool {
     name: "kubectl",
     install: "apt-get install kubectl, or see https://kubernetes.io/docs/tasks/tools/",
-    used_by: "deploy, status, sanity, promote, abort, release",
+    used_by: "deploy, status, sanity, promote, abort, release, history",
     version_args: &["version", "--client"],
 };
 pub const ARGO_ROLLOUTS: Tool = Tool {

@@ -16,6 +16,8 @@ use crate::process::{Cut, Finished, Stdout};
 
 /// The Rollout's resource, fully qualified, so no other `rollouts` kind is meant.
 pub const ROLLOUT_RESOURCE: &str = "rollouts.argoproj.io";
+/// The AnalysisRun's resource, fully qualified.
+pub const ANALYSIS_RUN_RESOURCE: &str = "analysisruns.argoproj.io";
 
 /// `kubectl`, bound to one Rollout (names already checked), for reading it.
 pub struct Kubectl {
@@ -85,6 +87,21 @@ impl Kubectl {
         let out = read_call(cx, &self.path, &args, &asking, &self.target)?;
         let found = replica_sets(&out.stdout).map_err(|e| anyhow!("{asking}: {e:#}"))?;
         Ok(found.into_iter().next())
+    }
+
+    /// `kubectl get analysisruns.argoproj.io NAME -o json`: the AnalysisRun's JSON.
+    pub fn analysis_run(&self, cx: &Context, name: &str) -> Result<String> {
+        let args = self.get_args(&[ANALYSIS_RUN_RESOURCE, name]);
+        let asking = format!("read the analysis run {name} of rollout {}", self.rollout());
+        Ok(read_call(cx, &self.path, &args, &asking, &self.target)?.stdout)
+    }
+
+    /// `kubectl get replicasets.apps -l SELECTOR -o json`: the List's JSON, as
+    /// it is (`history` reads more of it than [`Kubectl::replica_sets`] keeps).
+    pub fn replica_sets_json(&self, cx: &Context, selector: &str) -> Result<String> {
+        let args = self.get_args(&["replicasets.apps", "-l", selector]);
+        let asking = format!("read the ReplicaSets of rollout {}", self.rollout());
+        Ok(read_call(cx, &self.path, &args, &asking, &self.target)?.stdout)
     }
 
     /// The exact command line, for plans and messages.

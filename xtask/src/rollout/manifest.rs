@@ -224,7 +224,69 @@ fn the_container_is_locked_down_and_sized() {
 /// rejects (or, for a CRD, prunes) anything else, so a typo here fails.
 fn known_fields(kind: &str) -> &'static [&'static str] {
     match kind {
-        "Rollout" | "Service" => &["apiVersion", "kind", "metadata", "spec"],
+        "Rollout" | "Service" | "AnalysisTemplate" => &["apiVersion", "kind", "metadata", "spec"],
+        // pkg/apis/rollouts/v1alpha1 types.go RolloutAnalysis, AnalysisRunArgument.
+        "RolloutAnalysis" => &["templates", "args", "dryRun", "measurementRetention"],
+        "AnalysisTemplateRef" => &["templateName", "clusterScope"],
+        "AnalysisRunArgument" => &["name", "value", "valueFrom"],
+        "ArgumentValueFrom" => &["podTemplateHashValue", "fieldRef"],
+        "FieldRef" => &["fieldPath"],
+        // analysis_types.go AnalysisTemplateSpec, Argument, Metric, MetricProvider, JobMetric.
+        "AnalysisTemplateSpec" => &[
+            "args",
+            "dryRun",
+            "measurementRetention",
+            "metrics",
+            "templates",
+        ],
+        "Argument" => &["name", "value", "valueFrom"],
+        "Metric" => &[
+            "name",
+            "interval",
+            "initialDelay",
+            "count",
+            "successCondition",
+            "failureCondition",
+            "failureLimit",
+            "inconclusiveLimit",
+            "consecutiveErrorLimit",
+            "consecutiveSuccessLimit",
+            "provider",
+        ],
+        "MetricProvider" => &[
+            "prometheus",
+            "kayenta",
+            "web",
+            "datadog",
+            "wavefront",
+            "newRelic",
+            "job",
+            "cloudWatch",
+            "graphite",
+            "influxdb",
+            "skywalking",
+            "plugin",
+        ],
+        "JobMetric" => &["metadata", "spec"],
+        // batch/v1 JobSpec.
+        "JobSpec" => &[
+            "parallelism",
+            "completions",
+            "activeDeadlineSeconds",
+            "podFailurePolicy",
+            "successPolicy",
+            "backoffLimit",
+            "backoffLimitPerIndex",
+            "maxFailedIndexes",
+            "selector",
+            "manualSelector",
+            "template",
+            "ttlSecondsAfterFinished",
+            "completionMode",
+            "suspend",
+            "podReplacementPolicy",
+            "managedBy",
+        ],
         "ObjectMeta" => &["name", "namespace", "labels", "annotations"],
         "RolloutSpec" => &[
             "replicas",
@@ -276,6 +338,7 @@ fn known_fields(kind: &str) -> &'static [&'static str] {
             "priorityClassName",
             "imagePullSecrets",
             "enableServiceLinks",
+            "restartPolicy",
         ],
         "PodSecurityContext" => &[
             "runAsNonRoot",
@@ -365,6 +428,22 @@ fn child_kind(kind: &str, field: &str) -> Option<&'static str> {
     Some(match (kind, field) {
         ("Rollout", "metadata") | ("Service", "metadata") => "ObjectMeta",
         ("Rollout", "spec") => "RolloutSpec",
+        ("AnalysisTemplate", "metadata") => "ObjectMeta",
+        ("AnalysisTemplate", "spec") => "AnalysisTemplateSpec",
+        ("BlueGreen", "prePromotionAnalysis") | ("BlueGreen", "postPromotionAnalysis") => {
+            "RolloutAnalysis"
+        }
+        ("RolloutAnalysis", "templates") => "AnalysisTemplateRef",
+        ("RolloutAnalysis", "args") => "AnalysisRunArgument",
+        ("AnalysisRunArgument", "valueFrom") | ("Argument", "valueFrom") => "ArgumentValueFrom",
+        ("ArgumentValueFrom", "fieldRef") => "FieldRef",
+        ("AnalysisTemplateSpec", "args") => "Argument",
+        ("AnalysisTemplateSpec", "metrics") => "Metric",
+        ("Metric", "provider") => "MetricProvider",
+        ("MetricProvider", "job") => "JobMetric",
+        ("JobMetric", "metadata") => "TemplateMeta",
+        ("JobMetric", "spec") => "JobSpec",
+        ("JobSpec", "template") => "PodTemplate",
         ("Service", "spec") => "ServiceSpec",
         ("RolloutSpec", "selector") => "LabelSelector",
         ("RolloutSpec", "strategy") => "Strategy",
@@ -415,7 +494,11 @@ fn check_fields(kind: &str, value: &Value, path: &str, unknown: &mut Vec<String>
 #[test]
 fn every_field_is_one_the_api_server_knows() {
     let docs = documents();
-    assert_eq!(docs.len(), 3, "a Rollout and two Services");
+    assert_eq!(
+        docs.len(),
+        4,
+        "a Rollout, two Services and an AnalysisTemplate"
+    );
     let mut unknown = Vec::new();
     for doc in &docs {
         let kind = doc["kind"].as_str().expect("every document has a kind");
@@ -441,5 +524,171 @@ fn the_field_check_catches_a_typo() {
     assert_eq!(
         unknown,
         ["Rollout.spec.template.spec.containers[0].readinesProbe (not a field of Container)"]
+    );
+}
+
+// ---- the gate: the preview checked in the cluster ----
+
+fn analysis_template(docs: &[Value]) -> &Value {
+    let name = &rollout(docs)["spec"]["strategy"]["blueGreen"]["prePromotionAnalysis"]["templates"]
+        [0]["templateName"];
+    find(
+        docs,
+        "AnalysisTemplate",
+        name.as_str().expect("a templateName"),
+    )
+}
+
+fn check_job(docs: &[Value]) -> &Value {
+    &analysis_template(docs)["spec"]["metrics"][0]["provider"]["job"]
+}
+
+#[test]
+fn the_preview_is_checked_by_its_own_image_against_the_preview_service() {
+    let docs = documents();
+    let analysis = &rollout(&docs)["spec"]["strategy"]["blueGreen"]["prePromotionAnalysis"];
+    let args: Vec<&Value> = analysis["args"].as_sequence().unwrap().iter().collect();
+    // The image: the template's container `api`, by its index (utils/analysis/factory.go
+    // extractValueFromRollout walks the Rollout's JSON by `.` and `[N]`).
+    let containers = rollout(&docs)["spec"]["template"]["spec"]["containers"]
+        .as_sequence()
+        .unwrap();
+    let index = containers
+        .iter()
+        .position(|c| c["name"] == DEFAULT_CONTAINER)
+        .unwrap();
+    let image = args
+        .iter()
+        .find(|a| a["name"] == "image")
+        .expect("an image arg");
+    assert_eq!(
+        image["valueFrom"]["fieldRef"]["fieldPath"],
+        format!("spec.template.spec.containers[{index}].image").as_str()
+    );
+    let url = args
+        .iter()
+        .find(|a| a["name"] == "preview-url")
+        .expect("a preview-url arg");
+    assert_eq!(
+        url["value"],
+        format!("http://{DEFAULT_PREVIEW_SERVICE}/").as_str()
+    );
+    assert_eq!(SERVICE_PORT, 80, "the URL names no port");
+
+    // The template declares exactly the args the Rollout passes.
+    let template = analysis_template(&docs);
+    let declared: Vec<&Value> = template["spec"]["args"]
+        .as_sequence()
+        .unwrap()
+        .iter()
+        .map(|a| &a["name"])
+        .collect();
+    let passed: Vec<&Value> = args.iter().map(|a| &a["name"]).collect();
+    assert_eq!(declared, passed);
+
+    let metrics = template["spec"]["metrics"].as_sequence().unwrap();
+    assert_eq!(metrics.len(), 1);
+    assert_eq!(metrics[0]["failureLimit"], 0u64);
+    let container = &check_job(&docs)["spec"]["template"]["spec"]["containers"][0];
+    assert_eq!(container["image"], "{{args.image}}");
+    let argv: Vec<&str> = container["args"]
+        .as_sequence()
+        .unwrap()
+        .iter()
+        .map(|a| a.as_str().unwrap())
+        .collect();
+    assert_eq!(
+        argv,
+        [
+            "healthcheck",
+            "--url",
+            "{{args.preview-url}}",
+            "--expect-version",
+            "SELF"
+        ]
+    );
+    assert!(
+        container.get("command").is_none(),
+        "the image's entrypoint is /api"
+    );
+}
+
+#[test]
+fn the_check_job_runs_as_the_image_does_once_and_goes_away() {
+    let docs = documents();
+    let job = check_job(&docs);
+    let spec = &job["spec"];
+    assert_eq!(spec["backoffLimit"], 0u64);
+    assert!(spec["activeDeadlineSeconds"].as_u64().is_some());
+    assert!(spec["ttlSecondsAfterFinished"].as_u64().is_some());
+    let pod = &spec["template"]["spec"];
+    assert_eq!(pod["restartPolicy"], "Never");
+    assert_eq!(pod["automountServiceAccountToken"], false);
+    assert_eq!(pod["securityContext"]["runAsUser"], 65534u64);
+    assert_eq!(pod["securityContext"]["runAsGroup"], 65534u64);
+    let container = &pod["containers"][0];
+    let security = &container["securityContext"];
+    assert_eq!(security["runAsNonRoot"], true);
+    assert_eq!(security["readOnlyRootFilesystem"], true);
+    assert_eq!(security["allowPrivilegeEscalation"], false);
+    assert_eq!(security["privileged"], false);
+    assert_eq!(security["capabilities"]["drop"][0], "ALL");
+    for kind in ["requests", "limits"] {
+        for resource in ["cpu", "memory"] {
+            assert!(container["resources"][kind][resource].is_string());
+        }
+    }
+    // Not selected by the Services (app.kubernetes.io/name=api).
+    for labels in [
+        &job["metadata"]["labels"],
+        &spec["template"]["metadata"]["labels"],
+    ] {
+        assert_ne!(labels["app.kubernetes.io/name"], DEFAULT_ROLLOUT);
+    }
+}
+
+/// The check's Job, as the controller makes it (metricproviders/job/job.go
+/// newMetricJob: the template's metadata and spec), through
+/// `kubernetes-validate --strict`, which knows batch/v1 Job but not the CRD around it.
+#[test]
+fn the_check_job_is_a_valid_batch_v1_job() {
+    let Ok(validator) = which::which("kubernetes-validate") else {
+        let in_ci = std::env::var_os("CI").is_some_and(|v| !v.is_empty());
+        assert!(
+            !in_ci,
+            "kubernetes-validate is not installed (pip install -r .ci/lint-requirements.txt)"
+        );
+        eprintln!("skipped: kubernetes-validate is not installed");
+        return;
+    };
+    let docs = documents();
+    let job = check_job(&docs);
+    let mut metadata = Mapping::new();
+    metadata.insert("name".into(), "check".into());
+    metadata.insert("labels".into(), job["metadata"]["labels"].clone());
+    let mut object = Mapping::new();
+    object.insert("apiVersion".into(), "batch/v1".into());
+    object.insert("kind".into(), "Job".into());
+    object.insert("metadata".into(), Value::Mapping(metadata));
+    object.insert("spec".into(), job["spec"].clone());
+    let dir = std::env::temp_dir().join(format!("xtask-manifest-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("job.yaml");
+    std::fs::write(
+        &file,
+        serde_yaml_ng::to_string(&Value::Mapping(object)).unwrap(),
+    )
+    .unwrap();
+    let out = std::process::Command::new(validator)
+        .args(["--strict", "--no-warn"])
+        .arg(&file)
+        .output()
+        .unwrap();
+    let _ = std::fs::remove_dir_all(&dir);
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && said.contains("passed for resource job/check"),
+        "{said}{}",
+        String::from_utf8_lossy(&out.stderr)
     );
 }

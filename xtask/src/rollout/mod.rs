@@ -1,13 +1,15 @@
 //! The blue/green tasks: `deploy`, `status`, `sanity`, `promote`, `abort`,
-//! `release`. They change an Argo Rollout through the `kubectl-argo-rollouts`
+//! `release`, `history`. They change an Argo Rollout through the `kubectl-argo-rollouts`
 //! plugin and read it back with `kubectl get`, every call bounded in time;
 //! `rollout.yaml` at the root is the Rollout. README.md ("Blue/green with
 //! Argo Rollouts") says how the controller behaves and what each task relies on.
 
 mod abort;
+mod analysis;
 mod confirm;
 mod deploy;
 mod duration;
+mod history;
 
 mod kube;
 #[cfg(test)]
@@ -29,6 +31,7 @@ use anyhow::Result;
 
 pub use abort::Abort;
 pub use deploy::Deploy;
+pub use history::History;
 pub use promote::Promote;
 pub use release::Release;
 pub use sanity::Sanity;

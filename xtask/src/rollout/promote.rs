@@ -4,6 +4,7 @@ use std::time::Duration;
 
 use anyhow::{Context as _, Result, bail};
 
+use super::analysis::Analysis;
 use super::confirm::confirm;
 use super::state::{Phase, RolloutState};
 use super::wait::{self, Look};
@@ -20,14 +21,18 @@ const LONG_ABOUT: &str = "Switch traffic to the preview: Argo Rollouts points th
 pods in one step, then keeps the old pods for scaleDownDelaySeconds. Waits until the rollout is \
 Healthy on that ReplicaSet, and says what the active Service serves then, as read back.
 
-Refuses unless the preview is ready (`Paused - BlueGreenPause`: the plugin's promote would otherwise \
-change nothing and say it promoted) AND runs the expected image: --expect-image, else the image this \
+While the preview's in-cluster check (the pre-promotion analysis of rollout.yaml) runs, the \
+controller holds the pause back: promote waits for it (at most --timeout). It refuses after a \
+failed or inconclusive check, saying which. Refuses unless the preview is ready (`Paused - \
+BlueGreenPause`: the plugin's promote would otherwise change nothing and say it promoted) AND runs \
+the expected image: --expect-image, else the image this \
 commit builds, resolved as `deploy` resolves it (with $API_IMAGE_DIGEST, the digest must match too). \
 So an older pipeline's promote never ships a newer preview, nor one that failed its checks. Asks for \
 confirmation when stdin is a terminal (not with --yes); never prompts otherwise, so CI never hangs.
 
 Runs:
   kubectl get rollouts.argoproj.io ROLLOUT -o json [-n NS] [--context CTX] --request-timeout=10s
+  kubectl get rollouts.argoproj.io ROLLOUT -o json ...    (while the in-cluster check runs)
   kubectl-argo-rollouts promote ROLLOUT ...    (if the preview is ready and expected)
   kubectl get rollouts.argoproj.io ROLLOUT -o json ...    (every --poll-interval, until Healthy)";
 
@@ -98,7 +103,7 @@ impl Promote {
             .arg(duration(
                 "timeout",
                 "300s",
-                "The longest wait for Healthy after promoting, such as 300s or 5m",
+                "The longest wait for the in-cluster check to end, and for Healthy after promoting, such as 300s or 5m",
             ))
             .arg(duration(
                 "poll-interval",
@@ -123,7 +128,8 @@ impl Promote {
         let expected = self.expected.resolve(cx)?;
         interrupt::install();
         let limit = self.target.request_timeout.saturating_mul(6);
-        let mut state = wait::reconciled(cx, &cluster.kubectl, limit, self.poll_interval)?;
+        let state = wait::reconciled(cx, &cluster.kubectl, limit, self.poll_interval)?;
+        let mut state = wait_for_analysis(cx, &cluster, state, self.timeout, self.poll_interval)?;
         check_promotable(&cluster, &state, &expected)?;
         if !self.yes && !cx.dry_run {
             if !confirm(&format!(
@@ -158,6 +164,35 @@ impl Promote {
     }
 }
 
+/// While the preview's in-cluster check runs, the controller holds the pause
+/// back: waits (at most `timeout`) until it is decided, then gives the state
+/// read last. Any other state is given back as it is.
+fn wait_for_analysis(
+    cx: &Context,
+    cluster: &Cluster,
+    state: RolloutState,
+    timeout: Duration,
+    poll_interval: Duration,
+) -> Result<RolloutState> {
+    let checking = |s: &RolloutState| {
+        !s.at_blue_green_pause() && !s.abort && s.analysis.as_ref().is_some_and(Analysis::running)
+    };
+    if !checking(&state) {
+        return Ok(state);
+    }
+    let what = "the preview's in-cluster check (pre-promotion analysis) to end";
+    if cx.dry_run {
+        wait::plan(cx, cluster, what, timeout, poll_interval);
+        return Ok(state);
+    }
+    wait::until(cx, cluster, what, timeout, poll_interval, |state, _| {
+        Ok(match checking(state) {
+            true => Look::Wait,
+            false => Look::Done(state.clone()),
+        })
+    })
+}
+
 /// The preview is ready and is `expected`; else an error that says what is there and what to do.
 pub fn check_promotable(
     cluster: &Cluster,
@@ -166,6 +201,26 @@ pub fn check_promotable(
 ) -> Result<()> {
     let container = &cluster.target().container;
     let preview = state.image(container).unwrap_or("(no such container)");
+    match &state.analysis {
+        Some(analysis) if analysis.failed() => bail!(
+            "refusing to promote rollout {}: its preview {preview} failed the in-cluster check \
+             (pre-promotion analysis {}: {}), and the controller aborted it. `cargo xtask status` shows \
+             the failing measurement and its Job's log; deploy a fixed image",
+            cluster.rollout(),
+            analysis.name,
+            analysis.summary()
+        ),
+        Some(analysis) if analysis.inconclusive() && !state.at_blue_green_pause() => bail!(
+            "refusing to promote rollout {}: the in-cluster check of its preview {preview} was inconclusive \
+             (pre-promotion analysis {}: {}). `kubectl argo rollouts promote {}` runs the check again \
+             (then `cargo xtask promote` once it passed); `cargo xtask abort` drops the preview",
+            cluster.rollout(),
+            analysis.name,
+            analysis.summary(),
+            cluster.rollout()
+        ),
+        _ => {}
+    }
     if !state.at_blue_green_pause() {
         bail!(
             "refusing to promote rollout {}: it is `{}`, not a preview waiting at `Paused - BlueGreenPause`, \

@@ -195,8 +195,15 @@ impl Release {
             Ok(()) => {
                 if !cx.dry_run {
                     let total = started.elapsed();
+                    // The in-cluster check as the controller reports it now (read back, or said unread).
+                    let check = match cluster.read(cx) {
+                        Ok(state) => state.analysis.map_or(String::new(), |a| {
+                            format!(", in-cluster check {}: {}", a.name, a.summary())
+                        }),
+                        Err(_) => ", in-cluster check: not read back".to_owned(),
+                    };
                     cx.say(format!(
-                        "{} {image} (version {expected}) in {:.1}s: {}",
+                        "{} {image} (version {expected}{check}) in {:.1}s: {}",
                         if self.no_promote {
                             "checked the preview of"
                         } else {

@@ -7,6 +7,8 @@
 use anyhow::{Context as _, Result, bail};
 use serde_json::Value;
 
+use super::analysis::Analysis;
+
 /// The pause a blue/green rollout makes when the preview is ready (`PauseReasonBlueGreenPause`).
 pub const BLUE_GREEN_PAUSE: &str = "BlueGreenPause";
 
@@ -79,7 +81,9 @@ pub struct RolloutState {
     /// The `Progressing` condition's message when its reason is `RolloutAborted`
     /// (`Rollout aborted update to revision N`), written by the controller.
     pub aborted_condition: Option<String>,
-    /// `spec.selector.matchLabels` as a label selector (`k=v,k2=v2`): every ReplicaSet of the Rollout.
+    /// The current pre-promotion analysis (`status.blueGreen.prePromotionAnalysisRunStatus`).
+    pub analysis: Option<Analysis>,
+    /// `spec.selector.matchLabels` as a label selector, `k=v,k2=v2` (sorted): every ReplicaSet of the Rollout.
     pub selector: String,
     /// Whether the controller wrote any status yet (a new Rollout has none before its first reconcile).
     pub has_status: bool,
@@ -132,14 +136,19 @@ impl RolloutState {
                         && string_at(c, "/reason") == ROLLOUT_ABORTED
                 })
                 .map(|c| string_at(c, "/message")),
+            analysis: Analysis::of_rollout(&object),
             selector: object
                 .pointer("/spec/selector/matchLabels")
                 .and_then(Value::as_object)
-                .into_iter()
-                .flatten()
-                .map(|(k, v)| format!("{k}={}", v.as_str().unwrap_or_default()))
-                .collect::<Vec<_>>()
-                .join(","),
+                .map(|labels| {
+                    let mut terms: Vec<String> = labels
+                        .iter()
+                        .map(|(k, v)| format!("{k}={}", v.as_str().unwrap_or_default()))
+                        .collect();
+                    terms.sort();
+                    terms.join(",")
+                })
+                .unwrap_or_default(),
             has_status: object
                 .get("status")
                 .and_then(Value::as_object)

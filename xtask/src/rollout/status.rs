@@ -6,6 +6,7 @@ use std::time::Duration;
 use anyhow::Result;
 
 use super::RolloutArgs;
+use super::analysis::{Analysis, Failing};
 use super::kube::Kubectl;
 use super::state::{Phase, PhaseLine, RolloutState};
 use super::wait;
@@ -16,8 +17,10 @@ const ABOUT: &str = "Show what runs where: the active and the preview image, the
 
 const LONG_ABOUT: &str = "Show what runs where, read from the Rollout object: the image the active Service \
 serves (the stable ReplicaSet), the preview's image when an update is in flight, the phase as the \
-plugin computes it, and whether a promotion is waiting. One line a person reads, or one JSON object \
-with --json. Changes nothing (it also runs under --dry-run).
+plugin computes it, whether a promotion is waiting, and the preview's in-cluster check (the \
+pre-promotion analysis: running, passed, failed or inconclusive; when it did not pass, the failing \
+measurement and where its Job's log is). One line a person reads, or one JSON object with --json. \
+Changes nothing (it also runs under --dry-run).
 
 Exits 1 when the rollout is Degraded (aborted, or a preview that never became ready), 0 otherwise. \
 A new Rollout with no status yet (before its controller's first reconcile) is waited for, at most \
@@ -25,7 +28,8 @@ A new Rollout with no status yet (before its controller's first reconcile) is wa
 
 Runs (read-only):
   kubectl get rollouts.argoproj.io ROLLOUT -o json [-n NS] [--context CTX] --request-timeout=10s
-  kubectl get replicasets.apps -l rollouts-pod-template-hash=HASH -o json ...    (the active image, when it is not the current template's)";
+  kubectl get replicasets.apps -l rollouts-pod-template-hash=HASH -o json ...    (the active image, when it is not the current template's)
+  kubectl get analysisruns.argoproj.io RUN -o json ...    (the analysis, when it did not pass)";
 
 const AFTER_LONG_HELP: &str = "Environment:
   API_ROLLOUT, API_CONTAINER, API_NAMESPACE (then KUBE_NAMESPACE), API_KUBE_CONTEXT: as the flags
@@ -51,7 +55,7 @@ impl Status {
             .arg(switch(
                 "json",
                 "Print one JSON object: rollout, namespace, context, phase, message, line, active, preview, \
-                 stable_pod_hash, promotion_waiting, aborted, observed",
+                 stable_pod_hash, promotion_waiting, aborted, observed, analysis",
             ))
     }
 
@@ -113,6 +117,12 @@ impl Status {
         });
         let waiting = state.at_blue_green_pause();
         let target = &kubectl.target;
+        let failing = match &state.analysis {
+            Some(analysis) if !analysis.running() && analysis.phase != "Successful" => {
+                Some(failing_of(cx, &kubectl, analysis))
+            }
+            _ => None,
+        };
         if self.json {
             let json = serde_json::json!({
                 "rollout": target.rollout,
@@ -127,6 +137,14 @@ impl Status {
                 "promotion_waiting": waiting,
                 "aborted": state.abort,
                 "observed": state.observed(),
+                "analysis": state.analysis.as_ref().map(|a| {
+                    let mut json = a.json();
+                    json["failing"] = match &failing {
+                        Some(Ok(Some(f))) => f.json(),
+                        _ => serde_json::Value::Null,
+                    };
+                    json
+                }),
             });
             cx.result(json);
         } else {
@@ -147,12 +165,32 @@ impl Status {
                 };
                 cx.result(format_args!("  preview: {}, {what}", side.text()));
             }
+            if let Some(analysis) = &state.analysis {
+                cx.result(format_args!(
+                    "  check:   pre-promotion analysis {}: {}",
+                    analysis.name,
+                    analysis.summary()
+                ));
+                match &failing {
+                    Some(Ok(Some(f))) => cx.result(format_args!(
+                        "           {}",
+                        f.text(target.namespace.as_deref())
+                    )),
+                    Some(Err(err)) => cx.result(format_args!("           ({err:#})")),
+                    _ => {}
+                }
+            }
         }
         Ok(match line.phase {
             Phase::Degraded => ExitCode::FAILURE,
             _ => ExitCode::SUCCESS,
         })
     }
+}
+
+/// The AnalysisRun's failing measurement; a failed read is said, not fatal.
+fn failing_of(cx: &Context, kubectl: &Kubectl, analysis: &Analysis) -> Result<Option<Failing>> {
+    Failing::of_run(&kubectl.analysis_run(cx, &analysis.name)?)
 }
 
 fn image_of(
@@ -170,15 +208,28 @@ fn image_of(
 
 /// What a person can do next, from here.
 fn hint(state: &RolloutState, line: &PhaseLine) -> &'static str {
+    let analysis = state.analysis.as_ref();
     match line.phase {
         Phase::Healthy => " (the active Service serves the current template; nothing in flight)",
+        Phase::Progressing if analysis.is_some_and(Analysis::running) => {
+            " (the preview is ready and the cluster checks it: the rollout pauses for promotion once the \
+             check passes, and is aborted if it fails)"
+        }
         Phase::Progressing => {
             " (the new pods are not ready yet; `cargo xtask deploy --wait` waits for them)"
         }
         Phase::Paused if state.at_blue_green_pause() => {
             " (the preview is ready: `cargo xtask sanity`, then `cargo xtask promote` or `cargo xtask abort`)"
         }
+        Phase::Paused if analysis.is_some_and(Analysis::inconclusive) => {
+            " (the preview's in-cluster check was inconclusive: `kubectl argo rollouts promote` runs it \
+             again, `cargo xtask abort` drops the preview)"
+        }
         Phase::Paused => " (paused by hand: `kubectl argo rollouts promote` resumes it)",
+        Phase::Degraded if analysis.is_some_and(Analysis::failed) => {
+            " (the preview failed its in-cluster check and the controller aborted it; the active Service \
+             still serves the last good version)"
+        }
         Phase::Degraded => {
             " (the active Service still serves the last good version; `kubectl argo rollouts undo ROLLOUT --to-revision=N` (N: the stable ReplicaSet's revision) \
              or a deploy of the stable image, with its digest, returns it to Healthy)"

@@ -211,6 +211,31 @@ impl World {
         self.edit(|s| s["pods"][image(tag)] = json!(addr));
     }
 
+    /// The gate is on: the controller runs rollout.yaml's pre-promotion
+    /// analysis, whose Job takes `run_for` seconds (None: until
+    /// [`World::gate_jobs_take`] says). No image has a Job binary yet (its
+    /// Job cannot pull it): see [`World::image_binary`].
+    pub fn gate(&self, run_for: Option<f64>) {
+        self.edit(|s| s["analysis"] = json!({"jobs": {}, "run_for": run_for}));
+    }
+
+    /// The analysis Jobs take `seconds` from their start (0: a running one ends now).
+    pub fn gate_jobs_take(&self, seconds: f64) {
+        self.edit(|s| s["analysis"]["run_for"] = json!(seconds));
+    }
+
+    /// The image of `tag` holds an api compiled with `version`: what the
+    /// analysis Job runs (`api healthcheck --expect-version SELF`).
+    pub fn image_binary(&self, tag: &str, version: &str) {
+        let binary = api_binary(version);
+        self.edit(|s| s["analysis"]["jobs"][image(tag)] = json!(binary));
+    }
+
+    /// The analysis Jobs cannot be created (the controller lacks RBAC for Jobs).
+    pub fn gate_jobs_forbidden(&self) {
+        self.edit(|s| s["analysis"]["fault"] = json!("error"));
+    }
+
     /// How the pods of `tag` behave: seconds until ready (None: never), until Degraded.
     pub fn behaviour(&self, tag: &str, ready_after: Option<f64>, degrade_after: Option<f64>) {
         self.edit(|s| {

@@ -1,0 +1,147 @@
+//! `history` end to end: five revisions rolled out by digest through the
+//! plugin double (set image, promote, as a person or the pipeline would),
+//! then read back by the built xtask from the ReplicaSets the kubectl double
+//! serves.
+
+mod rollout_support;
+mod support;
+
+use std::time::{Duration, Instant};
+
+use rollout_support::{GET_ROLLOUT, NAMESPACE, World, image};
+use serde_json::Value;
+
+/// `TAG@sha256:` and 64 times `fill`: an image reference by digest.
+fn by_digest(tag: &str, fill: char) -> String {
+    format!("{tag}@sha256:{}", fill.to_string().repeat(64))
+}
+
+/// `kubectl argo rollouts ARGS -n shop` through the kubectl double; must succeed.
+fn plugin(world: &World, args: &[&str]) {
+    let mut cmd = world.kubectl(&["argo", "rollouts"]);
+    cmd.args(args).args(["-n", NAMESPACE]);
+    support::run(&mut cmd).ok();
+}
+
+fn wait_for_phase(world: &World, phase: &str) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while world.rollout_object()["status"]["phase"] != phase {
+        assert!(
+            Instant::now() < deadline,
+            "never {phase}: {:#}",
+            world.rollout_object()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// v1 (revision 1) then v2, v3, v4 promoted, v5 paused on the preview; all by digest.
+fn five_revisions() -> Option<(World, Vec<String>)> {
+    let tags: Vec<String> = ["v1", "v2", "v3", "v4", "v5"]
+        .iter()
+        .zip(['1', '2', '3', '4', '5'])
+        .map(|(tag, fill)| by_digest(tag, fill))
+        .collect();
+    let world = World::needing_kubectl(Some(&tags[0]))?;
+    for (i, tag) in tags.iter().enumerate().skip(1) {
+        world.behaviour(tag, Some(0.0), None);
+        plugin(
+            &world,
+            &["set", "image", "api", &format!("api={}", image(tag))],
+        );
+        wait_for_phase(&world, "Paused");
+        if i < 4 {
+            plugin(&world, &["promote", "api"]);
+            wait_for_phase(&world, "Healthy");
+        }
+    }
+    Some((world, tags))
+}
+
+#[test]
+fn five_revisions_newest_first_each_image_with_its_digest_and_role() {
+    let Some((world, tags)) = five_revisions() else {
+        return;
+    };
+    let run = world.run(&["history", "-n", NAMESPACE]);
+    run.ok();
+    let lines: Vec<&str> = run.stdout.lines().collect();
+    assert_eq!(
+        lines[0], "rollout api in namespace shop: 5 revisions kept, newest first",
+        "{run}"
+    );
+    assert!(
+        lines[1].contains("REVISION") && lines[1].contains("ROLE"),
+        "{run}"
+    );
+    let rows = &lines[2..];
+    assert_eq!(rows.len(), 5, "{run}");
+    let roles = ["preview", "active, stable", "-", "-", "-"];
+    for (i, row) in rows.iter().enumerate() {
+        let revision = 5 - i;
+        let words: Vec<&str> = row.split_whitespace().collect();
+        assert_eq!(words[0], revision.to_string(), "{run}");
+        assert!(words[1].ends_with('Z'), "a creation time: {row}");
+        assert_eq!(words[words.len() - 1], image(&tags[revision - 1]), "{run}");
+        assert_eq!(
+            words[2..words.len() - 1].join(" "),
+            roles[i],
+            "revision {revision}: {row}"
+        );
+    }
+
+    let json = world.run(&["history", "-n", NAMESPACE, "--json"]);
+    json.ok();
+    let json: Value = serde_json::from_str(&json.stdout).unwrap();
+    let revisions = json["revisions"].as_array().unwrap();
+    assert_eq!(revisions.len(), 5);
+    let stable: Vec<&Value> = revisions.iter().filter(|r| r["stable"] == true).collect();
+    assert_eq!(stable.len(), 1);
+    assert_eq!(stable[0]["revision"], 4);
+    assert_eq!(stable[0]["active"], true);
+    assert_eq!(
+        stable[0]["digest"],
+        format!("sha256:{}", "4".repeat(64)).as_str()
+    );
+    assert_eq!(revisions[0]["preview"], true);
+    assert_eq!(revisions[0]["image"], image(&tags[4]).as_str());
+}
+
+#[test]
+fn history_reads_the_replica_sets_with_kubectl_even_under_dry_run() {
+    let Some(world) = World::needing_kubectl(Some("v1")) else {
+        return;
+    };
+    let run = world.run(&["--dry-run", "history", "-n", NAMESPACE]);
+    run.ok();
+    assert!(run.stdout.contains("1 revision kept"), "{run}");
+    assert!(
+        world.calls().is_empty(),
+        "no plugin call: {:?}",
+        world.calls()
+    );
+    let calls = world.kubectl_calls();
+    assert_eq!(
+        calls[0],
+        [&GET_ROLLOUT[..], &["--request-timeout=10s"]].concat()
+    );
+    assert_eq!(
+        calls[1],
+        [
+            "get",
+            "replicasets.apps",
+            "-l",
+            "app.kubernetes.io/name=api",
+            "-o",
+            "json",
+            "-n",
+            NAMESPACE,
+            "--request-timeout=10s"
+        ]
+    );
+    let plan: Vec<String> = calls
+        .iter()
+        .map(|c| format!("kubectl {}", c.join(" ")))
+        .collect();
+    support::runs::assert_runs_describe("history", &plan.join("\n"));
+}
