@@ -8,7 +8,7 @@ use std::time::Duration;
 use anyhow::{Result, anyhow};
 use camino::{Utf8Path, Utf8PathBuf};
 
-use super::state::{ReplicaSet, RolloutState, replica_set_images, replica_sets};
+use super::state::{ReplicaSet, RolloutState, replica_sets};
 use super::{RolloutArgs, go_duration};
 use crate::context::{Context, SAID_MAX, command_line, outside_text};
 use crate::interrupt;
@@ -52,14 +52,10 @@ impl Kubectl {
 
     /// The images of the ReplicaSet with this pod-template-hash (empty if none is left).
     pub fn images_of(&self, cx: &Context, pod_hash: &str) -> Result<Vec<(String, String)>> {
-        let selector = format!("rollouts-pod-template-hash={pod_hash}");
-        let args = self.get_args(&["replicasets.apps", "-l", &selector]);
-        let asking = format!(
-            "read the ReplicaSet {pod_hash} of rollout {}",
-            self.rollout()
-        );
-        let out = read_call(cx, &self.path, &args, &asking, &self.target)?;
-        replica_set_images(&out.stdout).map_err(|e| anyhow!("{asking}: {e:#}"))
+        Ok(self
+            .replica_set(cx, pod_hash)?
+            .map(|rs| rs.images)
+            .unwrap_or_default())
     }
 
     /// Every ReplicaSet of the Rollout (by its `spec.selector`), with its

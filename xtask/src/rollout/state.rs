@@ -322,20 +322,6 @@ pub fn replica_sets(text: &str) -> Result<Vec<ReplicaSet>> {
         .collect()
 }
 
-/// The images of a ReplicaSet list (`kubectl get replicasets -o json`), by container.
-pub fn replica_set_images(text: &str) -> Result<Vec<(String, String)>> {
-    let not_a_list = "kubectl printed something that is not a list of ReplicaSets";
-    let list: Value = serde_json::from_str(text).context(not_a_list)?;
-    let items = list
-        .get("items")
-        .and_then(Value::as_array)
-        .context(not_a_list)?;
-    match items.first() {
-        None => Ok(Vec::new()),
-        Some(first) => containers(first, "/spec/template/spec/containers").context(not_a_list),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -445,10 +431,9 @@ mod tests {
     fn a_replica_set_list_gives_its_images() {
         let list = r#"{"apiVersion": "v1", "kind": "List", "items": [{"metadata": {"name": "api-58d9f7c6b4"},
           "spec": {"template": {"spec": {"containers": [{"name": "api", "image": "reg.example/api:v1"}]}}}}]}"#;
-        assert_eq!(
-            replica_set_images(list).unwrap(),
-            [("api".to_owned(), "reg.example/api:v1".to_owned())]
-        );
-        assert!(replica_set_images(r#"{"items": []}"#).unwrap().is_empty());
+        let found = replica_sets(list).unwrap();
+        assert_eq!(found.len(), 1);
+        assert_eq!(found[0].image("api"), Some("reg.example/api:v1"));
+        assert!(replica_sets(r#"{"items": []}"#).unwrap().is_empty());
     }
 }
