@@ -1,0 +1,236 @@
+//! Latency at fixed offered loads: the rates, the medians over rounds, the
+//! ratios, and their rows in the report.
+
+use serde_json::{Value, json};
+
+use super::load::LoadRun;
+use super::median;
+use super::table::thousands;
+
+/// The offered loads, in percent of the base throughput (Go's saturated
+/// requests/s measured in the same run, else the api's).
+pub const PERCENTS: [u32; 3] = [25, 50, 75];
+
+/// The rates for a saturated throughput of `base` requests/s, rounded to 100/s.
+pub fn rates(base: f64) -> Vec<u64> {
+    PERCENTS
+        .iter()
+        .map(|p| ((base * f64::from(*p) / 100.0 / 100.0).round() as u64).max(1) * 100)
+        .collect()
+}
+
+/// One rate: each server's runs, one per round.
+#[derive(Debug)]
+pub struct AtRate {
+    pub percent: u32,
+    pub rate: u64,
+    pub api: Vec<LoadRun>,
+    pub go: Vec<LoadRun>,
+}
+
+/// Medians over the rounds, in nanoseconds.
+#[derive(Debug, Clone, Copy)]
+pub struct Medians {
+    pub p50: u64,
+    pub p99: u64,
+    pub p999: u64,
+    pub uncorrected_p99: u64,
+    pub errors: u64,
+    pub stalled_ns: u64,
+}
+
+pub fn medians(runs: &[LoadRun]) -> Option<Medians> {
+    if runs.is_empty() {
+        return None;
+    }
+    Some(Medians {
+        p50: median(runs.iter().map(|r| r.corrected.p50)),
+        p99: median(runs.iter().map(|r| r.corrected.p99)),
+        p999: median(runs.iter().map(|r| r.corrected.p999)),
+        uncorrected_p99: median(runs.iter().map(|r| r.uncorrected.p99)),
+        errors: runs.iter().map(|r| r.errors).sum(),
+        stalled_ns: runs.iter().map(|r| r.stalled_ns).sum(),
+    })
+}
+
+impl AtRate {
+    pub fn api(&self) -> Option<Medians> {
+        medians(&self.api)
+    }
+
+    pub fn go(&self) -> Option<Medians> {
+        medians(&self.go)
+    }
+
+    /// api / go of the median p99: below 1 is better.
+    pub fn p99_ratio(&self) -> Option<f64> {
+        let (api, go) = (self.api()?, self.go()?);
+        (go.p99 > 0).then(|| api.p99 as f64 / go.p99 as f64)
+    }
+
+    pub fn json(&self) -> Value {
+        let side = |runs: &[LoadRun]| {
+            medians(runs).map(|m| {
+                json!({
+                    "p50_ns": m.p50,
+                    "p99_ns": m.p99,
+                    "p999_ns": m.p999,
+                    "uncorrected_p99_ns": m.uncorrected_p99,
+                    "errors": m.errors,
+                    "stalled_ns": m.stalled_ns,
+                    "rounds": runs.iter().map(LoadRun::json).collect::<Vec<_>>(),
+                })
+            })
+        };
+        json!({
+            "percent": self.percent,
+            "rate": self.rate,
+            "api": side(&self.api),
+            "go": side(&self.go),
+            "p99_ratio": self.p99_ratio(),
+        })
+    }
+}
+
+/// p99 no worse than Go's at every rate; `None` without Go.
+pub fn p99_goal(rates: &[AtRate]) -> Option<bool> {
+    rates
+        .iter()
+        .map(|r| r.p99_ratio().map(|ratio| ratio <= 1.0))
+        .collect::<Option<Vec<bool>>>()
+        .map(|met| met.iter().all(|m| *m))
+}
+
+/// The report's rows: p50, p99, p99.9 at each rate, for `row(label, api, go, api/go)`.
+pub fn rows(rates: &[AtRate], mut row: impl FnMut(&str, String, Option<String>, Option<f64>)) {
+    let us = |ns: u64| {
+        let us = ns as f64 / 1e3;
+        if us < 100.0 {
+            format!("{us:.1} us")
+        } else {
+            format!("{} us", thousands(us.round() as u64))
+        }
+    };
+    for at in rates {
+        let (Some(api), go) = (at.api(), at.go()) else {
+            continue;
+        };
+        let ratio = |a: u64, g: u64| (g > 0).then(|| a as f64 / g as f64);
+        let rate = format!("{}/s ({}%)", thousands(at.rate), at.percent);
+        for (name, a, g) in [
+            ("p50", api.p50, go.map(|g| g.p50)),
+            ("p99", api.p99, go.map(|g| g.p99)),
+            ("p99.9", api.p999, go.map(|g| g.p999)),
+        ] {
+            row(
+                &format!("{name:<5} at {rate}"),
+                us(a),
+                g.map(us),
+                g.and_then(|g| ratio(a, g)),
+            );
+        }
+    }
+}
+
+/// A warning when the generator lost its CPU for more than 0.1% of the
+/// measured time at some rate: other work ran on it, and its figures carry that.
+pub fn stall_warning(rates: &[AtRate], secs: u32) -> Option<String> {
+    let mut worst: Vec<String> = Vec::new();
+    for at in rates {
+        for (name, runs) in [("api", &at.api), ("go", &at.go)] {
+            for run in runs {
+                let share = run.stalled_ns as f64 / (f64::from(secs) * 1e9);
+                if share > 0.001 {
+                    worst.push(format!(
+                        "{name} at {}/s: {} stalls, {:.1} ms in all, longest {:.1} ms",
+                        thousands(at.rate),
+                        run.stalls,
+                        run.stalled_ns as f64 / 1e6,
+                        run.stall_max_ns as f64 / 1e6
+                    ));
+                }
+            }
+        }
+    }
+    (!worst.is_empty()).then(|| {
+        format!(
+            "warning: the load generator lost its CPU to other work ({}): the latencies of \
+             those runs carry it; run again on a quieter machine",
+            worst.join("; ")
+        )
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::bench::load::Quantiles;
+
+    fn run(p99_us: u64) -> LoadRun {
+        let q = Quantiles {
+            p50: 30_000,
+            p90: 40_000,
+            p99: p99_us * 1000,
+            p999: 500_000,
+            max: 900_000,
+        };
+        LoadRun {
+            rate: 1000,
+            due: 5000,
+            answered: 5000,
+            errors: 0,
+            stalls: 0,
+            stalled_ns: 0,
+            stall_max_ns: 0,
+            corrected: q,
+            uncorrected: q,
+            send_delay: q,
+        }
+    }
+
+    #[test]
+    fn rates_are_shares_of_the_base_rounded_to_hundreds() {
+        assert_eq!(rates(68_349.0), [17_100, 34_200, 51_300]);
+        assert_eq!(rates(10.0), [100, 100, 100]);
+    }
+
+    #[test]
+    fn the_goal_holds_only_when_p99_is_no_worse_at_every_rate() {
+        let at = |api: u64, go: u64| AtRate {
+            percent: 25,
+            rate: 1000,
+            api: vec![run(api), run(api + 50), run(1)],
+            go: vec![run(go)],
+        };
+        assert_eq!(at(100, 200).p99_ratio(), Some(0.5));
+        assert_eq!(p99_goal(&[at(100, 200), at(200, 200)]), Some(true));
+        assert_eq!(p99_goal(&[at(100, 200), at(300, 200)]), Some(false));
+        let without_go = AtRate {
+            go: vec![],
+            ..at(1, 1)
+        };
+        assert_eq!(p99_goal(&[without_go]), None);
+    }
+
+    #[test]
+    fn rows_show_each_quantile_at_each_rate() {
+        let at = AtRate {
+            percent: 50,
+            rate: 34_200,
+            api: vec![run(80)],
+            go: vec![run(160)],
+        };
+        let mut lines = Vec::new();
+        rows(&[at], |label, a, g, r| {
+            lines.push(format!("{label}|{a}|{}|{r:?}", g.unwrap()))
+        });
+        assert_eq!(
+            lines,
+            [
+                "p50   at 34,200/s (50%)|30.0 us|30.0 us|Some(1.0)",
+                "p99   at 34,200/s (50%)|80.0 us|160 us|Some(0.5)",
+                "p99.9 at 34,200/s (50%)|500 us|500 us|Some(1.0)",
+            ]
+        );
+    }
+}
