@@ -239,6 +239,65 @@ mod tests {
         assert!(err.contains("connect to 127.0.0.1:9"), "{err}");
     }
 
+    /// A server that answers every request at once, except that the one
+    /// request 300 ms in holds every answer up for 200 ms.
+    fn stalling_server() -> u16 {
+        use std::io::{Read, Write};
+        use std::sync::{Arc, Mutex};
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let answers = Arc::new(Mutex::new(0u32));
+        std::thread::spawn(move || {
+            for stream in listener.incoming() {
+                let (mut stream, answers) = (stream.unwrap(), answers.clone());
+                std::thread::spawn(move || {
+                    let mut head = Vec::new();
+                    let mut byte = [0; 1];
+                    while stream.read(&mut byte).is_ok_and(|n| n == 1) {
+                        head.push(byte[0]);
+                        if !head.ends_with(b"\r\n\r\n") {
+                            continue;
+                        }
+                        head.clear();
+                        let mut answered = answers.lock().unwrap();
+                        *answered += 1;
+                        if *answered == 300 {
+                            std::thread::sleep(Duration::from_millis(200));
+                        }
+                        let answer = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok";
+                        if stream.write_all(answer).is_err() {
+                            return;
+                        }
+                    }
+                });
+            }
+        });
+        port
+    }
+
+    /// The stall holds up the requests due while it lasts: they count from
+    /// when they were due (what wrk, closed loop, would leave out).
+    #[test]
+    fn a_stall_counts_against_every_request_it_holds_up() {
+        let port = stalling_server();
+        let url = format!("http://127.0.0.1:{port}/health");
+        let mut args = generator::Args::parse(args("1000", 1, 4, &url).into_iter()).unwrap();
+        args.warmup = Duration::ZERO;
+        let report = generator::run(&args).unwrap();
+        let json: Value = serde_json::from_str(&report.json()).unwrap();
+        let run = LoadRun::from_json(&json).unwrap();
+        assert_eq!(
+            (run.due, run.answered, run.errors),
+            (1000, 1000, 0),
+            "{json}"
+        );
+        // Some 200 requests fall due during the stall; the 10th longest of
+        // 1000 waited nearly all of it.
+        assert!(run.corrected.p99 >= 150_000_000, "{json}");
+        // All but the 4 in flight waited for a connection, not for an answer.
+        assert!(run.send_delay.p99 >= 100_000_000, "{json}");
+    }
+
     #[test]
     fn figures_come_from_the_marked_line() {
         let q =
