@@ -48,7 +48,7 @@ pub fn medians(runs: &[LoadRun]) -> Option<Medians> {
         p99: median(runs.iter().map(|r| r.corrected.p99)),
         p999: median(runs.iter().map(|r| r.corrected.p999)),
         uncorrected_p99: median(runs.iter().map(|r| r.uncorrected.p99)),
-        errors: runs.iter().map(|r| r.errors).sum(),
+        errors: runs.iter().map(LoadRun::errors).sum(),
         stalled_ns: runs.iter().map(|r| r.stalled_ns).sum(),
     })
 }
@@ -133,32 +133,33 @@ pub fn rows(rates: &[AtRate], mut row: impl FnMut(&str, String, Option<String>, 
 }
 
 /// A warning when the generator lost its CPU for more than 0.1% of the
-/// measured time at some rate: other work ran on it, and its figures carry that.
+/// measured time in some runs: other work ran on it, and those figures carry it.
 pub fn stall_warning(rates: &[AtRate], secs: u32) -> Option<String> {
-    let mut worst: Vec<String> = Vec::new();
-    for at in rates {
-        for (name, runs) in [("api", &at.api), ("go", &at.go)] {
-            for run in runs {
-                let share = run.stalled_ns as f64 / (f64::from(secs) * 1e9);
-                if share > 0.001 {
-                    worst.push(format!(
-                        "{name} at {}/s: {} stalls, {:.1} ms in all, longest {:.1} ms",
-                        thousands(at.rate),
-                        run.stalls,
-                        run.stalled_ns as f64 / 1e6,
-                        run.stall_max_ns as f64 / 1e6
-                    ));
-                }
-            }
-        }
+    let runs: Vec<&LoadRun> = rates
+        .iter()
+        .flat_map(|at| at.api.iter().chain(&at.go))
+        .collect();
+    let stalled: Vec<&&LoadRun> = runs
+        .iter()
+        .filter(|run| run.stalled_ns as f64 > f64::from(secs) * 1e9 * 0.001)
+        .collect();
+    if stalled.is_empty() {
+        return None;
     }
-    (!worst.is_empty()).then(|| {
-        format!(
-            "warning: the load generator lost its CPU to other work ({}): the latencies of \
-             those runs carry it; run again on a quieter machine",
-            worst.join("; ")
-        )
-    })
+    let total_ns: u64 = stalled.iter().map(|run| run.stalled_ns).sum();
+    let longest_ns = stalled
+        .iter()
+        .map(|run| run.stall_max_ns)
+        .max()
+        .unwrap_or(0);
+    Some(format!(
+        "warning: the load generator lost its CPU to other work in {} of {} runs ({:.1} ms in \
+         all, the longest {:.1} ms): their latencies carry it; close other work and run again",
+        stalled.len(),
+        runs.len(),
+        total_ns as f64 / 1e6,
+        longest_ns as f64 / 1e6
+    ))
 }
 
 #[cfg(test)]
@@ -178,7 +179,9 @@ mod tests {
             rate: 1000,
             due: 5000,
             answered: 5000,
-            errors: 0,
+            errors_status: 0,
+            errors_io: 0,
+            errors_timeout: 0,
             stalls: 0,
             stalled_ns: 0,
             stall_max_ns: 0,
@@ -210,6 +213,29 @@ mod tests {
             ..at(1, 1)
         };
         assert_eq!(p99_goal(&[without_go]), None);
+    }
+
+    #[test]
+    fn stalls_above_a_thousandth_of_the_run_are_warned_of() {
+        let stalled = |ns| LoadRun {
+            stalls: 3,
+            stalled_ns: ns,
+            stall_max_ns: ns / 2,
+            ..run(100)
+        };
+        let at = AtRate {
+            percent: 25,
+            rate: 1000,
+            api: vec![stalled(4_000_000), stalled(6_000_000)],
+            go: vec![stalled(0)],
+        };
+        // 5 s runs: 5 ms is the line.
+        let warning = stall_warning(&[at], 5).unwrap();
+        assert!(
+            warning.contains("in 1 of 3 runs (6.0 ms in all, the longest 3.0 ms)"),
+            "{warning}"
+        );
+        assert_eq!(stall_warning(&[], 5), None);
     }
 
     #[test]

@@ -154,7 +154,10 @@ pub struct LoadRun {
     /// Requests due in the measured part, and answered.
     pub due: u64,
     pub answered: u64,
-    pub errors: u64,
+    /// Answers other than 200, connections broken, answers later than 2 s.
+    pub errors_status: u64,
+    pub errors_io: u64,
+    pub errors_timeout: u64,
     /// Times the generator lost its CPU for more than 20 us, and for how long in all.
     pub stalls: u64,
     pub stalled_ns: u64,
@@ -168,6 +171,10 @@ pub struct LoadRun {
 }
 
 impl LoadRun {
+    pub fn errors(&self) -> u64 {
+        self.errors_status + self.errors_io + self.errors_timeout
+    }
+
     fn from_json(value: &Value) -> Result<LoadRun> {
         let field = |name: &str| {
             value
@@ -183,7 +190,9 @@ impl LoadRun {
             rate: field("rate")?,
             due: field("due")?,
             answered: field("answered")?,
-            errors: field("errors_status")? + field("errors_io")? + field("errors_timeout")?,
+            errors_status: field("errors_status")?,
+            errors_io: field("errors_io")?,
+            errors_timeout: field("errors_timeout")?,
             stalls: field("stalls")?,
             stalled_ns: field("stalled_ns")?,
             stall_max_ns: field("stall_max_ns")?,
@@ -198,7 +207,9 @@ impl LoadRun {
             "rate": self.rate,
             "due": self.due,
             "answered": self.answered,
-            "errors": self.errors,
+            "errors_status": self.errors_status,
+            "errors_io": self.errors_io,
+            "errors_timeout": self.errors_timeout,
             "stalls": self.stalls,
             "stalled_ns": self.stalled_ns,
             "stall_max_ns": self.stall_max_ns,
@@ -287,7 +298,7 @@ mod tests {
         let json: Value = serde_json::from_str(&report.json()).unwrap();
         let run = LoadRun::from_json(&json).unwrap();
         assert_eq!(
-            (run.due, run.answered, run.errors),
+            (run.due, run.answered, run.errors()),
             (1000, 1000, 0),
             "{json}"
         );
@@ -309,7 +320,7 @@ mod tests {
              \"corrected\":{q},\"uncorrected\":{q},\"send_delay\":{q}}}\n"
         );
         let run = parse(&out).unwrap();
-        assert_eq!((run.rate, run.answered, run.errors), (1000, 4999, 2));
+        assert_eq!((run.rate, run.answered, run.errors()), (1000, 4999, 2));
         assert_eq!((run.corrected.p99, run.corrected.p999), (90_000, 200_000));
         assert!(parse("XTASK-LOAD {}").is_err());
         let err = format!("{:#}", parse("nothing").unwrap_err());

@@ -679,12 +679,17 @@ impl Bench {
         }
         for at in &report.latency {
             for (name, runs) in [("api", &at.api), ("go", &at.go)] {
-                let errors: u64 = runs.iter().map(|r| r.errors).sum();
+                let sum = |count: fn(&load::LoadRun) -> u64| runs.iter().map(count).sum::<u64>();
+                let errors = sum(load::LoadRun::errors);
                 if errors > 0 {
                     cx.say(format_args!(
                         "warning: the load generator counted {errors} errors against {name} at \
-                         {}/s: see the rounds in --json",
-                        at.rate
+                         {}/s ({} not 200, {} connections broken, {} answers later than 2 s): \
+                         see the rounds in --json",
+                        at.rate,
+                        sum(|r| r.errors_status),
+                        sum(|r| r.errors_io),
+                        sum(|r| r.errors_timeout),
                     ));
                 }
             }
