@@ -26,6 +26,17 @@ pub struct AtRate {
     pub rate: u64,
     pub api: Vec<LoadRun>,
     pub go: Vec<LoadRun>,
+    /// Runs made again because the generator lost its CPU in them.
+    pub redone: u32,
+}
+
+/// How many times a disturbed run is made again.
+pub const REDO_DISTURBED: u32 = 2;
+
+/// Whether the generator lost its CPU for more than 0.1% of a run of `secs`:
+/// other work ran on it, and the run's latencies carry it.
+pub fn disturbed(run: &LoadRun, secs: u32) -> bool {
+    run.stalled_ns as f64 > f64::from(secs) * 1e9 * 0.001
 }
 
 /// Medians over the rounds, in nanoseconds.
@@ -88,6 +99,7 @@ impl AtRate {
             "api": side(&self.api),
             "go": side(&self.go),
             "p99_ratio": self.p99_ratio(),
+            "redone": self.redone,
         })
     }
 }
@@ -132,17 +144,13 @@ pub fn rows(rates: &[AtRate], mut row: impl FnMut(&str, String, Option<String>, 
     }
 }
 
-/// A warning when the generator lost its CPU for more than 0.1% of the
-/// measured time in some runs: other work ran on it, and those figures carry it.
+/// A warning when runs kept were still disturbed: their figures carry it.
 pub fn stall_warning(rates: &[AtRate], secs: u32) -> Option<String> {
     let runs: Vec<&LoadRun> = rates
         .iter()
         .flat_map(|at| at.api.iter().chain(&at.go))
         .collect();
-    let stalled: Vec<&&LoadRun> = runs
-        .iter()
-        .filter(|run| run.stalled_ns as f64 > f64::from(secs) * 1e9 * 0.001)
-        .collect();
+    let stalled: Vec<&&LoadRun> = runs.iter().filter(|run| disturbed(run, secs)).collect();
     if stalled.is_empty() {
         return None;
     }
@@ -204,6 +212,7 @@ mod tests {
             rate: 1000,
             api: vec![run(api), run(api + 50), run(1)],
             go: vec![run(go)],
+            redone: 0,
         };
         assert_eq!(at(100, 200).p99_ratio(), Some(0.5));
         assert_eq!(p99_goal(&[at(100, 200), at(200, 200)]), Some(true));
@@ -228,6 +237,7 @@ mod tests {
             rate: 1000,
             api: vec![stalled(4_000_000), stalled(6_000_000)],
             go: vec![stalled(0)],
+            redone: 0,
         };
         // 5 s runs: 5 ms is the line.
         let warning = stall_warning(&[at], 5).unwrap();
@@ -245,6 +255,7 @@ mod tests {
             rate: 34_200,
             api: vec![run(80)],
             go: vec![run(160)],
+            redone: 0,
         };
         let mut lines = Vec::new();
         rows(&[at], |label, a, g, r| {

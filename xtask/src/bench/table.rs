@@ -95,11 +95,16 @@ pub fn table(report: &Report) -> String {
     if let Some(why) = &report.go_skipped {
         out.push_str(&format!("no Go comparison: {why}\n"));
     }
+    let redone: u32 = report.latency.iter().map(|at| at.redone).sum();
     out.push_str(&format!(
         "latency: open loop at fixed rates ({} of {}'s saturated requests/s), from the time \
-         each request was due, so a stall counts against every request it holds up\n",
+         each request was due, so a stall counts against every request it holds up{}\n",
         latency::PERCENTS.map(|p| format!("{p}%")).join(", "),
         report.rate_base,
+        match redone {
+            0 => String::new(),
+            n => format!("; {n} run(s) made again: the generator lost its CPU to other work"),
+        }
     ));
     for figures in std::iter::once(api).chain(go) {
         out.push_str(&format!(
