@@ -588,6 +588,7 @@ impl Bench {
             // The same version in both bodies, so both answer the same bytes.
             let ldflags = format!("-ldflags=-s -w -X main.version={}", built.version);
             cx.change(cmd!(sh, "{go} build -trimpath {ldflags} -o {out} {source}"))
+                .within(Duration::from_secs(300), "is the machine very busy?")
                 .run(cx)
                 .context("build the Go comparison server")?;
             servers.push(Server {
@@ -1037,7 +1038,11 @@ impl Bench {
         measured: bool,
     ) -> Result<Option<WrkRun>> {
         let cmd = self.wrk_cmd(&cx.sh, cpu, secs, url, measured);
-        let step = cx.change(cmd).stdout(Stdout::Kept).keep_stderr();
+        // wrk stops itself after `secs`; a wrk that does not is stopped.
+        let step = cx.change(cmd).stdout(Stdout::Kept).keep_stderr().within(
+            Duration::from_secs(u64::from(secs) + 30),
+            "is the server answering?",
+        );
         let line = step.line();
         let Some(output) = step.run(cx)? else {
             return Ok(None);
