@@ -208,6 +208,12 @@ pub struct Report {
     stalls: u64,
     stalled_ns: u64,
     stall_max_ns: u64,
+    /// Time in the turns that sent or received something, in the measured
+    /// part: the rest of the time the loop only waits. Near the run's length
+    /// means this generator, not the server, sets the pace.
+    working_ns: u64,
+    /// From the end of the warm-up to the last answer (or giving up).
+    measured_ns: u64,
 }
 
 /// A gap between two turns of the loop that counts as a stall.
@@ -228,7 +234,7 @@ impl Report {
         format!(
             "{{\"rate\":{},\"duration_us\":{},\"connections\":{},\"due\":{},\"answered\":{},\
              \"errors_status\":{},\"errors_io\":{},\"errors_timeout\":{},\
-             \"stalls\":{},\"stalled_ns\":{},\"stall_max_ns\":{},\
+             \"stalls\":{},\"stalled_ns\":{},\"stall_max_ns\":{},\"working_ns\":{},\"measured_ns\":{},\
              \"corrected\":{},\"uncorrected\":{},\"send_delay\":{}}}",
             self.rate,
             self.duration.as_micros(),
@@ -241,6 +247,8 @@ impl Report {
             self.stalls,
             self.stalled_ns,
             self.stall_max_ns,
+            self.working_ns,
+            self.measured_ns,
             figures(&self.corrected),
             figures(&self.uncorrected),
             figures(&self.send_delay),
@@ -383,6 +391,8 @@ pub fn run(args: &Args) -> Result<Report, String> {
         stalls: 0,
         stalled_ns: 0,
         stall_max_ns: 0,
+        working_ns: 0,
+        measured_ns: 0,
     };
     let mut idle: Vec<usize> = (0..connections.len()).rev().collect();
     let mut busy: Vec<usize> = Vec::with_capacity(connections.len());
@@ -398,6 +408,7 @@ pub fn run(args: &Args) -> Result<Report, String> {
         // a gap there is the CPU taken away (other work on it), and every
         // request due then waits.
         let gap = now - last;
+        let before = (next, idle.len());
         if gap > STALL_NS && now >= warmup {
             report.stalls += 1;
             report.stalled_ns += gap;
@@ -458,6 +469,9 @@ pub fn run(args: &Args) -> Result<Report, String> {
             break;
         }
         last = nanos(start.elapsed());
+        if (next, idle.len()) != before && now >= warmup {
+            report.working_ns += last - now;
+        }
         if now > give_up {
             // Due but never sent, or sent and never answered: timeouts all.
             let measured = |i: &u64| due_at(*i) >= warmup;
@@ -469,6 +483,7 @@ pub fn run(args: &Args) -> Result<Report, String> {
             break;
         }
     }
+    report.measured_ns = nanos(start.elapsed()).saturating_sub(warmup);
     Ok(report)
 }
 

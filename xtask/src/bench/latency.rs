@@ -48,6 +48,8 @@ pub struct Medians {
     pub uncorrected_p99: u64,
     pub errors: u64,
     pub stalled_ns: u64,
+    /// The share of its time the generator spent working.
+    pub working: f64,
 }
 
 pub fn medians(runs: &[LoadRun]) -> Option<Medians> {
@@ -61,6 +63,7 @@ pub fn medians(runs: &[LoadRun]) -> Option<Medians> {
         uncorrected_p99: median(runs.iter().map(|r| r.uncorrected.p99)),
         errors: runs.iter().map(LoadRun::errors).sum(),
         stalled_ns: runs.iter().map(|r| r.stalled_ns).sum(),
+        working: median(runs.iter().map(LoadRun::working_share)),
     })
 }
 
@@ -113,7 +116,8 @@ pub fn p99_goal(rates: &[AtRate]) -> Option<bool> {
         .map(|met| met.iter().all(|m| *m))
 }
 
-/// The report's rows: p50, p99, p99.9 at each rate, for `row(label, api, go, api/go)`.
+/// The report's rows: p50, p99, p99.9 at each rate, for `row(label, api, go,
+/// api/go)`; then how much of its time the generator spent working at the highest.
 pub fn rows(rates: &[AtRate], mut row: impl FnMut(&str, String, Option<String>, Option<f64>)) {
     let us = |ns: u64| {
         let us = ns as f64 / 1e3;
@@ -141,6 +145,17 @@ pub fn rows(rates: &[AtRate], mut row: impl FnMut(&str, String, Option<String>, 
                 g.and_then(|g| ratio(a, g)),
             );
         }
+    }
+    if let Some(at) = rates.last()
+        && let Some(api) = at.api()
+    {
+        let share = |m: Medians| format!("{:.0}%", m.working * 100.0);
+        row(
+            &format!("generator working at {}/s", thousands(at.rate)),
+            share(api),
+            at.go().map(share),
+            None,
+        );
     }
 }
 
@@ -193,6 +208,8 @@ mod tests {
             stalls: 0,
             stalled_ns: 0,
             stall_max_ns: 0,
+            working_ns: 0,
+            measured_ns: 5_000_000_000,
             corrected: q,
             uncorrected: q,
             send_delay: q,
@@ -267,6 +284,7 @@ mod tests {
                 "p50   at 34,200/s (50%)|30.0 us|30.0 us|Some(1.0)",
                 "p99   at 34,200/s (50%)|80.0 us|160 us|Some(0.5)",
                 "p99.9 at 34,200/s (50%)|500 us|500 us|Some(1.0)",
+                "generator working at 34,200/s|0%|0%|None",
             ]
         );
     }

@@ -162,6 +162,10 @@ pub struct LoadRun {
     pub stalls: u64,
     pub stalled_ns: u64,
     pub stall_max_ns: u64,
+    /// Time it spent sending and receiving: the rest it waited.
+    pub working_ns: u64,
+    /// From the end of the warm-up to the last answer.
+    pub measured_ns: u64,
     /// From the time each request was due (what a user sees).
     pub corrected: Quantiles,
     /// From the time it went out (what a closed-loop tool reports).
@@ -171,6 +175,11 @@ pub struct LoadRun {
 }
 
 impl LoadRun {
+    /// The share of the measured time it spent sending and receiving.
+    pub fn working_share(&self) -> f64 {
+        self.working_ns as f64 / self.measured_ns.max(1) as f64
+    }
+
     pub fn errors(&self) -> u64 {
         self.errors_status + self.errors_io + self.errors_timeout
     }
@@ -196,6 +205,8 @@ impl LoadRun {
             stalls: field("stalls")?,
             stalled_ns: field("stalled_ns")?,
             stall_max_ns: field("stall_max_ns")?,
+            working_ns: field("working_ns")?,
+            measured_ns: field("measured_ns")?,
             corrected: quantiles("corrected")?,
             uncorrected: quantiles("uncorrected")?,
             send_delay: quantiles("send_delay")?,
@@ -213,6 +224,8 @@ impl LoadRun {
             "stalls": self.stalls,
             "stalled_ns": self.stalled_ns,
             "stall_max_ns": self.stall_max_ns,
+            "working_ns": self.working_ns,
+            "measured_ns": self.measured_ns,
             "corrected": self.corrected.json(),
             "uncorrected": self.uncorrected.json(),
             "send_delay": self.send_delay.json(),
@@ -317,6 +330,7 @@ mod tests {
             "noise\nXTASK-LOAD {{\"rate\":1000,\"duration_us\":5000000,\"connections\":64,\
              \"due\":5000,\"answered\":4999,\"errors_status\":1,\"errors_io\":0,\
              \"errors_timeout\":1,\"stalls\":2,\"stalled_ns\":70000,\"stall_max_ns\":40000,\
+             \"working_ns\":1000000,\"measured_ns\":5000000000,\
              \"corrected\":{q},\"uncorrected\":{q},\"send_delay\":{q}}}\n"
         );
         let run = parse(&out).unwrap();
