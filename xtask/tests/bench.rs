@@ -113,10 +113,14 @@ fn dry_run_prints_every_command_and_runs_none() {
     let cargo = std::env::var("CARGO").unwrap();
     let go = bin.join("go");
     let go = go.display();
+    // The load generator is built by the rustc of the cargo that runs the task.
+    let rustc = Path::new(&cargo).with_file_name("rustc");
+    let rustc = rustc.display();
     let expected = format!(
         "RUSTFLAGS='-C target-feature=+crt-static' API_VERSION={VERSION} {cargo} build --message-format=json-render-diagnostics --release --package api --target x86_64-unknown-linux-gnu
 # copy {root}/target/x86_64-unknown-linux-gnu/release/api to {root}/bin/api
 {go} build -trimpath '-ldflags=-s -w -X main.version={VERSION}' -o {root}/target/bench/api-go {root}/xtask/bench/main.go
+{rustc} --edition 2024 -C opt-level=3 -o {root}/target/bench/load {root}/xtask/bench/load.rs
 # 20 times each, unpinned: start, GET /health until 200, stop
 PORT='<port>' HOST=127.0.0.1 {root}/bin/api
 PORT='<port>' HOST=127.0.0.1 {root}/target/bench/api-go
@@ -127,6 +131,10 @@ taskset -c {load} wrk -t1 -c32 -d7s --latency -s xtask/bench/report.lua http://1
 PORT='<port>' HOST=127.0.0.1 taskset -c {server} {root}/target/bench/api-go
 taskset -c {load} wrk -t1 -c32 -d1s http://127.0.0.1:<port>/health
 taskset -c {load} wrk -t1 -c32 -d7s --latency -s xtask/bench/report.lua http://127.0.0.1:<port>/health
+# then both servers started once, pinned; 3 rounds of: each rate (25%, 50%, 75% of go's median requests/s above), each server in turn: the load generator, open loop
+PORT='<port>' HOST=127.0.0.1 taskset -c {server} {root}/bin/api
+PORT='<port>' HOST=127.0.0.1 taskset -c {server} {root}/target/bench/api-go
+taskset -c {load} {root}/target/bench/load --rate <rate> --duration 7 --warmup 1 --connections 32 http://127.0.0.1:<port>/health
 "
     );
     assert_eq!(stdout, expected);

@@ -14,6 +14,8 @@ use serde_json::{Value, json};
 use xshell::{Cmd, Shell, cmd};
 
 pub mod abuse;
+mod latency;
+mod load;
 mod procfs;
 mod table;
 
@@ -41,24 +43,34 @@ const WRK_SCRIPT: &str = "xtask/bench/report.lua";
 const WRK_MARKER: &str = "XTASK-BENCH ";
 
 /// The service's goals against Go on Alpine, in bytes and ratios.
-const GOAL_RPS_RATIO: f64 = 1.8;
+/// Requests served per second of server CPU, against Go's.
+const GOAL_CPU_RATIO: f64 = 1.8;
 const GOAL_BINARY_BYTES: u64 = 2_000_000;
 const GOAL_IDLE_RSS_BYTES: u64 = 2_000_000;
 
-const ABOUT: &str = "Measure the service: requests/s, latency, memory, start time, size";
+const ABOUT: &str = "Measure the service: latency at fixed loads, CPU per request, requests/s, memory, start time, size";
 
-const LONG_ABOUT: &str = "Measure the service: requests/s and p50/p99 latency on GET /health under wrk \
-load, the server's CPU time per request, RSS at idle and after the load, time from exec to \
-the first 200 (median of 20), and the size of the release binary. When `go` is installed, an equivalent Go net/http server \
+const LONG_ABOUT: &str = "Measure the service on GET /health: latency (p50, p99, p99.9) at \
+fixed offered loads, the server's CPU time per request and requests/s at saturation under \
+wrk, RSS at idle and after the load, time from exec to the first 200 (median of 20), and the \
+size of the release binary. When `go` is installed, an equivalent Go net/http server \
 (xtask/bench/main.go) is measured the same way in the same run, and the ratios are shown.
 
-The server is pinned to one CPU and wrk to another (taskset), so they do not compete; \
-with one CPU the service runs on its current-thread runtime. The servers take turns in \
-each round (after a warm-up); the medians over the rounds are reported, and the best \
-round beside them. Close other work first: the figures are only as quiet as the \
-machine (other work slows rounds down, never up, so a best round far above the median \
-means the machine was busy). This is a measurement, not a test: it does not fail when \
-a goal is missed, but says so.
+Latency is measured open loop, at the same fixed rates for both servers: 25%, 50% and 75% \
+of Go's saturated requests/s from the rounds before (the api's without Go). The load \
+generator (xtask/bench/load.rs, built with rustc) sends each request when it is due, \
+whatever happened to the ones before, and counts its latency from that time, so a stall \
+counts against every request it holds up (coordinated omission corrected, as wrk2 does). \
+At saturation, wrk's latency is the queue it builds, and wrk's one CPU bounds the faster \
+server's requests/s; so the goals are judged on the latency at fixed rates and on CPU per \
+request, and requests/s is shown with what bounds it.
+
+The server is pinned to one CPU and wrk or the generator to another (taskset), so they do \
+not compete; with one CPU the service runs on its current-thread runtime. The servers take \
+turns in each round (after a warm-up); the medians over the rounds are reported. Close \
+other work first: the figures are only as quiet as the machine (the generator reports when \
+it lost its CPU to other work; such a run is made again, twice at most, and bench says so). This is a measurement, not a test: it \
+does not fail when a goal is missed, but says so.
 
 Runs:
   RUSTFLAGS='-C target-feature=+crt-static' API_VERSION=<v> cargo build
@@ -66,12 +78,15 @@ Runs:
     --target x86_64-unknown-linux-gnu                      (as `build --static`; --dynamic: `build`)
   go build -trimpath '-ldflags=-s -w -X main.version=<v>'
     -o target/bench/api-go xtask/bench/main.go
+  rustc --edition 2024 -C opt-level=3 -o target/bench/load xtask/bench/load.rs
   PORT=<port> HOST=127.0.0.1 bin/api                        (20 times, each until its first 200)
   PORT=<port> HOST=127.0.0.1 target/bench/api-go            (the same, when go is installed)
   PORT=<port> HOST=127.0.0.1 taskset -c <cpu0> bin/api
   taskset -c <cpu1> wrk -t1 -c<n> -d1s http://127.0.0.1:<port>/health                  (warm-up)
   taskset -c <cpu1> wrk -t1 -c<n> -d<secs>s --latency -s xtask/bench/report.lua
     http://127.0.0.1:<port>/health
+  taskset -c <cpu1> target/bench/load --rate <r> --duration <secs> --warmup 1
+    --connections <n> http://127.0.0.1:<port>/health    (each rate and server, each round)
 and reads VmRSS and VmHWM from /proc/<pid>/status, utime and stime from /proc/<pid>/stat.
 
 CPU time per request is the fairest speed figure when wrk, which has one CPU too, \
@@ -102,7 +117,7 @@ Examples:
   cargo xtask bench --abuse
   MAX_CONNECTIONS=4096 cargo xtask bench --abuse --silent 10000 --hold 5
   cargo xtask bench --json > bench.json
-  cargo xtask bench --duration 10 --rounds 5 --connections 128
+  cargo xtask bench --duration 10 --rounds 5 --connections 128   (longer: steadier p99.9)
   cargo xtask --dry-run bench";
 
 #[derive(Debug)]
@@ -145,22 +160,21 @@ impl Bench {
                 "DURATION",
                 "5",
                 1..=600,
-                "Seconds of measured load per round and server",
+                "Seconds of measured load per round and server, at saturation and at each fixed rate",
             ))
             .arg(count(
                 "rounds",
                 "ROUNDS",
                 "3",
                 1..=50,
-                "Rounds of load; the servers take turns in each; medians and the best round are \
-                 reported",
+                "Rounds of load; the servers take turns in each; medians are reported",
             ))
             .arg(count(
                 "connections",
                 "CONNECTIONS",
                 "64",
                 1..=10_000,
-                "Connections wrk keeps open (keep-alive)",
+                "Keep-alive connections wrk and the load generator keep open",
             ))
             .arg(switch(
                 "dynamic",
@@ -412,12 +426,8 @@ struct Figures {
     binary_bytes: u64,
     /// Medians over the rounds.
     requests_per_sec: f64,
-    p50_us: u64,
-    p99_us: u64,
-    /// The best round (highest requests/s, lowest p99): on a shared machine,
-    /// other work only ever slows a round down.
+    /// The best round: on a shared machine, other work only ever slows a round down.
     requests_per_sec_best: f64,
-    p99_us_best: u64,
     cpu_us_per_request: f64,
     server_busy_percent: f64,
     rss_idle_kib: u64,
@@ -436,10 +446,6 @@ struct Ratios {
     /// api / go: higher is better.
     requests_per_sec: f64,
     requests_per_sec_best: f64,
-    /// api / go: lower is better.
-    p50: f64,
-    p99: f64,
-    p99_best: f64,
     /// go / api: how many times more requests one core serves (higher is better).
     requests_per_cpu_second: f64,
     rss_idle: f64,
@@ -450,8 +456,9 @@ struct Ratios {
 
 #[derive(Debug)]
 struct Goals {
-    requests_per_sec_at_least_1_8x_go: Option<bool>,
+    /// At each fixed rate.
     p99_no_worse_than_go: Option<bool>,
+    requests_per_cpu_second_at_least_1_8x_go: Option<bool>,
     idle_rss_at_most_2_mb: bool,
     binary_under_2_mb: bool,
 }
@@ -466,6 +473,9 @@ struct Report {
     connections: u32,
     server_cpu: usize,
     wrk_cpu: usize,
+    /// Whose saturated requests/s the fixed rates are shares of.
+    rate_base: &'static str,
+    latency: Vec<latency::AtRate>,
     api: Figures,
     go: Option<Figures>,
     /// Why there is no Go comparison, when there is none.
@@ -498,10 +508,7 @@ impl Figures {
             "binary": self.binary,
             "binary_bytes": self.binary_bytes,
             "requests_per_sec": self.requests_per_sec,
-            "p50_us": self.p50_us,
-            "p99_us": self.p99_us,
             "requests_per_sec_best": self.requests_per_sec_best,
-            "p99_us_best": self.p99_us_best,
             "cpu_us_per_request": self.cpu_us_per_request,
             "server_busy_percent": self.server_busy_percent,
             "rss_idle_kib": self.rss_idle_kib,
@@ -521,9 +528,6 @@ impl Ratios {
         json!({
             "requests_per_sec": self.requests_per_sec,
             "requests_per_sec_best": self.requests_per_sec_best,
-            "p50": self.p50,
-            "p99": self.p99,
-            "p99_best": self.p99_best,
             "requests_per_cpu_second": self.requests_per_cpu_second,
             "rss_idle": self.rss_idle,
             "rss_after_load": self.rss_after_load,
@@ -545,13 +549,16 @@ impl Report {
             "connections": self.connections,
             "server_cpu": self.server_cpu,
             "wrk_cpu": self.wrk_cpu,
+            "rate_base": self.rate_base,
+            "latency": self.latency.iter().map(latency::AtRate::json).collect::<Vec<_>>(),
             "api": self.api.json(),
             "go": self.go.as_ref().map(Figures::json),
             "go_skipped": self.go_skipped,
             "ratios": self.ratios.as_ref().map(Ratios::json),
             "goals": {
-                "requests_per_sec_at_least_1_8x_go": goals.requests_per_sec_at_least_1_8x_go,
                 "p99_no_worse_than_go": goals.p99_no_worse_than_go,
+                "requests_per_cpu_second_at_least_1_8x_go":
+                    goals.requests_per_cpu_second_at_least_1_8x_go,
                 "idle_rss_at_most_2_mb": goals.idle_rss_at_most_2_mb,
                 "binary_under_2_mb": goals.binary_under_2_mb,
             },
@@ -593,6 +600,7 @@ impl Bench {
             // The same version in both bodies, so both answer the same bytes.
             let ldflags = format!("-ldflags=-s -w -X main.version={}", built.version);
             cx.change(cmd!(sh, "{go} build -trimpath {ldflags} -o {out} {source}"))
+                .within(Duration::from_secs(300), "is the machine very busy?")
                 .run(cx)
                 .context("build the Go comparison server")?;
             servers.push(Server {
@@ -600,9 +608,10 @@ impl Bench {
                 binary: out,
             });
         }
+        let generator = load::build(cx)?;
 
         if cx.dry_run {
-            for line in self.plan(cx, &servers, server_cpu, wrk_cpu) {
+            for line in self.plan(cx, &servers, &generator, server_cpu, wrk_cpu) {
                 cx.plan(line);
             }
             return Ok(());
@@ -640,11 +649,19 @@ impl Bench {
         let api = figures.next().expect("api is always measured");
         let go = figures.next();
         let ratios = go.as_ref().map(|go| ratios(&api, go));
+
+        let (rate_base, base) = match &go {
+            Some(go) => ("go", go.requests_per_sec),
+            None => ("api", api.requests_per_sec),
+        };
+        let rates = latency::rates(base);
+        let latency = self.latency_rounds(cx, &servers, &generator, &rates, server_cpu, wrk_cpu)?;
+
         let goals = Goals {
-            requests_per_sec_at_least_1_8x_go: ratios
+            p99_no_worse_than_go: latency::p99_goal(&latency),
+            requests_per_cpu_second_at_least_1_8x_go: ratios
                 .as_ref()
-                .map(|r| r.requests_per_sec >= GOAL_RPS_RATIO),
-            p99_no_worse_than_go: go.as_ref().map(|go| api.p99_us <= go.p99_us),
+                .map(|r| r.requests_per_cpu_second >= GOAL_CPU_RATIO),
             idle_rss_at_most_2_mb: api.rss_idle_kib * 1024 <= GOAL_IDLE_RSS_BYTES,
             binary_under_2_mb: api.binary_bytes < GOAL_BINARY_BYTES,
         };
@@ -657,6 +674,8 @@ impl Bench {
             connections: self.connections,
             server_cpu,
             wrk_cpu,
+            rate_base,
+            latency,
             api,
             go,
             go_skipped,
@@ -671,12 +690,103 @@ impl Bench {
                 ));
             }
         }
+        for at in &report.latency {
+            for (name, runs) in [("api", &at.api), ("go", &at.go)] {
+                let sum = |count: fn(&load::LoadRun) -> u64| runs.iter().map(count).sum::<u64>();
+                let errors = sum(load::LoadRun::errors);
+                if errors > 0 {
+                    cx.say(format_args!(
+                        "warning: the load generator counted {errors} errors against {name} at \
+                         {}/s ({} not 200, {} connections broken, {} answers later than 2 s): \
+                         see the rounds in --json",
+                        at.rate,
+                        sum(|r| r.errors_status),
+                        sum(|r| r.errors_io),
+                        sum(|r| r.errors_timeout),
+                    ));
+                }
+            }
+        }
+        if let Some(warning) = latency::stall_warning(&report.latency, self.duration) {
+            cx.say(warning);
+        }
         if self.json {
             cx.result(serde_json::to_string_pretty(&report.json())?);
         } else {
             cx.result(table(&report));
         }
         Ok(())
+    }
+
+    /// Latency at each fixed rate: both servers started once, pinned to the
+    /// same CPU (an idle one costs nothing), then in each round each rate
+    /// against each server in turn, so a slow drift of the machine touches both alike.
+    fn latency_rounds(
+        &self,
+        cx: &Context,
+        servers: &[Server],
+        generator: &Utf8PathBuf,
+        rates: &[u64],
+        server_cpu: usize,
+        load_cpu: usize,
+    ) -> Result<Vec<latency::AtRate>> {
+        let mut running = Vec::new();
+        for server in servers {
+            let mut process = ServerProcess::start(cx, server, Some(server_cpu), true)?;
+            process.wait_ready(Duration::from_secs(10))?;
+            running.push(process);
+        }
+        let mut at: Vec<latency::AtRate> = latency::PERCENTS
+            .iter()
+            .zip(rates)
+            .map(|(&percent, &rate)| latency::AtRate {
+                percent,
+                rate,
+                api: Vec::new(),
+                go: Vec::new(),
+                redone: 0,
+            })
+            .collect();
+        for round in 1..=self.rounds {
+            for at in &mut at {
+                for (server, process) in servers.iter().zip(&running) {
+                    cx.say(format_args!(
+                        "# latency round {round}/{}: {} at {}/s ({}%), open loop",
+                        self.rounds, server.name, at.rate, at.percent
+                    ));
+                    // A run in which the generator lost its CPU is run again (twice
+                    // at most); the least disturbed one is kept, and the count said.
+                    let mut kept: Option<load::LoadRun> = None;
+                    for attempt in 0..=latency::REDO_DISTURBED {
+                        let run = load::run(
+                            cx,
+                            generator,
+                            load_cpu,
+                            at.rate,
+                            self.duration,
+                            self.connections,
+                            &process.url(),
+                        )?
+                        .expect("a measured run reports");
+                        let disturbed = latency::disturbed(&run, self.duration);
+                        if kept.as_ref().is_none_or(|k| run.stalled_ns < k.stalled_ns) {
+                            kept = Some(run);
+                        }
+                        if !disturbed || attempt == latency::REDO_DISTURBED {
+                            break;
+                        }
+                        at.redone += 1;
+                        cx.say("# the load generator lost its CPU to other work: once more");
+                    }
+                    let run = kept.expect("one run at least");
+                    match server.name {
+                        "api" => at.api.push(run),
+                        _ => at.go.push(run),
+                    }
+                }
+            }
+        }
+        Ok(at)
     }
 
     /// `--abuse`: each flood against a fresh server, then the burst.
@@ -948,7 +1058,11 @@ impl Bench {
         measured: bool,
     ) -> Result<Option<WrkRun>> {
         let cmd = self.wrk_cmd(&cx.sh, cpu, secs, url, measured);
-        let step = cx.change(cmd).stdout(Stdout::Kept).keep_stderr();
+        // wrk stops itself after `secs`; a wrk that does not is stopped.
+        let step = cx.change(cmd).stdout(Stdout::Kept).keep_stderr().within(
+            Duration::from_secs(u64::from(secs) + 30),
+            "is the server answering?",
+        );
         let line = step.line();
         let Some(output) = step.run(cx)? else {
             return Ok(None);
@@ -970,6 +1084,7 @@ impl Bench {
         &self,
         cx: &Context,
         servers: &[Server],
+        generator: &Utf8Path,
         server_cpu: usize,
         wrk_cpu: usize,
     ) -> Vec<String> {
@@ -999,6 +1114,23 @@ impl Bench {
                 &self.wrk_cmd(sh, wrk_cpu, self.duration, &url, true),
             ));
         }
+        let percents = latency::PERCENTS.map(|p| format!("{p}%")).join(", ");
+        let base = servers.last().map_or("api", |s| s.name);
+        lines.push(format!(
+            "# then both servers started once, pinned; {} rounds of: each rate ({percents} of \
+             {base}'s median requests/s above), each server in turn: the load generator, open loop",
+            self.rounds
+        ));
+        for server in servers {
+            let (env, cmd) = server_cmd(sh, &server.binary, Some(server_cpu), "<port>");
+            lines.push(plan_line(&env, &cmd));
+        }
+        let cpu = wrk_cpu.to_string();
+        let args = load::args("<rate>", self.duration, self.connections, &url);
+        lines.push(plan_line(
+            &[],
+            &cmd!(sh, "taskset -c {cpu} {generator} {args...}"),
+        ));
         lines
     }
 }
@@ -1160,13 +1292,10 @@ fn summarize(server: &Server, startups: &[Duration], rounds: Vec<Round>) -> Resu
         binary: server.binary.to_string(),
         binary_bytes,
         requests_per_sec: median(rounds.iter().map(|r| r.requests_per_sec)),
-        p50_us: median(rounds.iter().map(|r| r.wrk.p50_us)),
-        p99_us: median(rounds.iter().map(|r| r.wrk.p99_us)),
         requests_per_sec_best: rounds
             .iter()
             .map(|r| r.requests_per_sec)
             .fold(0.0, f64::max),
-        p99_us_best: rounds.iter().map(|r| r.wrk.p99_us).min().unwrap_or(0),
         cpu_us_per_request: median(rounds.iter().map(|r| r.cpu_us_per_request)),
         server_busy_percent: median(rounds.iter().map(|r| r.server_busy_percent)),
         rss_idle_kib: median(rounds.iter().map(|r| r.rss_idle_kib)),
@@ -1185,9 +1314,6 @@ fn ratios(api: &Figures, go: &Figures) -> Ratios {
     Ratios {
         requests_per_sec: r(api.requests_per_sec, go.requests_per_sec),
         requests_per_sec_best: r(api.requests_per_sec_best, go.requests_per_sec_best),
-        p50: r(api.p50_us as f64, go.p50_us as f64),
-        p99: r(api.p99_us as f64, go.p99_us as f64),
-        p99_best: r(api.p99_us_best as f64, go.p99_us_best as f64),
         requests_per_cpu_second: r(go.cpu_us_per_request, api.cpu_us_per_request),
         rss_idle: r(api.rss_idle_kib as f64, go.rss_idle_kib as f64),
         rss_after_load: r(api.rss_after_load_kib as f64, go.rss_after_load_kib as f64),

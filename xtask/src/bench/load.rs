@@ -1,0 +1,343 @@
+//! The open-loop load generator (`xtask/bench/load.rs`) as bench uses it:
+//! built with `rustc -O`, run pinned at a fixed rate, its figures read back.
+//!
+//! Why our own: wrk is closed loop (each connection waits for its answer, so
+//! a stall delays the requests it should have counted); wrk2, its open-loop
+//! fork, is in no package registry reached here; `oha -q --latency-correction`
+//! is a crates.io install of several hundred crates, with a Tokio and hyper
+//! client per request on the load generator's one CPU. Ours is one std-only
+//! file: a few seconds of `rustc`, no new dependency for xtask.
+
+use std::time::Duration;
+
+use anyhow::{Context as _, Result};
+use camino::Utf8PathBuf;
+use serde_json::{Value, json};
+
+use crate::context::Context;
+use crate::process::Stdout;
+use crate::tools;
+
+/// Its source and where it is built.
+pub const SOURCE: &str = "xtask/bench/load.rs";
+pub const BINARY: &str = "target/bench/load";
+/// The line it prints its JSON on.
+const MARKER: &str = "XTASK-LOAD ";
+/// Sent at the rate before the measured part of each run, not counted.
+pub const WARMUP_SECS: u32 = 1;
+/// How long `rustc` may take: a few seconds on a quiet machine.
+const BUILD_LIMIT: Duration = Duration::from_secs(300);
+
+// The generator's own tests run with xtask's (`cargo test -p xtask`), and
+// clippy sees it as it sees xtask.
+#[cfg(test)]
+#[path = "../../bench/load.rs"]
+mod generator;
+
+/// The rustc of the cargo that runs us (the same toolchain), else PATH's.
+fn rustc() -> Utf8PathBuf {
+    let cargo = tools::cargo();
+    match cargo.parent().map(|dir| dir.join("rustc")) {
+        Some(beside) if beside.is_file() => beside,
+        _ => tools::locate("rustc").unwrap_or_else(|| "rustc".into()),
+    }
+}
+
+/// Builds the generator (`--dry-run`: prints the line); returns its path.
+pub fn build(cx: &Context) -> Result<Utf8PathBuf> {
+    let out = cx.path(BINARY);
+    let source = cx.path(SOURCE);
+    if let Some(dir) = out.parent()
+        && !cx.dry_run
+    {
+        std::fs::create_dir_all(dir).with_context(|| format!("create {dir}"))?;
+    }
+    let mut rustc = std::process::Command::new(rustc().as_std_path());
+    rustc.args(["--edition", "2024", "-C", "opt-level=3", "-o"]);
+    rustc.args([out.as_str(), source.as_str()]);
+    cx.change(rustc)
+        .within(BUILD_LIMIT, "is the machine very busy?")
+        .run(cx)
+        .context("build the load generator")?;
+    Ok(out)
+}
+
+/// The generator's arguments for one run.
+pub fn args(rate: &str, secs: u32, connections: u32, url: &str) -> Vec<String> {
+    vec![
+        "--rate".into(),
+        rate.into(),
+        "--duration".into(),
+        secs.to_string(),
+        "--warmup".into(),
+        WARMUP_SECS.to_string(),
+        "--connections".into(),
+        connections.to_string(),
+        url.into(),
+    ]
+}
+
+/// Runs it pinned to `cpu` and reads its figures.
+pub fn run(
+    cx: &Context,
+    binary: &Utf8PathBuf,
+    cpu: usize,
+    rate: u64,
+    secs: u32,
+    connections: u32,
+    url: &str,
+) -> Result<Option<LoadRun>> {
+    let mut command = std::process::Command::new("taskset");
+    command.args(["-c", &cpu.to_string(), binary.as_str()]);
+    command.args(args(&rate.to_string(), secs, connections, url));
+    // Its own give-up is 2 s after the last request is due.
+    let limit = Duration::from_secs(u64::from(secs + WARMUP_SECS) + 30);
+    let step = cx
+        .change(command)
+        .stdout(Stdout::Kept)
+        .keep_stderr()
+        .within(limit, "is the machine very busy?");
+    let line = step.line();
+    let Some(done) = step.run(cx)? else {
+        return Ok(None);
+    };
+    if cx.verbose {
+        eprint!("{}", done.stdout);
+    }
+    parse(&done.stdout)
+        .with_context(|| format!("read the figures of `{line}`"))
+        .map(Some)
+}
+
+/// Latency quantiles of one run, in nanoseconds.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Quantiles {
+    pub p50: u64,
+    pub p90: u64,
+    pub p99: u64,
+    pub p999: u64,
+    pub max: u64,
+}
+
+impl Quantiles {
+    fn from_json(value: &Value) -> Result<Quantiles> {
+        let field = |name: &str| {
+            value
+                .get(name)
+                .and_then(Value::as_u64)
+                .with_context(|| format!("no whole number `{name}`"))
+        };
+        Ok(Quantiles {
+            p50: field("p50_ns")?,
+            p90: field("p90_ns")?,
+            p99: field("p99_ns")?,
+            p999: field("p999_ns")?,
+            max: field("max_ns")?,
+        })
+    }
+
+    pub fn json(&self) -> Value {
+        json!({
+            "p50_ns": self.p50,
+            "p90_ns": self.p90,
+            "p99_ns": self.p99,
+            "p999_ns": self.p999,
+            "max_ns": self.max,
+        })
+    }
+}
+
+/// One run of the generator, as it prints it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LoadRun {
+    pub rate: u64,
+    /// Requests due in the measured part, and answered.
+    pub due: u64,
+    pub answered: u64,
+    /// Answers other than 200, connections broken, answers later than 2 s.
+    pub errors_status: u64,
+    pub errors_io: u64,
+    pub errors_timeout: u64,
+    /// Times the generator lost its CPU for more than 20 us, and for how long in all.
+    pub stalls: u64,
+    pub stalled_ns: u64,
+    pub stall_max_ns: u64,
+    /// Time it spent sending and receiving: the rest it waited.
+    pub working_ns: u64,
+    /// From the end of the warm-up to the last answer.
+    pub measured_ns: u64,
+    /// From the time each request was due (what a user sees).
+    pub corrected: Quantiles,
+    /// From the time it went out (what a closed-loop tool reports).
+    pub uncorrected: Quantiles,
+    /// How long requests waited to go out.
+    pub send_delay: Quantiles,
+}
+
+impl LoadRun {
+    /// The share of the measured time it spent sending and receiving.
+    pub fn working_share(&self) -> f64 {
+        self.working_ns as f64 / self.measured_ns.max(1) as f64
+    }
+
+    pub fn errors(&self) -> u64 {
+        self.errors_status + self.errors_io + self.errors_timeout
+    }
+
+    fn from_json(value: &Value) -> Result<LoadRun> {
+        let field = |name: &str| {
+            value
+                .get(name)
+                .and_then(Value::as_u64)
+                .with_context(|| format!("no whole number `{name}`"))
+        };
+        let quantiles = |name: &str| {
+            Quantiles::from_json(value.get(name).unwrap_or(&Value::Null))
+                .with_context(|| format!("in `{name}`"))
+        };
+        Ok(LoadRun {
+            rate: field("rate")?,
+            due: field("due")?,
+            answered: field("answered")?,
+            errors_status: field("errors_status")?,
+            errors_io: field("errors_io")?,
+            errors_timeout: field("errors_timeout")?,
+            stalls: field("stalls")?,
+            stalled_ns: field("stalled_ns")?,
+            stall_max_ns: field("stall_max_ns")?,
+            working_ns: field("working_ns")?,
+            measured_ns: field("measured_ns")?,
+            corrected: quantiles("corrected")?,
+            uncorrected: quantiles("uncorrected")?,
+            send_delay: quantiles("send_delay")?,
+        })
+    }
+
+    pub fn json(&self) -> Value {
+        json!({
+            "rate": self.rate,
+            "due": self.due,
+            "answered": self.answered,
+            "errors_status": self.errors_status,
+            "errors_io": self.errors_io,
+            "errors_timeout": self.errors_timeout,
+            "stalls": self.stalls,
+            "stalled_ns": self.stalled_ns,
+            "stall_max_ns": self.stall_max_ns,
+            "working_ns": self.working_ns,
+            "measured_ns": self.measured_ns,
+            "corrected": self.corrected.json(),
+            "uncorrected": self.uncorrected.json(),
+            "send_delay": self.send_delay.json(),
+        })
+    }
+}
+
+/// The `XTASK-LOAD` line among the generator's output.
+pub fn parse(stdout: &str) -> Result<LoadRun> {
+    let json = stdout
+        .lines()
+        .find_map(|line| line.strip_prefix(MARKER))
+        .with_context(|| format!("the load generator printed no `{MARKER}` line"))?;
+    serde_json::from_str(json)
+        .map_err(anyhow::Error::from)
+        .and_then(|value| LoadRun::from_json(&value))
+        .with_context(|| format!("parse {json}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_generator_prints_what_bench_reads() {
+        assert_eq!(MARKER, generator::MARKER);
+        let mut args =
+            generator::Args::parse(args("1000", 3, 8, "http://127.0.0.1:9/health").into_iter())
+                .unwrap();
+        assert_eq!((args.rate, args.connections), (1000, 8));
+        assert_eq!(args.warmup, Duration::from_secs(WARMUP_SECS.into()));
+        // Nothing listens on port 9 of loopback: the generator says so.
+        args.timeout = Duration::from_secs(1);
+        let err = generator::run(&args).err().unwrap();
+        assert!(err.contains("connect to 127.0.0.1:9"), "{err}");
+    }
+
+    /// A server that answers every request at once, except that the one
+    /// request 300 ms in holds every answer up for 200 ms.
+    fn stalling_server() -> u16 {
+        use std::io::{Read, Write};
+        use std::sync::{Arc, Mutex};
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let answers = Arc::new(Mutex::new(0u32));
+        std::thread::spawn(move || {
+            for stream in listener.incoming() {
+                let (mut stream, answers) = (stream.unwrap(), answers.clone());
+                std::thread::spawn(move || {
+                    let mut head = Vec::new();
+                    let mut byte = [0; 1];
+                    while stream.read(&mut byte).is_ok_and(|n| n == 1) {
+                        head.push(byte[0]);
+                        if !head.ends_with(b"\r\n\r\n") {
+                            continue;
+                        }
+                        head.clear();
+                        let mut answered = answers.lock().unwrap();
+                        *answered += 1;
+                        if *answered == 300 {
+                            std::thread::sleep(Duration::from_millis(200));
+                        }
+                        let answer = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok";
+                        if stream.write_all(answer).is_err() {
+                            return;
+                        }
+                    }
+                });
+            }
+        });
+        port
+    }
+
+    /// The stall holds up the requests due while it lasts: they count from
+    /// when they were due (what wrk, closed loop, would leave out).
+    #[test]
+    fn a_stall_counts_against_every_request_it_holds_up() {
+        let port = stalling_server();
+        let url = format!("http://127.0.0.1:{port}/health");
+        let mut args = generator::Args::parse(args("1000", 1, 4, &url).into_iter()).unwrap();
+        args.warmup = Duration::ZERO;
+        let report = generator::run(&args).unwrap();
+        let json: Value = serde_json::from_str(&report.json()).unwrap();
+        let run = LoadRun::from_json(&json).unwrap();
+        assert_eq!(
+            (run.due, run.answered, run.errors()),
+            (1000, 1000, 0),
+            "{json}"
+        );
+        // Some 200 requests fall due during the stall; the 10th longest of
+        // 1000 waited nearly all of it.
+        assert!(run.corrected.p99 >= 150_000_000, "{json}");
+        // All but the 4 in flight waited for a connection, not for an answer.
+        assert!(run.send_delay.p99 >= 100_000_000, "{json}");
+    }
+
+    #[test]
+    fn figures_come_from_the_marked_line() {
+        let q =
+            r#"{"p50_ns":40000,"p90_ns":50000,"p99_ns":90000,"p999_ns":200000,"max_ns":900000}"#;
+        let out = format!(
+            "noise\nXTASK-LOAD {{\"rate\":1000,\"duration_us\":5000000,\"connections\":64,\
+             \"due\":5000,\"answered\":4999,\"errors_status\":1,\"errors_io\":0,\
+             \"errors_timeout\":1,\"stalls\":2,\"stalled_ns\":70000,\"stall_max_ns\":40000,\
+             \"working_ns\":1000000,\"measured_ns\":5000000000,\
+             \"corrected\":{q},\"uncorrected\":{q},\"send_delay\":{q}}}\n"
+        );
+        let run = parse(&out).unwrap();
+        assert_eq!((run.rate, run.answered, run.errors()), (1000, 4999, 2));
+        assert_eq!((run.corrected.p99, run.corrected.p999), (90_000, 200_000));
+        assert!(parse("XTASK-LOAD {}").is_err());
+        let err = format!("{:#}", parse("nothing").unwrap_err());
+        assert!(err.contains("no `XTASK-LOAD ` line"), "{err}");
+    }
+}
