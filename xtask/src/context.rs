@@ -502,7 +502,15 @@ pub fn shell_quote(word: &str) -> String {
                 c if c.is_control() && (c as u32) < 0x100 => {
                     quoted.push_str(&format!(r"\x{:02x}", c as u32))
                 }
-                c if is_hidden(c) => quoted.push_str(&format!(r"\u{:04x}", c as u32)),
+                // As its UTF-8 bytes: bash reads `\u202e` as that character only
+                // in a UTF-8 locale (the official rust image sets none), `\xe2`
+                // in every locale.
+                c if is_hidden(c) => {
+                    let mut bytes = [0; 4];
+                    for byte in c.encode_utf8(&mut bytes).bytes() {
+                        quoted.push_str(&format!(r"\x{byte:02x}"));
+                    }
+                }
                 c => quoted.push(c),
             }
         }
@@ -563,14 +571,18 @@ mod tests {
         let line = command_line(words[0], &words[1..]);
         assert!(!line.contains('\n'), "{line}");
         // bash reads `$'...'`; so does sh on most systems, but not every sh.
-        let out = Command::new("bash")
-            .args(["-c", &line])
-            .output()
-            .expect("run bash");
-        assert!(out.status.success(), "{line}: {out:?}");
-        let printed = String::from_utf8(out.stdout).unwrap();
-        let expected: String = words[2..].iter().map(|w| format!("{w}\n")).collect();
-        assert_eq!(printed, expected, "{line}");
+        // In every locale: a job image may set none (C), a person's terminal UTF-8.
+        for locale in ["C", "C.UTF-8"] {
+            let out = Command::new("bash")
+                .args(["-c", &line])
+                .env("LC_ALL", locale)
+                .output()
+                .expect("run bash");
+            assert!(out.status.success(), "{line}: {out:?}");
+            let printed = String::from_utf8(out.stdout).unwrap();
+            let expected: String = words[2..].iter().map(|w| format!("{w}\n")).collect();
+            assert_eq!(printed, expected, "LC_ALL={locale}: {line}");
+        }
     }
 
     #[test]
@@ -598,7 +610,7 @@ mod tests {
     #[test]
     fn what_does_not_show_as_itself_is_escaped() {
         // A bidi override would show `ls` below as something else, yet run it.
-        assert_eq!(shell_quote("prod\u{202e}x"), r"$'prod\u202ex'");
+        assert_eq!(shell_quote("prod\u{202e}x"), r"$'prod\xe2\x80\xaex'");
         assert_eq!(
             escape_controls("# write A=1\nrm -rf x to f"),
             r"# write A=1\nrm -rf x to f"

@@ -75,6 +75,8 @@ impl Tools {
         bash.args(["--norc", "--noprofile", "-s"])
             .current_dir(&workdir)
             .env("PLAN_RECORD", &self.record)
+            // No UTF-8 locale, as in the official rust image: escapes must not depend on one.
+            .env("LC_ALL", "C")
             // A plan may name a tool by name (docker): the recorders come first.
             .env(
                 "PATH",
