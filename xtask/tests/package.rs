@@ -983,8 +983,10 @@ fn a_second_push_of_the_same_commit_keeps_the_tag_and_prints_its_digest() {
 
     // As on a fresh engine: the image is gone here, and the build may use no
     // cache (--no-cache; pruning the engine's whole build cache would take
-    // every other user's on a shared engine).
-    let removed = run(&mut docker(&["rmi", &reference]));
+    // every other user's on a shared engine). `--no-prune`, under the build
+    // lock: the untagged layers below it are the cache that builds running
+    // beside this test stand on ("failed to get digest" when they vanish).
+    let removed = run(&mut serialised(&docker(&["rmi", "--no-prune", &reference])));
     assert!(removed.success(), "{removed}");
     let second = clone.push(
         &registry,
