@@ -19,8 +19,9 @@
 //! controller delay is 0 or `LATER`, which only a clock step reaches, so a
 //! sequence does the same thing every time it runs.
 //!
-//! - `ROLLOUT_MODEL_CASES=N`: run N sequences (default: as many as start
-//!   within `ROLLOUT_MODEL_SECONDS`, 45 s).
+//! - `ROLLOUT_MODEL_CASES=N`: run N sequences (default: as many as end
+//!   within `ROLLOUT_MODEL_SECONDS`, 45 s, if each takes no longer than the
+//!   longest so far).
 //! - `ROLLOUT_MODEL_BASE_SEED=B`: draw the sequences of base seed B (as
 //!   printed; with `CI` set it is 18 by default, else a new one each run).
 //! - `ROLLOUT_MODEL_SEED=S`: replay the sequence of seed S (as printed), and
@@ -39,7 +40,7 @@ use std::ffi::OsString;
 use std::fmt;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
@@ -428,7 +429,9 @@ impl Sequence {
         let scale_down_delay = rng.percent(50);
         let abort_scale_down_delay = rng.percent(50);
         let without_status = new_rollout && rng.percent(40);
-        let pods = TAGS.iter().map(|&t| (t, draw_pods(&mut rng))).collect();
+        let mut pods: BTreeMap<_, _> = TAGS.iter().map(|&t| (t, draw_pods(&mut rng))).collect();
+        // The image active at the start: deploying it again is a rollback.
+        pods.insert("v1", Pods::good());
         let length = 3 + rng.below(6) as usize;
         let weights: Vec<u32> = faults().iter().map(|f| f.weight).collect();
         let mut steps = Vec::new();
@@ -436,8 +439,13 @@ impl Sequence {
         // own), else another (an older or a newer pipeline's).
         let mut latest = TAGS[0];
         while steps.len() < length {
+            // Mostly the tag deployed last (a pipeline's own), else another (an
+            // older or a newer pipeline's), at times v1 (`deploy --tag
+            // <previous>`: a fast rollback while its ReplicaSet keeps its pods).
             let tag = if rng.percent(60) {
                 latest
+            } else if !new_rollout && rng.percent(25) {
+                "v1"
             } else {
                 rng.pick(&TAGS)
             };
@@ -1734,13 +1742,14 @@ fn random_sequences_of_rollout_tasks_keep_the_four_rules() {
     eprintln!(
         "rollout model: base seed {base}, {} sequences, {threads} at a time",
         if wanted == usize::MAX {
-            format!("as many as start within {seconds}s:")
+            format!("as many as fit in {seconds}s")
         } else {
             wanted.to_string()
         }
     );
 
     let next = AtomicUsize::new(0);
+    let longest_ms = AtomicU64::new(0);
     let stop = AtomicBool::new(false);
     let figures = Mutex::new(Figures::default());
     let failed: Mutex<Option<(Sequence, Violation)>> = Mutex::new(None);
@@ -1748,8 +1757,11 @@ fn random_sequences_of_rollout_tasks_keep_the_four_rules() {
         for _ in 0..threads {
             scope.spawn(|| {
                 loop {
+                    // Within the budget, a sequence starts only if one as long as the
+                    // longest so far still ends within it.
+                    let longest = Duration::from_millis(longest_ms.load(Ordering::SeqCst));
                     if stop.load(Ordering::SeqCst)
-                        || (wanted == usize::MAX && started.elapsed() > budget)
+                        || (wanted == usize::MAX && started.elapsed() + longest > budget)
                     {
                         return;
                     }
@@ -1758,7 +1770,11 @@ fn random_sequences_of_rollout_tasks_keep_the_four_rules() {
                         return;
                     }
                     let seq = draw(i);
-                    match run(&seq) {
+                    let seq_started = Instant::now();
+                    let result = run(&seq);
+                    let took = seq_started.elapsed().as_millis() as u64;
+                    longest_ms.fetch_max(took, Ordering::SeqCst);
+                    match result {
                         Ok(f) => figures.lock().unwrap().add(f),
                         Err(violation) => {
                             stop.store(true, Ordering::SeqCst);
