@@ -1740,11 +1740,11 @@ fn random_sequences_of_rollout_tasks_keep_the_four_rules() {
     };
     let budget = Duration::from_secs(seconds);
     eprintln!(
-        "rollout model: base seed {base}, {} sequences, {threads} at a time",
+        "rollout model: base seed {base}, {}, {threads} at a time",
         if wanted == usize::MAX {
-            format!("as many as fit in {seconds}s")
+            format!("as many sequences as fit in {seconds}s")
         } else {
-            wanted.to_string()
+            format!("{wanted} sequences")
         }
     );
 
