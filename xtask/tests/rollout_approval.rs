@@ -193,6 +193,49 @@ fn status_says_what_runs_where() {
     assert_ne!(json["active"]["pod_hash"], json["preview"]["pod_hash"]);
 }
 
+#[test]
+fn status_before_the_controller_observes_a_new_template_keeps_the_old_one_active() {
+    // rollout/sync.go syncRolloutStatusBlueGreen: currentPodHash is written for
+    // the template the controller observed; a newer one has no ReplicaSet yet.
+    let Some((world, _blue)) = blue_world() else {
+        return;
+    };
+    world.observe_after(600.0);
+    // The image set by hand (deploy itself waits for the controller to observe it).
+    let set = support::run(
+        world
+            .kubectl(&["argo", "rollouts"])
+            .args(["set", "image", "api", &format!("api={}", image("v2"))])
+            .args(["-n", NAMESPACE]),
+    );
+    set.ok();
+
+    let json = world.run(&["status", "--json", "-n", NAMESPACE]);
+    let json: serde_json::Value = serde_json::from_str(&json.ok().stdout).unwrap();
+    assert_eq!(json["observed"], false, "{json:#}");
+    assert_eq!(json["active"]["image"], image("v1"), "{json:#}");
+    assert_eq!(json["preview"]["image"], image("v2"), "{json:#}");
+    assert_eq!(
+        json["preview"]["pod_hash"],
+        serde_json::Value::Null,
+        "{json:#}"
+    );
+
+    let text = world.run(&["status", "-n", NAMESPACE]);
+    let lines = text.ok().stdout_lines();
+    assert!(
+        lines[1].starts_with(&format!("  active:  {} (ReplicaSet ", image("v1"))),
+        "{text}"
+    );
+    assert!(
+        lines[2].starts_with(&format!(
+            "  preview: {} (no ReplicaSet yet: the controller has not seen this template)",
+            image("v2")
+        )),
+        "{text}"
+    );
+}
+
 /// The plugin calls so far that were of `subcommand`.
 fn count(world: &World, subcommand: &str) -> usize {
     world

@@ -235,8 +235,12 @@ impl RolloutState {
     }
 
     /// Whether the active Service selects the current template's ReplicaSet.
+    /// Before the controller observes a new template, `currentPodHash` is still
+    /// the old template's, and the new one has no ReplicaSet yet: not current.
     pub fn active_is_current(&self) -> bool {
-        !self.current_pod_hash.is_empty() && self.active_selector == self.current_pod_hash
+        self.observed()
+            && !self.current_pod_hash.is_empty()
+            && self.active_selector == self.current_pod_hash
     }
 }
 
@@ -350,6 +354,14 @@ mod tests {
         assert!(!state.fully_promoted());
         assert!(!state.active_is_current());
         assert_eq!(state.image("api"), Some("reg.example/api:v2"));
+        let mut promoted = paused();
+        promoted.active_selector = promoted.current_pod_hash.clone();
+        assert!(promoted.active_is_current());
+        promoted.generation = 4;
+        assert!(
+            !promoted.active_is_current(),
+            "a template not observed yet has no ReplicaSet; the hash is the old template's"
+        );
         assert_eq!(
             state.phase().unwrap().to_string(),
             "Paused - BlueGreenPause"

@@ -76,7 +76,7 @@ struct Side {
 impl Side {
     fn json(&self) -> serde_json::Value {
         serde_json::json!({
-            "pod_hash": self.pod_hash,
+            "pod_hash": (!self.pod_hash.is_empty()).then_some(&self.pod_hash),
             "image": self.image,
             "digest": self.image.as_deref().and_then(|i| i.split_once('@')).map(|(_, d)| d),
         })
@@ -87,7 +87,10 @@ impl Side {
             .image
             .as_deref()
             .unwrap_or("(image unknown: no ReplicaSet left)");
-        format!("{image} (ReplicaSet {})", self.pod_hash)
+        match self.pod_hash.as_str() {
+            "" => format!("{image} (no ReplicaSet yet: the controller has not seen this template)"),
+            hash => format!("{image} (ReplicaSet {hash})"),
+        }
     }
 }
 
@@ -112,7 +115,11 @@ impl Status {
             }),
         };
         let preview = (!state.fully_promoted() || !state.active_is_current()).then(|| Side {
-            pod_hash: state.current_pod_hash.clone(),
+            // Not observed yet: the status's hash is the old template's, the new one has none.
+            pod_hash: match state.observed() {
+                true => state.current_pod_hash.clone(),
+                false => String::new(),
+            },
             image: current.clone(),
         });
         let waiting = state.at_blue_green_pause();
