@@ -211,16 +211,6 @@ fn release_aborts_when_promotion_does_not_end_healthy_in_time() {
     assert_eq!(world.active_image(), Some(image("v1")));
 }
 
-/// `release` with `flags`, started and left running, its output piped.
-fn start_release(world: &World, flags: &[&str]) -> Spawned {
-    Spawned::new(
-        world
-            .xtask(&release_args(flags))
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped()),
-    )
-}
-
 #[test]
 fn ctrl_c_during_the_wait_aborts() {
     let Some((world, _blue)) = blue_world() else {
@@ -228,7 +218,7 @@ fn ctrl_c_during_the_wait_aborts() {
     };
     world.behaviour("v2", None, None);
 
-    let child = start_release(&world, &["--timeout", "60s"]);
+    let child = world.start_release(&["--timeout", "60s"]);
     // Wait until it is polling, then press Ctrl-C (SIGINT, as a terminal sends it).
     let deadline = Instant::now() + Duration::from_secs(20);
     while world
@@ -264,7 +254,7 @@ fn ctrl_c_during_sanity_stops_the_port_forward_and_aborts() {
     };
     let _silent = world.serve("v2", Pod::silent());
 
-    let child = start_release(&world, &["--sanity-timeout", "60s"]);
+    let child = world.start_release(&["--sanity-timeout", "60s"]);
     world.wait_for_port_forward();
     child.signal("INT");
     let run = child.finish();

@@ -56,15 +56,6 @@ fn polls(world: &World) -> usize {
         .count()
 }
 
-fn started(world: &World, flags: &[&str]) -> Spawned {
-    Spawned::new(
-        world
-            .xtask(&release_args(flags))
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped()),
-    )
-}
-
 #[test]
 fn sigterm_while_set_image_awaits_its_answer_reads_back_and_aborts() {
     let Some((world, blue)) = world() else {
@@ -72,7 +63,7 @@ fn sigterm_while_set_image_awaits_its_answer_reads_back_and_aborts() {
     };
     // The write lands at once; the answer would come 20 s later.
     world.answer_late("set image", 20.0);
-    let child = started(&world, &[]);
+    let child = world.start_release(&[]);
     until("the image is set", || {
         world.rollout()["containers"]["api"] == image("v2").as_str()
     });
@@ -107,7 +98,7 @@ fn sighup_or_sigquit_during_the_wait_aborts_as_sigterm_does() {
         let Some((world, _blue)) = world() else {
             return;
         };
-        let child = started(&world, &["--timeout", "60s"]);
+        let child = world.start_release(&["--timeout", "60s"]);
         until("release polls", || polls(&world) >= 3);
         child.signal(signal);
         let run = child.finish();

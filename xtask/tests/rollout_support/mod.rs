@@ -141,33 +141,33 @@ impl World {
     /// `deploy --wait` of `tag` (ready at once) with the built xtask, until it
     /// is the preview paused for promotion.
     pub fn deploy_paused(&self, tag: &str) {
-        self.behaviour(tag, Some(0.0), None);
-        self.run(&deploy_args(&[
-            "--tag",
-            tag,
-            "--wait",
-            "--poll-interval",
-            "100ms",
-        ]))
-        .ok();
-        let phase = self.rollout_object()["status"]["phase"].clone();
-        assert_eq!(phase, "Paused", "the preview {tag} is not paused");
+        self.deploy_paused_with(tag, &[]);
     }
 
     /// As [`World::deploy_paused`], with `--replace`: a newer pipeline takes the preview.
     pub fn deploy_paused_replacing(&self, tag: &str) {
+        self.deploy_paused_with(tag, &["--replace"]);
+    }
+
+    fn deploy_paused_with(&self, tag: &str, extra: &[&str]) {
         self.behaviour(tag, Some(0.0), None);
-        self.run(&deploy_args(&[
-            "--tag",
-            tag,
-            "--wait",
-            "--poll-interval",
-            "100ms",
-            "--replace",
-        ]))
-        .ok();
+        let flags = [
+            &["--tag", tag, "--wait", "--poll-interval", "100ms"][..],
+            extra,
+        ]
+        .concat();
+        self.run(&deploy_args(&flags)).ok();
         let phase = self.rollout_object()["status"]["phase"].clone();
         assert_eq!(phase, "Paused", "the preview {tag} is not paused");
+    }
+
+    /// `release` with `flags`, started and left running, its output piped.
+    pub fn start_release(&self, flags: &[&str]) -> Spawned {
+        Spawned::new(
+            self.xtask(&release_args(flags))
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped()),
+        )
     }
 
     /// The pods of `tag` are `pod` (what port-forward reaches); the pod back.
