@@ -8,11 +8,14 @@
 //! sets the flag (the running child is stopped, the task unwinds); a second
 //! one ends the process at once, its children's groups killed first, for a
 //! person who really wants out -- except while a [`Protected`] guard lives:
-//! after `release` changed the Rollout, nothing but SIGKILL skips the abort
-//! (which is itself bounded in time), and later signals are only reported.
+//! after `release` changed the Rollout, or once `abort` or `promote` sends
+//! its change, nothing but SIGKILL skips the abort (itself bounded in time)
+//! or the read-back, and later signals are only reported.
 
+use std::io::Read as _;
+use std::os::unix::net::UnixStream;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{Arc, LazyLock, Mutex, Once};
+use std::sync::{Condvar, Mutex, Once};
 use std::time::{Duration, Instant};
 
 use anyhow::Result;
@@ -23,12 +26,12 @@ use crate::context::say_line;
 /// The signals that stop a task; SIGHUP and SIGQUIT are treated as SIGTERM.
 const SIGNALS: [i32; 4] = [SIGINT, SIGTERM, SIGHUP, SIGQUIT];
 
-/// Set by the handler; the watcher counts and clears it.
-static CAUGHT: LazyLock<Arc<AtomicBool>> = LazyLock::new(|| Arc::new(AtomicBool::new(false)));
-/// How many signals came (two within the watcher's 20 ms count as one).
+/// How many signals came (the kernel merges two of a kind still pending).
 static RECEIVED: AtomicUsize = AtomicUsize::new(0);
-/// While set, a second signal is reported, not obeyed.
-static PROTECTED: AtomicBool = AtomicBool::new(false);
+/// Wakes the [`sleep`]s when a signal came; the lock is only for the wait.
+static WOKEN: (Mutex<()>, Condvar) = (Mutex::new(()), Condvar::new());
+/// While set, a second signal is reported (with what goes on, said here), not obeyed.
+static PROTECTED: Mutex<Option<&'static str>> = Mutex::new(None);
 static IGNORING: AtomicBool = AtomicBool::new(false);
 /// The end of the abort in progress, for the report of a later signal.
 static ABORT_ENDS: Mutex<Option<Instant>> = Mutex::new(None);
@@ -46,87 +49,112 @@ impl std::fmt::Display for Interrupted {
 
 impl std::error::Error for Interrupted {}
 
-/// Catches the signals; idempotent. A thread of ours acts on them: the
-/// handler itself only sets a flag, which is all a signal handler may safely do.
+/// Catches the signals; idempotent. The handler only writes a byte to a
+/// socket (all a signal handler may safely do); a thread of ours blocks on
+/// the other end and acts on each at once, using no CPU meanwhile.
 pub fn install() {
     INSTALL.call_once(|| {
-        for signal in SIGNALS {
-            if let Err(err) = signal_hook::flag::register(signal, Arc::clone(&CAUGHT)) {
-                say_line(format_args!(
-                    "warning: cannot catch signal {signal} ({err}); Ctrl-C will not stop cleanly"
-                ));
-            }
-        }
-        let watcher = std::thread::Builder::new()
-            .name("signals".to_owned())
-            .spawn(watch);
-        if let Err(err) = watcher {
+        if let Err(err) = catch().and_then(|read| {
+            std::thread::Builder::new()
+                .name("signals".to_owned())
+                .spawn(move || watch(read))
+        }) {
             say_line(format_args!(
-                "warning: cannot watch for signals ({err}); a second Ctrl-C will not quit at once"
+                "warning: cannot catch signals ({err}); Ctrl-C will not stop cleanly"
             ));
         }
     });
 }
 
-/// Counts the signals and acts on each, within 20 ms.
-fn watch() {
+/// Points every signal at one socket pair (signal-hook's self-pipe,
+/// low_level/pipe.rs `register`); gives the end to read.
+fn catch() -> std::io::Result<UnixStream> {
+    let (read, write) = UnixStream::pair()?;
+    for signal in SIGNALS {
+        signal_hook::low_level::pipe::register(signal, write.try_clone()?)?;
+    }
+    Ok(read)
+}
+
+/// Counts the signals and acts on each as it comes.
+fn watch(mut pipe: UnixStream) {
+    let mut bytes = [0u8; 16];
     loop {
-        std::thread::sleep(Duration::from_millis(20));
-        if !CAUGHT.swap(false, Ordering::SeqCst) {
-            continue;
+        match pipe.read(&mut bytes) {
+            // One byte per signal (signal-hook's pipe.rs `wake`).
+            Ok(n) if n > 0 => (0..n).for_each(|_| act()),
+            Err(err) if err.kind() == std::io::ErrorKind::Interrupted => {}
+            _ => return, // The write ends live as long as the process.
         }
-        let now = RECEIVED.fetch_add(1, Ordering::SeqCst) + 1;
-        if now == 1 {
-            if !PROTECTED.load(Ordering::SeqCst) {
-                say_line("interrupted: stopping (a second signal quits at once)");
-            }
-            continue;
+    }
+}
+
+/// One signal: the first stops the task, a later one quits, unless protected.
+fn act() {
+    let now = RECEIVED.fetch_add(1, Ordering::SeqCst) + 1;
+    drop(WOKEN.0.lock().unwrap_or_else(|e| e.into_inner()));
+    WOKEN.1.notify_all();
+    let protected = *PROTECTED.lock().unwrap_or_else(|e| e.into_inner());
+    match protected {
+        // The first one goes unsaid unless ignored: the task says what it does about it.
+        Some(going_on) if now > 1 || IGNORING.load(Ordering::SeqCst) => {
+            say_line(report(now, going_on));
         }
-        if !PROTECTED.load(Ordering::SeqCst) {
+        Some(_) => {}
+        None if now == 1 => say_line("interrupted: stopping (a second signal quits at once)"),
+        None => {
             say_line("interrupted again: quitting now");
             crate::process::kill_all();
             std::process::exit(130);
         }
-        say_line(report());
     }
 }
 
-/// What a signal after the first says while the Rollout must still be aborted.
-fn report() -> String {
+/// What a signal says while protected: the abort in progress, else what goes on.
+fn report(nth: usize, going_on: &str) -> String {
+    let again = if nth > 1 { " again" } else { "" };
     let ends = *ABORT_ENDS.lock().unwrap_or_else(|e| e.into_inner());
     match ends {
         Some(ends) => format!(
-            "interrupted again: the abort is in progress and goes on (at most {} s left); SIGKILL \
+            "interrupted{again}: the abort is in progress and goes on (at most {} s left); SIGKILL \
              would leave the preview stranded",
             ends.saturating_duration_since(Instant::now()).as_secs()
         ),
-        None => "interrupted again: release is stopping to abort its preview and goes on; SIGKILL \
-                 would leave the preview stranded"
-            .to_owned(),
+        None => format!("interrupted{again}: {going_on}"),
     }
 }
 
-/// While this lives, signals only set the flag: none ends the process.
+/// While this lives, a later signal is reported, never obeyed: none ends the process.
 pub struct Protected(());
 
-/// Protects what follows (the Rollout was changed: it must end aborted or
-/// promoted, not half-way) until the guard is dropped.
+/// What `release` does after a signal, said to a person who presses Ctrl-C again.
+const RELEASE_GOES_ON: &str = "release is stopping to abort its preview and goes on; SIGKILL would \
+                               leave the preview stranded";
+
+/// Protects what follows `release`'s `set image` (the Rollout was changed: it
+/// must end aborted or promoted, not half-way) until the guard is dropped.
 pub fn protect() -> Protected {
+    protect_for(RELEASE_GOES_ON)
+}
+
+/// Protects what follows a change to the world until the guard is dropped;
+/// `going_on` is what the task does after a signal, said to a person who
+/// presses Ctrl-C again. Not nested: one task changes one thing at a time.
+pub fn protect_for(going_on: &'static str) -> Protected {
     install();
-    PROTECTED.store(true, Ordering::SeqCst);
+    *PROTECTED.lock().unwrap_or_else(|e| e.into_inner()) = Some(going_on);
     Protected(())
 }
 
 impl Drop for Protected {
     fn drop(&mut self) {
-        PROTECTED.store(false, Ordering::SeqCst);
+        *PROTECTED.lock().unwrap_or_else(|e| e.into_inner()) = None;
     }
 }
 
 /// Whether a signal came (and is not being ignored, see [`ignore`]).
 pub fn interrupted() -> bool {
-    (RECEIVED.load(Ordering::SeqCst) > 0 || CAUGHT.load(Ordering::SeqCst))
-        && !IGNORING.load(Ordering::SeqCst)
+    RECEIVED.load(Ordering::SeqCst) > 0 && !IGNORING.load(Ordering::SeqCst)
 }
 
 /// While this lives, signals change nothing: waits and calls go on.
@@ -158,14 +186,22 @@ pub fn check() -> Result<()> {
 
 /// Sleeps, waking early (with [`Interrupted`]) when a signal comes.
 pub fn sleep(duration: Duration) -> Result<()> {
-    let end = Instant::now() + duration;
+    let end = Instant::now().checked_add(duration);
+    // Checked under the lock the watcher takes before it wakes us: no signal is missed.
+    let mut lock = WOKEN.0.lock().unwrap_or_else(|e| e.into_inner());
     loop {
         check()?;
-        let now = Instant::now();
-        if now >= end {
+        let left = match end {
+            Some(end) => end.saturating_duration_since(Instant::now()),
+            None => Duration::MAX,
+        };
+        if left.is_zero() {
             return Ok(());
         }
-        std::thread::sleep((end - now).min(Duration::from_millis(50)));
+        lock = match WOKEN.1.wait_timeout(lock, left) {
+            Ok((lock, _)) => lock,
+            Err(poisoned) => poisoned.into_inner().0,
+        };
     }
 }
 

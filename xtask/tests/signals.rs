@@ -12,7 +12,7 @@ use std::os::unix::process::CommandExt as _;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use rollout_support::{Ran, Spawned, World, image, release_args};
+use rollout_support::{NAMESPACE, Ran, Spawned, World, image, promote_args, release_args};
 
 const SET_IMAGE_V2: &str =
     "set image api api=registry.example.com/shop/api:v2 -n shop --request-timeout=10s";
@@ -112,8 +112,27 @@ fn sighup_or_sigquit_during_the_wait_aborts_as_sigterm_does() {
     }
 }
 
-/// A terminal sends Ctrl-C to its foreground process group: here xtask leads
-/// one of its own, as a shell's job does, and `kill -INT -PGID` is the key.
+/// xtask with `args`, leading a process group of its own as a shell's job
+/// does, its output piped.
+fn at_a_terminal(world: &World, args: &[&str]) -> Spawned {
+    Spawned::new(
+        world
+            .xtask(args)
+            .process_group(0)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped()),
+    )
+}
+
+/// A terminal sends Ctrl-C to its foreground process group: `kill -INT -PGID`.
+fn press_ctrl_c(child: &Spawned) {
+    let kill = Command::new("kill")
+        .args(["-INT", "--", &format!("-{}", child.id())])
+        .status()
+        .unwrap();
+    assert!(kill.success());
+}
+
 #[test]
 fn ctrl_c_four_times_at_a_terminal_ends_aborted() {
     let Some((world, blue)) = world() else {
@@ -121,28 +140,15 @@ fn ctrl_c_four_times_at_a_terminal_ends_aborted() {
     };
     // The abort's answer takes 2 s: the later presses come while it is in flight.
     world.answer_late("abort", 2.0);
-    let child = Spawned::new(
-        world
-            .xtask(&release_args(&["--timeout", "60s"]))
-            .process_group(0)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped()),
-    );
-    let press = || {
-        let kill = Command::new("kill")
-            .args(["-INT", "--", &format!("-{}", child.id())])
-            .status()
-            .unwrap();
-        assert!(kill.success());
-    };
+    let child = at_a_terminal(&world, &release_args(&["--timeout", "60s"]));
     until("release polls", || polls(&world) >= 3);
-    press();
+    press_ctrl_c(&child);
     until("the abort is sent", || {
         world.changes().iter().any(|c| c == ABORT)
     });
     for _ in 0..3 {
         std::thread::sleep(Duration::from_millis(150));
-        press();
+        press_ctrl_c(&child);
     }
     let run = child.finish();
 
@@ -192,4 +198,83 @@ fn a_closed_stderr_neither_panics_nor_skips_the_abort() {
     assert_eq!(run.stdout.lines().count(), 3, "{run}");
     assert_aborted_once(&world, &run);
     assert_eq!(run.code, Some(1), "{run}");
+}
+
+/// The standalone abort, Ctrl-C pressed four times once it sent the abort:
+/// while the plugin's answer is late (1 s) and while the controller has not
+/// acted yet (abortedAt 1.5 s later). Each press is reported; neither the
+/// call nor the read-back is cut, and what it says was read back.
+#[test]
+fn ctrl_c_during_a_standalone_abort_is_reported_and_the_abort_read_back() {
+    let world = World::paused_on_v2();
+    world.answer_late("abort", 1.0);
+    world.abort_lag(1.5);
+    let child = at_a_terminal(&world, &["abort", "-n", NAMESPACE, "--yes"]);
+    until("the abort is sent", || {
+        world.changes().iter().any(|c| c == ABORT)
+    });
+    for _ in 0..4 {
+        std::thread::sleep(Duration::from_millis(400));
+        press_ctrl_c(&child);
+    }
+    let run = child.finish();
+
+    run.ok();
+    assert!(world.is_aborted(), "{run}");
+    assert_eq!(
+        world.changes().iter().filter(|c| *c == ABORT).count(),
+        1,
+        "{run}"
+    );
+    assert_eq!(
+        run.stderr
+            .matches("interrupted: the abort is in progress and goes on")
+            .count(),
+        1,
+        "{run}"
+    );
+    assert_eq!(
+        run.stderr
+            .matches("interrupted again: the abort is in progress and goes on")
+            .count(),
+        3,
+        "{run}"
+    );
+    assert!(!run.stderr.contains("quitting now"), "{run}");
+    assert!(
+        run.stderr.contains("aborted rollout api, read back"),
+        "{run}"
+    );
+    assert!(run.stderr.contains("(abortedAt 20"), "{run}");
+    world.assert_no_process_left();
+}
+
+/// Ctrl-C twice in quick succession at a terminal after `promote` sent the
+/// promotion (the switch comes 30 s later): it never quits unsaid, and
+/// claims neither a promotion nor its absence.
+#[test]
+fn ctrl_c_twice_after_promote_sent_says_the_state_is_unknown() {
+    let world = World::paused_on_v2();
+    world.switch_after("v2", 30.0);
+    let child = at_a_terminal(
+        &world,
+        &promote_args(&["--yes", "--timeout", "60s", "--poll-interval", "100ms"]),
+    );
+    until("the promotion is sent", || {
+        world.changes().iter().any(|c| c.starts_with("promote"))
+    });
+    std::thread::sleep(Duration::from_millis(300));
+    press_ctrl_c(&child);
+    press_ctrl_c(&child);
+    let run = child.finish();
+
+    assert_eq!(run.code, Some(1), "{run}");
+    assert!(!run.stderr.contains("quitting now"), "{run}");
+    assert!(
+        run.error()
+            .contains("promotion may have been sent, state unknown"),
+        "{run}"
+    );
+    assert!(!run.stderr.contains("promoted: rollout"), "{run}");
+    world.assert_no_process_left();
 }

@@ -26,6 +26,10 @@ pub fn bound(cluster: &Cluster) -> Duration {
         .saturating_mul(12 * ABORT_ATTEMPTS)
 }
 
+/// What `abort` does after a signal once it sends the abort.
+const ABORT_GOES_ON: &str = "the abort is sent and goes on until read back; SIGKILL would leave it \
+                             unchecked";
+
 const ABOUT: &str = "Drop the preview; the active version stays";
 
 const LONG_ABOUT: &str = "Abort the update in flight: the active Service stays on the pods it serves, so the \
@@ -128,6 +132,11 @@ impl Abort {
                 );
             }
         }
+        // From here the abort is sent: a later signal is reported, and never
+        // kills its calls or skips its read-back (bounded by their own deadline).
+        let _protected = interrupt::protect_for(ABORT_GOES_ON);
+        interrupt::check()?;
+        let _ignoring = interrupt::ignore(bound(&cluster));
         let settled = abort(cx, &cluster)?;
         cx.say(settled);
         Ok(())

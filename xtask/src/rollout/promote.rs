@@ -14,6 +14,10 @@ use crate::context::Context;
 use crate::image::{ImageArgs, ImageRef};
 use crate::interrupt;
 
+/// What `promote` does after a signal once the promotion may be sent.
+const PROMOTE_GOES_ON: &str =
+    "promote stops and says what it sent; SIGKILL would end it without a word";
+
 const ABOUT: &str =
     "Switch traffic to the preview if it is the expected image, then wait until Healthy";
 
@@ -153,6 +157,10 @@ impl Promote {
             }
             state = now;
         }
+        // From here the promotion may be sent: a signal ends the wait, and the
+        // error says so; a later one is reported, never ends it unsaid.
+        let _protected = interrupt::protect_for(PROMOTE_GOES_ON);
+        interrupt::check()?;
         promote_and_wait(
             cx,
             &cluster,
@@ -161,6 +169,14 @@ impl Promote {
             self.timeout,
             self.poll_interval,
         )
+        .map_err(|error| {
+            match interrupt::is_interrupted(&error)
+                && error.downcast_ref::<PromotionUnknown>().is_none()
+            {
+                true => promotion_unknown(&cluster, "may have been sent", error),
+                false => error,
+            }
+        })
     }
 }
 
