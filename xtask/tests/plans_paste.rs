@@ -6,10 +6,12 @@
 //! While xtask makes the plan, the tools it names are stand-ins at paths of
 //! this test that run the real ones (kubectl and the plugin: the doubles);
 //! while bash runs the plan, the same paths are recorders that write down
-//! each argv. `run` (the build's plan, then the binary in the foreground),
-//! `bench` (its plan names placeholders such as `<port>`), `lint` (the
-//! linters run under --dry-run), `status` and `doctor` (read-only: stdout is
-//! their report, not a plan) are not pasted.
+//! each argv (after `API_VERSION=...` when the plan sets it for the call).
+//! `lint` runs its linters under --dry-run (they change nothing): the lines
+//! it echoes are pasted, and must run what it ran. Not pasted: `bench` (its
+//! plan names placeholders such as `<port>`; it waits for the house
+//! refactor), `status`, `history` and `doctor` (read-only: stdout is their
+//! report, not a plan).
 
 mod rollout_support;
 mod support;
@@ -62,19 +64,15 @@ impl Tools {
     /// Pastes `plan` into bash with every tool a recorder: the argv of each
     /// call, in order. Fails if bash said anything or a canary was made.
     fn paste(&self, plan: &str) -> Vec<Vec<String>> {
-        for entry in std::fs::read_dir(self.dir.join("bin")).unwrap() {
-            script(
-                &entry.unwrap().path(),
-                "#!/bin/sh\nn=$(ls \"$PLAN_RECORD\" | wc -l)\n\
-                 printf '%s\\0' \"$(basename \"$0\")\" \"$@\" > \"$PLAN_RECORD/$(printf %04d \"$n\")\"\n",
-            );
-        }
+        self.record_calls();
         let workdir = self.dir.join("work");
         std::fs::create_dir_all(&workdir).unwrap();
         let mut bash = Command::new("bash");
         bash.args(["--norc", "--noprofile", "-s"])
             .current_dir(&workdir)
             .env("PLAN_RECORD", &self.record)
+            // Only the plan may set it, for the call it names.
+            .env_remove("API_VERSION")
             // No UTF-8 locale, as in the official rust image: escapes must not depend on one.
             .env("LC_ALL", "C")
             // A plan may name a tool by name (docker): the recorders come first.
@@ -102,6 +100,25 @@ impl Tools {
             !workdir.join("CANARY").exists() && !support::root().join("CANARY").exists(),
             "the plan ran more than its commands:\n{plan}"
         );
+        self.calls()
+    }
+
+    /// Makes every tool a recorder of its argv in `record`, the value of
+    /// API_VERSION first when it is set (`API_VERSION=... cargo build`).
+    fn record_calls(&self) {
+        for entry in std::fs::read_dir(self.dir.join("bin")).unwrap() {
+            script(
+                &entry.unwrap().path(),
+                "#!/bin/sh\nn=$(ls \"$PLAN_RECORD\" | wc -l)\n\
+                 set -- \"$(basename \"$0\")\" \"$@\"\n\
+                 if [ -n \"${API_VERSION+set}\" ]; then set -- \"API_VERSION=$API_VERSION\" \"$@\"; fi\n\
+                 printf '%s\\0' \"$@\" > \"$PLAN_RECORD/$(printf %04d \"$n\")\"\n",
+            );
+        }
+    }
+
+    /// The calls recorded so far, in order; the record is emptied.
+    fn calls(&self) -> Vec<Vec<String>> {
         let mut files: Vec<_> = std::fs::read_dir(&self.record)
             .unwrap()
             .map(|e| e.unwrap().path())
@@ -116,6 +133,7 @@ impl Tools {
                     .map(|w| String::from_utf8(w.to_vec()).unwrap())
                     .collect();
                 argv.pop(); // after the last NUL
+                std::fs::remove_file(file).unwrap();
                 argv
             })
             .collect()
@@ -214,8 +232,6 @@ fn deploy_and_release_plans_run_exactly_their_commands() {
         "{deploy}"
     );
     assert_eq!(tools.paste(&deploy), std::slice::from_ref(&set_image));
-    let _ = std::fs::remove_dir_all(&tools.record);
-    std::fs::create_dir_all(&tools.record).unwrap();
     assert_commands_or_comments(&release, 2);
     assert_eq!(
         tools.paste(&release),
@@ -269,13 +285,13 @@ fn build_plan_runs_exactly_the_cargo_build() {
     let tools = Tools::new("build", &[("cargo", cargo)]);
     for (flags, target) in [(&[][..], &[][..]), (&["--static"][..], &["--target"][..])] {
         let mut cmd = support::xtask_with(&[&["--dry-run", "build"][..], flags].concat());
-        cmd.env("CARGO", tools.tool("cargo"));
+        cmd.env("CARGO", tools.tool("cargo"))
+            .env("API_VERSION", "v1.2.3-rc.1+b_7");
         let plan = dry_run(&mut cmd);
         assert_commands_or_comments(&plan, 1);
-        let _ = std::fs::remove_dir_all(&tools.record);
-        std::fs::create_dir_all(&tools.record).unwrap();
         let calls = tools.paste(&plan);
         let build = words(&[
+            "API_VERSION=v1.2.3-rc.1+b_7",
             "cargo",
             "build",
             "--message-format=json-render-diagnostics",
@@ -343,4 +359,94 @@ fn package_plan_runs_docker_with_the_given_arguments_and_no_comment_escapes() {
     );
     assert_eq!(calls[2], words(&["docker", "push", "api:v1"]));
     assert!(!dotenv.exists(), "a dry run wrote the report");
+}
+
+/// A folder name as hostile as a file name may be (no `/`; no `:`, which
+/// PATH cannot hold): where the tools of `run` and `lint` live.
+fn hostile_folder(task: &str) -> String {
+    format!("{task} {HOSTILE}")
+}
+
+#[test]
+fn run_plan_builds_then_starts_bin_api_with_the_arguments_as_they_are() {
+    let cargo = PathBuf::from(std::env::var_os("CARGO").expect("cargo sets CARGO"));
+    // bin/api is never started by a dry run; pasted, the plan's last line starts it.
+    let tools = Tools::new(
+        &hostile_folder("run"),
+        &[("cargo", cargo), ("api", PathBuf::from("false"))],
+    );
+    // The tools' folder is a workspace of its own, so its bin/api is the one the plan names.
+    std::fs::write(
+        tools.dir.join("Cargo.toml"),
+        "[workspace]\nmembers = [\"xtask\"]\n",
+    )
+    .unwrap();
+    let mut cmd = support::xtask_with(&["--dry-run", "run", "--", HOSTILE, "", "--port=1"]);
+    cmd.current_dir(&tools.dir)
+        .env_remove("CARGO_MANIFEST_DIR")
+        .env_remove("CARGO_TARGET_DIR")
+        .env("CARGO", tools.tool("cargo"))
+        .env("API_VERSION", "v1.2.3-rc.1+b_7");
+    let plan = dry_run(&mut cmd);
+    assert_commands_or_comments(&plan, 2);
+    assert_eq!(
+        tools.paste(&plan),
+        [
+            words(&[
+                "API_VERSION=v1.2.3-rc.1+b_7",
+                "cargo",
+                "build",
+                "--message-format=json-render-diagnostics",
+                "--release",
+                "--package",
+                "api",
+            ]),
+            words(&["api", HOSTILE, "", "--port=1"]),
+        ],
+        "{plan}"
+    );
+}
+
+#[test]
+fn lint_echoes_exactly_what_it_runs() {
+    const LINTERS: [&str; 4] = [
+        "hadolint",
+        "yamllint",
+        "check-jsonschema",
+        "kubernetes-validate",
+    ];
+    // Recorders from the start: what lint runs under --dry-run is written down too.
+    let tools = Tools::new(
+        &hostile_folder("lint"),
+        &LINTERS.map(|name| (name, PathBuf::from("true"))),
+    );
+    tools.record_calls();
+    let mut cmd = support::xtask_with(&["--dry-run", "lint"]);
+    cmd.env_remove("CI").env(
+        "PATH",
+        tools.path(std::env::var_os("PATH").unwrap_or_default()),
+    );
+    cmd.env("PLAN_RECORD", &tools.record);
+    let ran = support::run(&mut cmd);
+    ran.ok();
+    let ran_calls = tools.calls();
+    let echoed: String = ran
+        .stderr
+        .lines()
+        .filter_map(|line| line.strip_prefix("$ "))
+        .map(|line| format!("{line}\n"))
+        .collect();
+    assert_commands_or_comments(&echoed, 5);
+    let pasted = tools.paste(&echoed);
+    assert_eq!(pasted, ran_calls, "{echoed}");
+    assert_eq!(pasted.len(), 5, "{echoed}");
+    assert_eq!(pasted[0], words(&["hadolint", "Dockerfile"]));
+    assert_eq!(
+        pasted[4][..3],
+        words(&[
+            "check-jsonschema",
+            "--schemafile",
+            "xtask/lint/analysis.schema.json"
+        ])
+    );
 }
