@@ -268,7 +268,7 @@ fn promote_abort_and_sanity_plans_run_exactly_their_commands() {
 #[test]
 fn test_plan_passes_hostile_arguments_through_as_they_are() {
     let cargo = PathBuf::from(std::env::var_os("CARGO").expect("cargo sets CARGO"));
-    let tools = Tools::new("test", &[("cargo", cargo)]);
+    let tools = Tools::new(&hostile_folder("test"), &[("cargo", cargo)]);
     let mut cmd = support::xtask_with(&["--dry-run", "test", "--", HOSTILE]);
     cmd.env("CARGO", tools.tool("cargo"));
     let plan = dry_run(&mut cmd);
@@ -282,7 +282,7 @@ fn test_plan_passes_hostile_arguments_through_as_they_are() {
 #[test]
 fn build_plan_runs_exactly_the_cargo_build() {
     let cargo = PathBuf::from(std::env::var_os("CARGO").expect("cargo sets CARGO"));
-    let tools = Tools::new("build", &[("cargo", cargo)]);
+    let tools = Tools::new(&hostile_folder("build"), &[("cargo", cargo)]);
     for (flags, target) in [(&[][..], &[][..]), (&["--static"][..], &["--target"][..])] {
         let mut cmd = support::xtask_with(&[&["--dry-run", "build"][..], flags].concat());
         cmd.env("CARGO", tools.tool("cargo"))
@@ -362,7 +362,7 @@ fn package_plan_runs_docker_with_the_given_arguments_and_no_comment_escapes() {
 }
 
 /// A folder name as hostile as a file name may be (no `/`; no `:`, which
-/// PATH cannot hold): where the tools of `run` and `lint` live.
+/// PATH cannot hold): where a task's tools live, named in its plan.
 fn hostile_folder(task: &str) -> String {
     format!("{task} {HOSTILE}")
 }
