@@ -197,7 +197,8 @@ fn nothing_to_abort(cluster: &Cluster, state: &RolloutState, line: &PhaseLine) -
 
 /// `abort`, then read the Rollout until the abort holds (sending it again
 /// when the controller erased it), within 6 request timeouts. Returns what
-/// was read, for the person. Under --dry-run, the plan.
+/// was read, for the person. Under --dry-run, the plan. Both callers hold
+/// [`interrupt::ignore`] for [`bound`]: no signal cuts a call or the read-back.
 pub fn abort(cx: &Context, cluster: &Cluster) -> Result<String> {
     let limit = cluster.target().request_timeout.saturating_mul(6);
     let interval = Duration::from_millis(500);
@@ -252,12 +253,6 @@ pub fn abort(cx: &Context, cluster: &Cluster) -> Result<String> {
                 "the controller erased the abort (it saw a new template after it); aborting again \
                  ({attempt} of {ABORT_ATTEMPTS} sent)"
             )),
-            Err(error) if interrupt::is_interrupted(&error) => {
-                // A signal now must not leave the abort unsent or unchecked: say what is known.
-                return Err(error.context(format!(
-                    "interrupted while checking the abort of rollout {rollout}; check it with `cargo xtask status`"
-                )));
-            }
             Err(error) => {
                 return Err(match last_error {
                     Some(call) => error.context(format!("the abort call failed too: {call:#}")),
