@@ -8,7 +8,7 @@ use anyhow::{Context as _, Result, bail};
 use camino::{Utf8Path, Utf8PathBuf};
 use xshell::{Cmd, cmd};
 
-use crate::cli;
+use crate::cli::{self, Task};
 use crate::context::{Context, Step};
 use crate::image::{ImageArgs, ImageRef};
 use crate::process::Stdout;
@@ -92,12 +92,11 @@ pub struct Package {
     pub docker_args: Vec<String>,
 }
 
-impl Package {
-    pub fn command() -> cli::Command {
-        cli::Command::new("package")
-            .about(ABOUT)
-            .long_about(LONG_ABOUT)
-            .after_long_help(AFTER_LONG_HELP)
+impl Task for Package {
+    type Outcome = ();
+
+    fn command() -> cli::Command {
+        cli::task("package", ABOUT, LONG_ABOUT, AFTER_LONG_HELP)
             .args(ImageArgs::args())
             .arg(cli::switch(
                 "push",
@@ -119,7 +118,7 @@ impl Package {
             ))
     }
 
-    pub fn from(matches: &cli::ArgMatches) -> Package {
+    fn from(matches: &cli::ArgMatches) -> Package {
         Package {
             image: ImageArgs::from(matches),
             push: matches.get_flag("push"),
@@ -128,7 +127,7 @@ impl Package {
         }
     }
 
-    pub fn run(self, cx: &Context) -> Result<()> {
+    fn run(self, cx: &Context) -> Result<()> {
         tools::require(&[&tools::DOCKER, &tools::GIT])?;
         let credentials = match self.push {
             true => Credentials::from_env()?,
