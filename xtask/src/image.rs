@@ -5,7 +5,7 @@ use anyhow::{Result, bail};
 
 use crate::cli::{self, Arg, ArgMatches, option, switch};
 use crate::context::Context;
-use crate::version;
+use crate::git;
 
 /// The repository part of an image reference when nothing else names one.
 pub const DEFAULT_IMAGE: &str = "api";
@@ -230,8 +230,8 @@ impl ImageArgs {
         let tag = match first_set([self.tag.clone(), env("CI_COMMIT_SHA")]) {
             Some(tag) => tag,
             None => {
-                let sha = version::head_sha(cx, &cx.root)?;
-                if version::is_dirty(cx, &cx.root)? {
+                let sha = git::head_sha(cx, &cx.root)?;
+                if git::is_dirty(cx, &cx.root)? {
                     if !self.allow_dirty {
                         bail!(
                             "the work tree has uncommitted changes, so an image tagged {sha} would not hold what that commit holds; \

@@ -6,6 +6,7 @@ mod build;
 mod cli;
 mod context;
 mod doctor;
+mod git;
 mod http;
 mod image;
 mod interrupt;

@@ -12,7 +12,7 @@ use crate::cli::{self, Task};
 use crate::context::{Context, Step};
 use crate::image::{ImageArgs, ImageRef};
 use crate::process::Stdout;
-use crate::{tools, version};
+use crate::{git, tools, version};
 
 /// GitLab's predefined variables for the project's registry and its credentials.
 const CI_REGISTRY: &str = "CI_REGISTRY";
@@ -138,7 +138,7 @@ impl Task for Package {
             check_dotenv_dir(file)?;
         }
         let version = version::resolve(cx, &cx.root)?;
-        let revision = version::head_sha(cx, &cx.root)?;
+        let revision = git::head_sha(cx, &cx.root)?;
         check_engine(cx)?;
 
         if let Some(credentials) = &credentials {
@@ -283,7 +283,7 @@ fn existing(cx: &Context, image: &ImageRef, revision: &str) -> Result<Option<Str
              name another commit"
         );
     }
-    if version::is_dirty(cx, &cx.root)? {
+    if git::is_dirty(cx, &cx.root)? {
         bail!(
             "{reference} exists already ({digest}), built from this commit's clean tree, and \
              the work tree has uncommitted changes: a tag names one image forever, so it is \
@@ -484,7 +484,7 @@ fn source_url(cx: &Context) -> Option<String> {
     {
         return Some(public_url(&url));
     }
-    version::git(cx, &cx.root, &["remote", "get-url", "origin"])
+    git::read(cx, &cx.root, &["remote", "get-url", "origin"])
         .ok()
         .filter(|url| !url.is_empty())
         .map(|url| public_url(&url))
