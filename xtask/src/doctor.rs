@@ -46,7 +46,7 @@ impl Task for Doctor {
 
     fn run(self, cx: &Context) -> Result<ExitCode> {
         let mut essentials_present = true;
-        for tool in tools::ALL.iter().chain(crate::lint::LINTERS) {
+        for tool in tools::ALL.iter().chain(tools::LINTERS) {
             let line = match tools::locate(tool.name) {
                 Some(path) => {
                     let version = probe_version(cx, tool, path.as_str());
@@ -84,7 +84,7 @@ impl Task for Doctor {
             }
         }
         if tools::locate(tools::DOCKER.name).is_some() {
-            let engine = match crate::package::engine_version(cx) {
+            let engine = match tools::engine_version(cx) {
                 Ok(Ok(version)) => format!("ok       {:<24} {version}", "docker engine"),
                 _ => format!(
                     "missing  {:<24} the docker CLI is here but no engine answers (is dockerd running? is DOCKER_HOST right?)",

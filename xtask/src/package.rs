@@ -1,7 +1,6 @@
 //! `cargo xtask package`: the container image, built with the `Dockerfile`,
 //! tagged with the commit it holds, and optionally pushed.
 
-use std::process::Command;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context as _, Result, bail};
@@ -348,33 +347,12 @@ fn write_dotenv(file: &Utf8Path, digest: &str) -> Result<()> {
     Ok(())
 }
 
-/// The engine's version, from `docker version` (which asks the engine; the
-/// CLI alone answers `docker --version`); else what the CLI said instead.
-/// `Err` only when docker could not start. Also `doctor`'s probe.
-pub fn engine_version(cx: &Context) -> Result<std::result::Result<String, String>> {
-    let mut probe = Command::new("docker");
-    probe.args(["version", "--format", "{{.Server.Version}}"]);
-    // An engine behind a dead TCP address can leave the CLI waiting for minutes.
-    let limit = Duration::from_secs(30);
-    let ended = cx.probe(probe).keep_stderr().within(limit, "").finish(cx)?;
-    Ok(match ended {
-        Some(Ok(done)) if done.status.success() => Ok(done.stdout.trim().to_owned()),
-        Some(Ok(done)) => Err(crate::context::outside_text(
-            done.stderr.trim(),
-            crate::context::SAID_MAX,
-        )),
-        Some(Err(_)) => Err(format!("no answer within {}s", limit.as_secs())),
-        // A probe runs under --dry-run too; were it skipped, that is no answer either.
-        None => Err("it did not run".to_owned()),
-    })
-}
-
 fn check_engine(cx: &Context) -> Result<()> {
     let host = match std::env::var("DOCKER_HOST") {
         Ok(host) if !host.is_empty() => format!("DOCKER_HOST={host}"),
         _ => "the default socket (DOCKER_HOST is not set)".to_owned(),
     };
-    let Err(said) = engine_version(cx).context("run `docker version`")? else {
+    let Err(said) = tools::engine_version(cx).context("run `docker version`")? else {
         return Ok(());
     };
     bail!(
