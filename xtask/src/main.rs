@@ -1,5 +1,6 @@
 //! `cargo xtask`: builds, tests, packages and ships the `api` service.
-//! This file parses the command line and dispatches; each task is a module.
+//! This file holds the task table, parses the command line and dispatches;
+//! each task is a module.
 
 mod bench;
 mod build;
