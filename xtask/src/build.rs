@@ -4,7 +4,7 @@ use anyhow::{Context as _, Result};
 use camino::Utf8PathBuf;
 use xshell::cmd;
 
-use crate::cli::{ArgMatches, Command, switch};
+use crate::cli::{self, ArgMatches, Task, switch};
 use crate::context::Context;
 use crate::process::Stdout;
 use crate::{tools, version};
@@ -43,22 +43,30 @@ pub struct Build {
     pub static_link: bool,
 }
 
-impl Build {
-    pub fn command() -> Command {
-        Command::new("build")
-            .about(ABOUT)
-            .long_about(LONG_ABOUT)
-            .after_long_help(AFTER_LONG_HELP)
+impl Task for Build {
+    type Outcome = ();
+
+    fn command() -> cli::Command {
+        cli::task("build", ABOUT, LONG_ABOUT, AFTER_LONG_HELP)
             .arg(switch(
                 "static",
                 "Link statically (glibc +crt-static, for x86_64-unknown-linux-gnu), as an image from scratch needs",
             ))
     }
 
-    pub fn from(matches: &ArgMatches) -> Build {
+    fn from(matches: &ArgMatches) -> Build {
         Build {
             static_link: matches.get_flag("static"),
         }
+    }
+
+    /// Builds, then prints `<version> <path>` on stdout.
+    fn run(self, cx: &Context) -> Result<()> {
+        let built = self.compile(cx)?;
+        if !cx.dry_run {
+            cx.result(format_args!("{} {}", built.version, built.binary));
+        }
+        Ok(())
     }
 }
 
@@ -69,15 +77,6 @@ pub struct Built {
 }
 
 impl Build {
-    /// Builds, then prints `<version> <path>` on stdout.
-    pub fn run(&self, cx: &Context) -> Result<Built> {
-        let built = self.compile(cx)?;
-        if !cx.dry_run {
-            cx.result(format_args!("{} {}", built.version, built.binary));
-        }
-        Ok(built)
-    }
-
     /// Builds and copies to bin/api, printing nothing on stdout (for tasks
     /// whose stdout is their own result, such as `bench --json`).
     pub fn compile(&self, cx: &Context) -> Result<Built> {

@@ -378,24 +378,24 @@ pub fn workspace_root() -> Utf8PathBuf {
 
 /// The workspace root of the checkout we run in, found at run time (a
 /// checkout moved with its target/ works at its new place): the parent of
-/// `$CARGO_MANIFEST_DIR`, which `cargo xtask` (`cargo run`) sets to this
-/// checkout's xtask/; else the nearest folder at or above the current one,
-/// then above this executable, whose Cargo.toml has a `[workspace]` with the
-/// xtask member. A few small file reads, no process: `cargo xtask` starts as
-/// fast as before.
+/// xtask's manifest folder, as rust-analyzer's xtask finds it (`project_root`
+/// in its xtask/src/main.rs). That is `$CARGO_MANIFEST_DIR`, which `cargo
+/// xtask` (`cargo run`) sets to this checkout's xtask/; run by path, the
+/// nearest folder at or above the current one, then above this executable
+/// (checkout/target/debug/xtask), that holds `xtask/Cargo.toml`. A few file
+/// lookups, no process: `cargo xtask` starts as fast as before.
 pub fn find_workspace_root() -> Result<Utf8PathBuf> {
     if let Some(manifest_dir) = std::env::var_os("CARGO_MANIFEST_DIR")
         && let Ok(manifest_dir) = Utf8PathBuf::from_path_buf(manifest_dir.into())
-        && let Some(root) = manifest_dir.parent()
         && manifest_dir.file_name() == Some("xtask")
-        && is_xtask_workspace(root)
+        && let Some(root) = manifest_dir.parent()
+        && is_checkout(root)
     {
         return Ok(root.to_owned());
     }
     let cwd = std::env::current_dir().context("read the current folder")?;
     let cwd = Utf8PathBuf::from_path_buf(cwd)
         .map_err(|dir| anyhow::anyhow!("the current folder {} is not UTF-8", dir.display()))?;
-    // Then where this binary is (checkout/target/debug/xtask, run by path).
     let exe = std::env::current_exe()
         .ok()
         .and_then(|exe| Utf8PathBuf::from_path_buf(exe).ok());
@@ -403,52 +403,19 @@ pub fn find_workspace_root() -> Result<Utf8PathBuf> {
     match cwd
         .ancestors()
         .chain(beside_exe)
-        .find(|dir| is_xtask_workspace(dir))
+        .find(|dir| is_checkout(dir))
     {
         Some(root) => Ok(root.to_owned()),
         None => bail!(
-            "cannot find the workspace: no Cargo.toml with a [workspace] whose members include \
-             \"xtask\" in {cwd} or above; run cargo xtask from inside the checkout"
+            "cannot find the workspace: no xtask/Cargo.toml in {cwd} or above; run cargo xtask \
+             from inside the checkout"
         ),
     }
 }
 
-/// Whether `dir/Cargo.toml` declares a workspace with the member `xtask`.
-fn is_xtask_workspace(dir: &Utf8Path) -> bool {
-    std::fs::read_to_string(dir.join("Cargo.toml")).is_ok_and(|text| has_xtask_member(&text))
-}
-
-/// Just enough TOML for `[workspace]` ... `members = [..., "xtask", ...]`:
-/// the table's lines up to the next table header, then the members array.
-fn has_xtask_member(manifest: &str) -> bool {
-    let mut lines = manifest
-        .lines()
-        .map(|line| line.split('#').next().unwrap_or("").trim());
-    if !lines.any(|line| line == "[workspace]") {
-        return false;
-    }
-    let mut table = String::new();
-    for line in lines {
-        if line.starts_with('[') && line.ends_with(']') && !table.trim_end().ends_with([',', '[']) {
-            break;
-        }
-        table.push_str(line);
-        table.push('\n');
-    }
-    let Some(members) = table
-        .find("members")
-        .map(|i| &table[i + "members".len()..])
-        .and_then(|rest| rest.trim_start().strip_prefix('='))
-        .and_then(|rest| rest.trim_start().strip_prefix('['))
-        .and_then(|rest| rest.split_once(']'))
-        .map(|(members, _)| members)
-    else {
-        return false;
-    };
-    members
-        .split(',')
-        .map(|member| member.trim().trim_matches(['"', '\'']))
-        .any(|member| member == "xtask")
+/// Whether `dir` is a checkout's root: the folder of the xtask crate's folder.
+fn is_checkout(dir: &Utf8Path) -> bool {
+    dir.join("xtask/Cargo.toml").is_file()
 }
 
 /// A command line that, pasted into a shell (sh, bash, zsh), runs exactly
@@ -586,25 +553,13 @@ mod tests {
     }
 
     #[test]
-    fn the_workspace_is_the_manifest_with_the_xtask_member() {
-        assert!(has_xtask_member(
-            "[workspace]\nresolver = \"3\"\nmembers = [\"api\", \"xtask\"]\n\n[workspace.package]\n"
-        ));
-        assert!(has_xtask_member(
-            "[package]\nname = \"x\"\n\n[workspace]\nmembers = [\n  \"api\",\n  'xtask', # the tool\n]\n"
-        ));
-        for no in [
-            "[package]\nname = \"xtask\"\n",
-            "[workspace]\nmembers = [\"api\"]\n",
-            "[workspace]\nmembers = [\"api\"]\n[other]\nmembers = [\"xtask\"]\n",
-            "[workspace]\nmembers = [\"tools/xtask\"]\n",
-            "# [workspace]\n",
-        ] {
-            assert!(!has_xtask_member(no), "{no}");
-        }
+    fn the_workspace_is_the_folder_that_holds_the_xtask_crate() {
         let root = workspace_root();
-        assert!(is_xtask_workspace(&root), "{root}");
-        assert!(root.join("xtask/Cargo.toml").is_file(), "{root}");
+        assert!(is_checkout(&root), "{root}");
+        assert!(root.join("Cargo.toml").is_file(), "{root}");
+        for below in ["xtask", "api", "xtask/src"] {
+            assert!(!is_checkout(&root.join(below)), "{below}");
+        }
     }
 
     #[test]

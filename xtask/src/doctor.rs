@@ -6,7 +6,7 @@ use std::time::Duration;
 use anyhow::Result;
 use xshell::cmd;
 
-use crate::cli::Command;
+use crate::cli::{self, ArgMatches, Task};
 use crate::context::Context;
 use crate::tools::{self, Tool};
 
@@ -33,19 +33,20 @@ const AFTER_LONG_HELP: &str = "Examples:
 #[derive(Debug)]
 pub struct Doctor {}
 
-impl Doctor {
-    pub fn command() -> Command {
-        Command::new("doctor")
-            .about(ABOUT)
-            .long_about(LONG_ABOUT)
-            .after_long_help(AFTER_LONG_HELP)
-    }
-}
+impl Task for Doctor {
+    type Outcome = ExitCode;
 
-impl Doctor {
-    pub fn run(self, cx: &Context) -> Result<ExitCode> {
+    fn command() -> cli::Command {
+        cli::task("doctor", ABOUT, LONG_ABOUT, AFTER_LONG_HELP)
+    }
+
+    fn from(_: &ArgMatches) -> Doctor {
+        Doctor {}
+    }
+
+    fn run(self, cx: &Context) -> Result<ExitCode> {
         let mut essentials_present = true;
-        for tool in tools::ALL.iter().chain(crate::lint::LINTERS) {
+        for tool in tools::ALL.iter().chain(tools::LINTERS) {
             let line = match tools::locate(tool.name) {
                 Some(path) => {
                     let version = probe_version(cx, tool, path.as_str());
@@ -83,7 +84,7 @@ impl Doctor {
             }
         }
         if tools::locate(tools::DOCKER.name).is_some() {
-            let engine = match crate::package::engine_version(cx) {
+            let engine = match tools::engine_version(cx) {
                 Ok(Ok(version)) => format!("ok       {:<24} {version}", "docker engine"),
                 _ => format!(
                     "missing  {:<24} the docker CLI is here but no engine answers (is dockerd running? is DOCKER_HOST right?)",

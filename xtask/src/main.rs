@@ -1,11 +1,13 @@
 //! `cargo xtask`: builds, tests, packages and ships the `api` service.
-//! This file parses the command line and dispatches; each task is a module.
+//! This file holds the task table, parses the command line and dispatches;
+//! each task is a module.
 
 mod bench;
 mod build;
 mod cli;
 mod context;
 mod doctor;
+mod git;
 mod http;
 mod image;
 mod interrupt;
@@ -21,40 +23,62 @@ mod timing;
 mod tools;
 mod version;
 
-use std::process::ExitCode;
+use std::process::{ExitCode, Termination};
 
 use anyhow::Result;
 
-use crate::cli::{ArgMatches, Command, switch};
+use crate::cli::{ArgMatches, Command, Task, switch};
 use crate::context::Context;
 
 const DRY_RUN_HELP: &str = "Print every command that would change something, exactly as it would run, and run none of them";
 const VERBOSE_HELP: &str =
     "Echo read-only probes too (git describe, kubectl get of the Rollout, ...)";
 
+/// The tasks, in workflow order: a new task is a module and a row here.
+const TASKS: &[Row] = &[
+    row::<build::Build>(),
+    row::<run::Run>(),
+    row::<test::Test>(),
+    row::<bench::Bench>(),
+    row::<lint::Lint>(),
+    row::<package::Package>(),
+    row::<rollout::Deploy>(),
+    row::<rollout::Status>(),
+    row::<rollout::Sanity>(),
+    row::<rollout::Promote>(),
+    row::<rollout::Abort>(),
+    row::<rollout::Release>(),
+    row::<rollout::History>(),
+    row::<doctor::Doctor>(),
+];
+
+/// A task as the table holds it: its subcommand, and how it is read from
+/// the command line into a job.
+struct Row {
+    command: fn() -> Command,
+    read: fn(&ArgMatches) -> Job,
+}
+
+/// A task read from the command line, to run once the context is made.
+type Job = Box<dyn FnOnce(&Context) -> Result<ExitCode>>;
+
+const fn row<T: Task>() -> Row {
+    Row {
+        command: T::command,
+        read: read::<T>,
+    }
+}
+
+fn read<T: Task>(matches: &ArgMatches) -> Job {
+    let task = T::from(matches);
+    Box::new(move |cx| task.run(cx).map(Termination::report))
+}
+
 /// The parsed command line: the global flags and the task, if one was named.
 struct Cli {
     dry_run: bool,
     verbose: bool,
-    task: Option<Task>,
-}
-
-/// The tasks, in workflow order.
-enum Task {
-    Build(build::Build),
-    Run(run::Run),
-    Test(test::Test),
-    Bench(bench::Bench),
-    Lint(lint::Lint),
-    Package(package::Package),
-    Deploy(rollout::Deploy),
-    Status(rollout::Status),
-    Sanity(rollout::Sanity),
-    Promote(rollout::Promote),
-    Abort(rollout::Abort),
-    Release(rollout::Release),
-    History(rollout::History),
-    Doctor(doctor::Doctor),
+    task: Option<Job>,
 }
 
 impl Cli {
@@ -67,41 +91,16 @@ impl Cli {
             )
             .arg(switch("dry-run", DRY_RUN_HELP).global(true))
             .arg(switch("verbose", VERBOSE_HELP).short('v').global(true))
-            .subcommands([
-                build::Build::command(),
-                run::Run::command(),
-                test::Test::command(),
-                bench::Bench::command(),
-                lint::Lint::command(),
-                package::Package::command(),
-                rollout::Deploy::command(),
-                rollout::Status::command(),
-                rollout::Sanity::command(),
-                rollout::Promote::command(),
-                rollout::Abort::command(),
-                rollout::Release::command(),
-                rollout::History::command(),
-                doctor::Doctor::command(),
-            ])
+            .subcommands(TASKS.iter().map(|row| (row.command)()))
     }
 
     fn from(matches: &ArgMatches) -> Cli {
-        let task = matches.subcommand().map(|(name, m)| match name {
-            "build" => Task::Build(build::Build::from(m)),
-            "run" => Task::Run(run::Run::from(m)),
-            "test" => Task::Test(test::Test::from(m)),
-            "bench" => Task::Bench(bench::Bench::from(m)),
-            "lint" => Task::Lint(lint::Lint {}),
-            "package" => Task::Package(package::Package::from(m)),
-            "deploy" => Task::Deploy(rollout::Deploy::from(m)),
-            "status" => Task::Status(rollout::Status::from(m)),
-            "sanity" => Task::Sanity(rollout::Sanity::from(m)),
-            "promote" => Task::Promote(rollout::Promote::from(m)),
-            "abort" => Task::Abort(rollout::Abort::from(m)),
-            "release" => Task::Release(rollout::Release::from(m)),
-            "history" => Task::History(rollout::History::from(m)),
-            "doctor" => Task::Doctor(doctor::Doctor {}),
-            other => unreachable!("`{other}` is not among Cli::command()'s tasks"),
+        let task = matches.subcommand().map(|(name, m)| {
+            let row = TASKS
+                .iter()
+                .find(|row| (row.command)().get_name() == name)
+                .unwrap_or_else(|| unreachable!("`{name}` is not among Cli::command()'s tasks"));
+            (row.read)(m)
         });
         Cli {
             dry_run: matches.get_flag("dry-run"),
@@ -145,22 +144,7 @@ fn try_main() -> Result<ExitCode> {
     // The children run in process groups of their own, out of a terminal's
     // reach: xtask stops them when a signal comes, for every task.
     interrupt::install();
-    match task {
-        Task::Build(task) => task.run(&cx).map(|_| ExitCode::SUCCESS),
-        Task::Run(task) => task.run(&cx),
-        Task::Test(task) => task.run(&cx).map(|()| ExitCode::SUCCESS),
-        Task::Bench(task) => task.run(&cx).map(|()| ExitCode::SUCCESS),
-        Task::Lint(task) => task.run(&cx).map(|()| ExitCode::SUCCESS),
-        Task::Package(task) => task.run(&cx).map(|()| ExitCode::SUCCESS),
-        Task::Deploy(task) => task.run(&cx).map(|()| ExitCode::SUCCESS),
-        Task::Status(task) => task.run(&cx),
-        Task::Sanity(task) => task.run(&cx).map(|()| ExitCode::SUCCESS),
-        Task::Promote(task) => task.run(&cx).map(|()| ExitCode::SUCCESS),
-        Task::Abort(task) => task.run(&cx).map(|()| ExitCode::SUCCESS),
-        Task::Release(task) => task.run(&cx).map(|()| ExitCode::SUCCESS),
-        Task::History(task) => task.run(&cx).map(|()| ExitCode::SUCCESS),
-        Task::Doctor(task) => task.run(&cx),
-    }
+    task(&cx)
 }
 
 #[cfg(test)]
@@ -207,7 +191,7 @@ mod tests {
         }
     }
 
-    /// `Cli::command()` and `Cli::from` list the tasks apart: each one listed is read back.
+    /// Each task listed is read back from its name.
     #[test]
     fn every_task_listed_is_read_back() {
         for task in Cli::command().get_subcommands() {

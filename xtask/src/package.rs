@@ -1,18 +1,17 @@
 //! `cargo xtask package`: the container image, built with the `Dockerfile`,
 //! tagged with the commit it holds, and optionally pushed.
 
-use std::process::Command;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context as _, Result, bail};
 use camino::{Utf8Path, Utf8PathBuf};
 use xshell::{Cmd, cmd};
 
-use crate::cli;
+use crate::cli::{self, Task};
 use crate::context::{Context, Step};
 use crate::image::{ImageArgs, ImageRef};
 use crate::process::Stdout;
-use crate::{tools, version};
+use crate::{git, tools, version};
 
 /// GitLab's predefined variables for the project's registry and its credentials.
 const CI_REGISTRY: &str = "CI_REGISTRY";
@@ -92,12 +91,11 @@ pub struct Package {
     pub docker_args: Vec<String>,
 }
 
-impl Package {
-    pub fn command() -> cli::Command {
-        cli::Command::new("package")
-            .about(ABOUT)
-            .long_about(LONG_ABOUT)
-            .after_long_help(AFTER_LONG_HELP)
+impl Task for Package {
+    type Outcome = ();
+
+    fn command() -> cli::Command {
+        cli::task("package", ABOUT, LONG_ABOUT, AFTER_LONG_HELP)
             .args(ImageArgs::args())
             .arg(cli::switch(
                 "push",
@@ -119,7 +117,7 @@ impl Package {
             ))
     }
 
-    pub fn from(matches: &cli::ArgMatches) -> Package {
+    fn from(matches: &cli::ArgMatches) -> Package {
         Package {
             image: ImageArgs::from(matches),
             push: matches.get_flag("push"),
@@ -128,7 +126,7 @@ impl Package {
         }
     }
 
-    pub fn run(self, cx: &Context) -> Result<()> {
+    fn run(self, cx: &Context) -> Result<()> {
         tools::require(&[&tools::DOCKER, &tools::GIT])?;
         let credentials = match self.push {
             true => Credentials::from_env()?,
@@ -139,7 +137,7 @@ impl Package {
             check_dotenv_dir(file)?;
         }
         let version = version::resolve(cx, &cx.root)?;
-        let revision = version::head_sha(cx, &cx.root)?;
+        let revision = git::head_sha(cx, &cx.root)?;
         check_engine(cx)?;
 
         if let Some(credentials) = &credentials {
@@ -284,7 +282,7 @@ fn existing(cx: &Context, image: &ImageRef, revision: &str) -> Result<Option<Str
              name another commit"
         );
     }
-    if version::is_dirty(cx, &cx.root)? {
+    if git::is_dirty(cx, &cx.root)? {
         bail!(
             "{reference} exists already ({digest}), built from this commit's clean tree, and \
              the work tree has uncommitted changes: a tag names one image forever, so it is \
@@ -349,33 +347,12 @@ fn write_dotenv(file: &Utf8Path, digest: &str) -> Result<()> {
     Ok(())
 }
 
-/// The engine's version, from `docker version` (which asks the engine; the
-/// CLI alone answers `docker --version`); else what the CLI said instead.
-/// `Err` only when docker could not start. Also `doctor`'s probe.
-pub fn engine_version(cx: &Context) -> Result<std::result::Result<String, String>> {
-    let mut probe = Command::new("docker");
-    probe.args(["version", "--format", "{{.Server.Version}}"]);
-    // An engine behind a dead TCP address can leave the CLI waiting for minutes.
-    let limit = Duration::from_secs(30);
-    let ended = cx.probe(probe).keep_stderr().within(limit, "").finish(cx)?;
-    Ok(match ended {
-        Some(Ok(done)) if done.status.success() => Ok(done.stdout.trim().to_owned()),
-        Some(Ok(done)) => Err(crate::context::outside_text(
-            done.stderr.trim(),
-            crate::context::SAID_MAX,
-        )),
-        Some(Err(_)) => Err(format!("no answer within {}s", limit.as_secs())),
-        // A probe runs under --dry-run too; were it skipped, that is no answer either.
-        None => Err("it did not run".to_owned()),
-    })
-}
-
 fn check_engine(cx: &Context) -> Result<()> {
     let host = match std::env::var("DOCKER_HOST") {
         Ok(host) if !host.is_empty() => format!("DOCKER_HOST={host}"),
         _ => "the default socket (DOCKER_HOST is not set)".to_owned(),
     };
-    let Err(said) = engine_version(cx).context("run `docker version`")? else {
+    let Err(said) = tools::engine_version(cx).context("run `docker version`")? else {
         return Ok(());
     };
     bail!(
@@ -485,7 +462,7 @@ fn source_url(cx: &Context) -> Option<String> {
     {
         return Some(public_url(&url));
     }
-    version::git(cx, &cx.root, &["remote", "get-url", "origin"])
+    git::read(cx, &cx.root, &["remote", "get-url", "origin"])
         .ok()
         .filter(|url| !url.is_empty())
         .map(|url| public_url(&url))

@@ -5,7 +5,7 @@ use std::process::ExitCode;
 use anyhow::Result;
 
 use crate::build::Build;
-use crate::cli::{self, ArgMatches, Command, trailing};
+use crate::cli::{self, ArgMatches, Task, trailing};
 use crate::context::Context;
 
 const ABOUT: &str = "Build, then start bin/api in the foreground";
@@ -37,22 +37,24 @@ pub struct Run {
     pub args: Vec<String>,
 }
 
-impl Run {
-    pub fn command() -> Command {
-        Command::new("run")
-            .about(ABOUT)
-            .long_about(LONG_ABOUT)
-            .after_long_help(AFTER_LONG_HELP)
-            .arg(trailing("args", "ARGS", "Arguments for bin/api"))
+impl Task for Run {
+    type Outcome = ExitCode;
+
+    fn command() -> cli::Command {
+        cli::task("run", ABOUT, LONG_ABOUT, AFTER_LONG_HELP).arg(trailing(
+            "args",
+            "ARGS",
+            "Arguments for bin/api",
+        ))
     }
 
-    pub fn from(matches: &ArgMatches) -> Run {
+    fn from(matches: &ArgMatches) -> Run {
         Run {
             args: cli::all(matches, "args"),
         }
     }
 
-    pub fn run(self, cx: &Context) -> Result<ExitCode> {
+    fn run(self, cx: &Context) -> Result<ExitCode> {
         let built = Build::default().compile(cx)?;
         let mut service = std::process::Command::new(&built.binary);
         service.args(&self.args);

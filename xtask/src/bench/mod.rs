@@ -23,7 +23,7 @@ use procfs::{USER_HZ, stat_cpu_ticks, status_field_kib, two_cpus};
 use table::table;
 
 use crate::build::Build;
-use crate::cli;
+use crate::cli::{self, Task};
 use crate::context::{Context, shell_quote};
 use crate::process::{Background, Stdout};
 use crate::{http, tools};
@@ -144,13 +144,12 @@ pub struct Bench {
     pub no_container: bool,
 }
 
-impl Bench {
-    pub fn command() -> cli::Command {
+impl Task for Bench {
+    type Outcome = ();
+
+    fn command() -> cli::Command {
         use cli::switch;
-        cli::Command::new("bench")
-            .about(ABOUT)
-            .long_about(LONG_ABOUT)
-            .after_long_help(AFTER_LONG_HELP)
+        cli::task("bench", ABOUT, LONG_ABOUT, AFTER_LONG_HELP)
             .arg(switch(
                 "json",
                 "Print the figures as JSON on stdout (progress stays on stderr)",
@@ -247,7 +246,7 @@ impl Bench {
             ))
     }
 
-    pub fn from(matches: &cli::ArgMatches) -> Bench {
+    fn from(matches: &cli::ArgMatches) -> Bench {
         let flag = |id| matches.get_flag(id);
         let number = |id| cli::value::<u32>(matches, id);
         let secs = |id| cli::value::<u64>(matches, id);
@@ -268,6 +267,10 @@ impl Bench {
             settle: secs("settle"),
             no_container: flag("no-container"),
         }
+    }
+
+    fn run(self, cx: &Context) -> Result<()> {
+        self.measure(cx)
     }
 }
 
@@ -567,7 +570,7 @@ impl Report {
 }
 
 impl Bench {
-    pub fn run(self, cx: &Context) -> Result<()> {
+    fn measure(self, cx: &Context) -> Result<()> {
         if self.abuse {
             return self.run_abuse(cx);
         }

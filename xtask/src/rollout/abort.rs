@@ -9,7 +9,7 @@ use super::promote::Expected;
 use super::state::{PhaseLine, ReplicaSet, RolloutState};
 use super::wait::{self, Look};
 use super::{Cluster, RolloutArgs, go_duration, yes};
-use crate::cli::{ArgMatches, Command, switch};
+use crate::cli::{self, ArgMatches, Task, switch};
 use crate::context::Context;
 use crate::image::ImageRef;
 use crate::interrupt;
@@ -75,12 +75,11 @@ pub struct Abort {
     pub yes: bool,
 }
 
-impl Abort {
-    pub fn command() -> Command {
-        Command::new("abort")
-            .about(ABOUT)
-            .long_about(LONG_ABOUT)
-            .after_long_help(AFTER_LONG_HELP)
+impl Task for Abort {
+    type Outcome = ();
+
+    fn command() -> cli::Command {
+        cli::task("abort", ABOUT, LONG_ABOUT, AFTER_LONG_HELP)
             .args(RolloutArgs::args())
             .arg(switch(
                 "only-expected",
@@ -90,7 +89,7 @@ impl Abort {
             .arg(yes())
     }
 
-    pub fn from(matches: &ArgMatches) -> Abort {
+    fn from(matches: &ArgMatches) -> Abort {
         Abort {
             target: RolloutArgs::from(matches),
             only_expected: matches.get_flag("only-expected"),
@@ -99,7 +98,7 @@ impl Abort {
         }
     }
 
-    pub fn run(self, cx: &Context) -> Result<()> {
+    fn run(self, cx: &Context) -> Result<()> {
         let cluster = self.target.cluster()?;
         let expected = match self.only_expected {
             true => Some(self.expected.resolve(cx)?),

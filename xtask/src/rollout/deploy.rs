@@ -7,7 +7,7 @@ use anyhow::{Context as _, Result, bail};
 use super::state::{BLUE_GREEN_PAUSE, Phase, RolloutState};
 use super::wait::{self, Look};
 use super::{Cluster, RolloutArgs, duration};
-use crate::cli::{self, Arg, ArgMatches, Command, switch};
+use crate::cli::{self, Arg, ArgMatches, Task, switch};
 use crate::context::Context;
 use crate::image::{ImageArgs, ImageRef};
 use crate::interrupt;
@@ -69,12 +69,11 @@ pub struct Deploy {
     pub waiting: WaitArgs,
 }
 
-impl Deploy {
-    pub fn command() -> Command {
-        Command::new("deploy")
-            .about(ABOUT)
-            .long_about(LONG_ABOUT)
-            .after_long_help(AFTER_LONG_HELP)
+impl Task for Deploy {
+    type Outcome = ();
+
+    fn command() -> cli::Command {
+        cli::task("deploy", ABOUT, LONG_ABOUT, AFTER_LONG_HELP)
             .args(RolloutArgs::args())
             .args(ImageArgs::args())
             .arg(switch(
@@ -86,7 +85,7 @@ impl Deploy {
             .args(WaitArgs::args())
     }
 
-    pub fn from(matches: &ArgMatches) -> Deploy {
+    fn from(matches: &ArgMatches) -> Deploy {
         Deploy {
             target: RolloutArgs::from(matches),
             image: ImageArgs::from(matches),
@@ -95,6 +94,27 @@ impl Deploy {
             fast_rollback: matches.get_flag("fast-rollback"),
             waiting: WaitArgs::from(matches),
         }
+    }
+
+    fn run(self, cx: &Context) -> Result<()> {
+        let cluster = self.target.cluster()?;
+        let image = self.image.resolve(cx)?;
+        interrupt::install();
+        let before = first_read(cx, &cluster, &self.waiting)?;
+        refuse_foreign_update(&cluster, &before, &image, self.replace)?;
+        refuse_what_the_controller_skips(cx, &cluster, &before, &image, self.fast_rollback)?;
+        set_image(cx, &cluster, &image)?;
+        if self.wait {
+            match wait_for_preview(cx, &cluster, &image, &self.waiting)? {
+                Some(Arrival::PreviewReady) => cx.say(format!(
+                    "the preview is ready on {image}; check it with `cargo xtask sanity`, then `cargo xtask promote`"
+                )),
+                Some(Arrival::WentActive) => cx.say(WENT_ACTIVE),
+                None => {}
+            }
+        }
+        cx.change_result(&image);
+        Ok(())
     }
 }
 
@@ -144,29 +164,6 @@ pub enum Arrival {
     /// `Healthy` with no pause: a new Rollout's first image (nothing to switch
     /// from), or an image that was active already. It serves on the active Service.
     WentActive,
-}
-
-impl Deploy {
-    pub fn run(self, cx: &Context) -> Result<()> {
-        let cluster = self.target.cluster()?;
-        let image = self.image.resolve(cx)?;
-        interrupt::install();
-        let before = first_read(cx, &cluster, &self.waiting)?;
-        refuse_foreign_update(&cluster, &before, &image, self.replace)?;
-        refuse_what_the_controller_skips(cx, &cluster, &before, &image, self.fast_rollback)?;
-        set_image(cx, &cluster, &image)?;
-        if self.wait {
-            match wait_for_preview(cx, &cluster, &image, &self.waiting)? {
-                Some(Arrival::PreviewReady) => cx.say(format!(
-                    "the preview is ready on {image}; check it with `cargo xtask sanity`, then `cargo xtask promote`"
-                )),
-                Some(Arrival::WentActive) => cx.say(WENT_ACTIVE),
-                None => {}
-            }
-        }
-        cx.change_result(&image);
-        Ok(())
-    }
 }
 
 pub const WENT_ACTIVE: &str = "the rollout went straight to Healthy without a pause: this was the first \

@@ -7,7 +7,7 @@ use serde_json::Value;
 
 use super::RolloutArgs;
 use super::state::RolloutState;
-use crate::cli::{ArgMatches, Command, switch};
+use crate::cli::{self, ArgMatches, Task, switch};
 use crate::context::Context;
 
 const ABOUT: &str =
@@ -39,12 +39,11 @@ pub struct History {
     pub json: bool,
 }
 
-impl History {
-    pub fn command() -> Command {
-        Command::new("history")
-            .about(ABOUT)
-            .long_about(LONG_ABOUT)
-            .after_long_help(AFTER_LONG_HELP)
+impl Task for History {
+    type Outcome = ();
+
+    fn command() -> cli::Command {
+        cli::task("history", ABOUT, LONG_ABOUT, AFTER_LONG_HELP)
             .args(RolloutArgs::args())
             .arg(switch(
                 "json",
@@ -53,14 +52,14 @@ impl History {
             ))
     }
 
-    pub fn from(matches: &ArgMatches) -> History {
+    fn from(matches: &ArgMatches) -> History {
         History {
             target: RolloutArgs::from(matches),
             json: matches.get_flag("json"),
         }
     }
 
-    pub fn run(self, cx: &Context) -> Result<()> {
+    fn run(self, cx: &Context) -> Result<()> {
         let kubectl = self.target.kubectl()?;
         let state = kubectl.read(cx)?;
         if state.selector.is_empty() {

@@ -9,7 +9,7 @@ use super::confirm::confirm;
 use super::state::{Phase, RolloutState};
 use super::wait::{self, Look};
 use super::{Cluster, RolloutArgs, duration, yes};
-use crate::cli::{self, Arg, ArgMatches, Command, option};
+use crate::cli::{self, Arg, ArgMatches, Task, option};
 use crate::context::Context;
 use crate::image::{ImageArgs, ImageRef};
 use crate::interrupt;
@@ -96,12 +96,11 @@ impl Expected {
     }
 }
 
-impl Promote {
-    pub fn command() -> Command {
-        Command::new("promote")
-            .about(ABOUT)
-            .long_about(LONG_ABOUT)
-            .after_long_help(AFTER_LONG_HELP)
+impl Task for Promote {
+    type Outcome = ();
+
+    fn command() -> cli::Command {
+        cli::task("promote", ABOUT, LONG_ABOUT, AFTER_LONG_HELP)
             .args(RolloutArgs::args())
             .args(Expected::args())
             .arg(duration(
@@ -117,7 +116,7 @@ impl Promote {
             .arg(yes())
     }
 
-    pub fn from(matches: &ArgMatches) -> Promote {
+    fn from(matches: &ArgMatches) -> Promote {
         Promote {
             target: RolloutArgs::from(matches),
             expected: Expected::from(matches),
@@ -127,7 +126,7 @@ impl Promote {
         }
     }
 
-    pub fn run(self, cx: &Context) -> Result<()> {
+    fn run(self, cx: &Context) -> Result<()> {
         let cluster = self.target.cluster()?;
         let expected = self.expected.resolve(cx)?;
         interrupt::install();

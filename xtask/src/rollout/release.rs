@@ -13,7 +13,7 @@ use super::promote::{PromotionUnknown, check_promotable, promote_and_wait};
 use super::sanity::{Endpoint, SanityArgs, check_preview};
 use super::wait;
 use super::{Cluster, DEFAULT_ACTIVE_SERVICE, RolloutArgs, check_label, duration, go_duration};
-use crate::cli::{self, ArgMatches, Command, option, switch};
+use crate::cli::{self, ArgMatches, Task, option, switch};
 use crate::context::Context;
 use crate::image::{ImageArgs, ImageRef};
 use crate::interrupt;
@@ -101,12 +101,11 @@ impl Failed {
     }
 }
 
-impl Release {
-    pub fn command() -> Command {
-        Command::new("release")
-            .about(ABOUT)
-            .long_about(LONG_ABOUT)
-            .after_long_help(AFTER_LONG_HELP)
+impl Task for Release {
+    type Outcome = ();
+
+    fn command() -> cli::Command {
+        cli::task("release", ABOUT, LONG_ABOUT, AFTER_LONG_HELP)
             .args(RolloutArgs::args())
             .args(ImageArgs::args())
             .args(WaitArgs::args())
@@ -133,7 +132,7 @@ impl Release {
             .arg(switch("fast-rollback", deploy::FAST_ROLLBACK_HELP))
     }
 
-    pub fn from(matches: &ArgMatches) -> Release {
+    fn from(matches: &ArgMatches) -> Release {
         Release {
             target: RolloutArgs::from(matches),
             image: ImageArgs::from(matches),
@@ -147,7 +146,7 @@ impl Release {
         }
     }
 
-    pub fn run(self, cx: &Context) -> Result<()> {
+    fn run(self, cx: &Context) -> Result<()> {
         // Everything is checked and found before the first change.
         let cluster = self.target.cluster()?;
         check_label("Service", &self.active_service)?;
@@ -224,7 +223,9 @@ impl Release {
             Err(failed) => Err(self.recover(cx, &cluster, failed)),
         }
     }
+}
 
+impl Release {
     /// After a failure: aborts, unless traffic had switched already; says what was read.
     fn recover(&self, cx: &Context, cluster: &Cluster, failed: Failed) -> anyhow::Error {
         // A read, then the abort: nothing a signal may cut short.

@@ -9,7 +9,7 @@ use super::port_forward;
 use super::{
     DEFAULT_PREVIEW_SERVICE, HEALTH_PATH, RolloutArgs, check_label, duration, go_duration,
 };
-use crate::cli::{self, Arg, ArgMatches, Command, option};
+use crate::cli::{self, Arg, ArgMatches, Task, option};
 use crate::context::{Context, command_line, outside_text};
 use crate::interrupt;
 use crate::timing;
@@ -118,12 +118,11 @@ impl SanityArgs {
     }
 }
 
-impl Sanity {
-    pub fn command() -> Command {
-        Command::new("sanity")
-            .about(ABOUT)
-            .long_about(LONG_ABOUT)
-            .after_long_help(AFTER_LONG_HELP)
+impl Task for Sanity {
+    type Outcome = ();
+
+    fn command() -> cli::Command {
+        cli::task("sanity", ABOUT, LONG_ABOUT, AFTER_LONG_HELP)
             .args(RolloutArgs::args())
             .args(SanityArgs::args())
             .arg(duration(
@@ -133,7 +132,7 @@ impl Sanity {
             ))
     }
 
-    pub fn from(matches: &ArgMatches) -> Sanity {
+    fn from(matches: &ArgMatches) -> Sanity {
         Sanity {
             target: RolloutArgs::from(matches),
             check: SanityArgs::from(matches),
@@ -141,7 +140,7 @@ impl Sanity {
         }
     }
 
-    pub fn run(self, cx: &Context) -> Result<()> {
+    fn run(self, cx: &Context) -> Result<()> {
         let target = self.target.checked()?;
         let kubectl = self.check.prepare()?;
         let expected = self.check.expected_version(cx)?;

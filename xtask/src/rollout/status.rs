@@ -10,7 +10,7 @@ use super::analysis::{Analysis, Failing};
 use super::kube::Kubectl;
 use super::state::{Phase, PhaseLine, RolloutState};
 use super::wait;
-use crate::cli::{ArgMatches, Command, switch};
+use crate::cli::{self, ArgMatches, Task, switch};
 use crate::context::Context;
 
 const ABOUT: &str = "Show what runs where: the active and the preview image, the phase (or JSON)";
@@ -45,28 +45,6 @@ pub struct Status {
     pub json: bool,
 }
 
-impl Status {
-    pub fn command() -> Command {
-        Command::new("status")
-            .about(ABOUT)
-            .long_about(LONG_ABOUT)
-            .after_long_help(AFTER_LONG_HELP)
-            .args(RolloutArgs::args())
-            .arg(switch(
-                "json",
-                "Print one JSON object: rollout, namespace, context, phase, message, line, active, preview, \
-                 stable_pod_hash, promotion_waiting, aborted, observed, analysis",
-            ))
-    }
-
-    pub fn from(matches: &ArgMatches) -> Status {
-        Status {
-            target: RolloutArgs::from(matches),
-            json: matches.get_flag("json"),
-        }
-    }
-}
-
 /// One side of the blue/green pair: its ReplicaSet and image.
 struct Side {
     pod_hash: String,
@@ -94,8 +72,27 @@ impl Side {
     }
 }
 
-impl Status {
-    pub fn run(self, cx: &Context) -> Result<ExitCode> {
+impl Task for Status {
+    type Outcome = ExitCode;
+
+    fn command() -> cli::Command {
+        cli::task("status", ABOUT, LONG_ABOUT, AFTER_LONG_HELP)
+            .args(RolloutArgs::args())
+            .arg(switch(
+                "json",
+                "Print one JSON object: rollout, namespace, context, phase, message, line, active, preview, \
+                 stable_pod_hash, promotion_waiting, aborted, observed, analysis",
+            ))
+    }
+
+    fn from(matches: &ArgMatches) -> Status {
+        Status {
+            target: RolloutArgs::from(matches),
+            json: matches.get_flag("json"),
+        }
+    }
+
+    fn run(self, cx: &Context) -> Result<ExitCode> {
         let kubectl = self.target.kubectl()?;
         // A new Rollout has no status before its controller's first reconcile: wait, bounded.
         let limit = self.target.request_timeout.saturating_mul(6);

@@ -1,4 +1,4 @@
-//! WaitArgs on the Rollout: read it (`kubectl get ... -o json`) every poll
+//! Waits on the Rollout: read it (`kubectl get ... -o json`) every poll
 //! interval until a decision says done, or fail, or the time is up. Each
 //! change of phase is printed, so a person watching sees what the controller does.
 //!
