@@ -54,6 +54,7 @@ enum Task {
     Abort(rollout::Abort),
     Release(rollout::Release),
     History(rollout::History),
+    Rollback(rollout::Rollback),
     Doctor(doctor::Doctor),
 }
 
@@ -81,6 +82,7 @@ impl Cli {
                 rollout::Abort::command(),
                 rollout::Release::command(),
                 rollout::History::command(),
+                rollout::Rollback::command(),
                 doctor::Doctor::command(),
             ])
     }
@@ -100,6 +102,7 @@ impl Cli {
             "abort" => Task::Abort(rollout::Abort::from(m)),
             "release" => Task::Release(rollout::Release::from(m)),
             "history" => Task::History(rollout::History::from(m)),
+            "rollback" => Task::Rollback(rollout::Rollback::from(m)),
             "doctor" => Task::Doctor(doctor::Doctor {}),
             other => unreachable!("`{other}` is not among Cli::command()'s tasks"),
         });
@@ -159,6 +162,7 @@ fn try_main() -> Result<ExitCode> {
         Task::Abort(task) => task.run(&cx).map(|()| ExitCode::SUCCESS),
         Task::Release(task) => task.run(&cx).map(|()| ExitCode::SUCCESS),
         Task::History(task) => task.run(&cx).map(|()| ExitCode::SUCCESS),
+        Task::Rollback(task) => task.run(&cx).map(|()| ExitCode::SUCCESS),
         Task::Doctor(task) => task.run(&cx),
     }
 }
@@ -183,7 +187,7 @@ mod tests {
             names,
             [
                 "build", "run", "test", "bench", "lint", "package", "deploy", "status", "sanity",
-                "promote", "abort", "release", "history", "doctor"
+                "promote", "abort", "release", "history", "rollback", "doctor"
             ]
         );
     }

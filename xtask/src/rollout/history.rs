@@ -6,6 +6,7 @@ use anyhow::{Context as _, Result, anyhow};
 use serde_json::Value;
 
 use super::RolloutArgs;
+use super::kube::Kubectl;
 use super::state::RolloutState;
 use crate::cli::{ArgMatches, Command, switch};
 use crate::context::Context;
@@ -62,17 +63,7 @@ impl History {
 
     pub fn run(self, cx: &Context) -> Result<()> {
         let kubectl = self.target.kubectl()?;
-        let state = kubectl.read(cx)?;
-        if state.selector.is_empty() {
-            return Err(anyhow!(
-                "rollout {} has no spec.selector.matchLabels: its ReplicaSets cannot be listed by label",
-                kubectl.rollout()
-            ));
-        }
-        let list = kubectl.replica_sets_json(cx, &state.selector)?;
-        let container = &kubectl.target.container;
-        let revisions = revisions(&list, &state, kubectl.rollout(), container)
-            .with_context(|| format!("read the ReplicaSets of rollout {}", kubectl.rollout()))?;
+        let (_, revisions) = read(cx, &kubectl)?;
         let target = &kubectl.target;
         if self.json {
             cx.result(serde_json::json!({
@@ -109,6 +100,22 @@ impl History {
     }
 }
 
+/// The Rollout as the API has it now, and its revisions read from its ReplicaSets.
+pub fn read(cx: &Context, kubectl: &Kubectl) -> Result<(RolloutState, Vec<Revision>)> {
+    let state = kubectl.read(cx)?;
+    if state.selector.is_empty() {
+        return Err(anyhow!(
+            "rollout {} has no spec.selector.matchLabels: its ReplicaSets cannot be listed by label",
+            kubectl.rollout()
+        ));
+    }
+    let list = kubectl.replica_sets_json(cx, &state.selector)?;
+    let container = &kubectl.target.container;
+    let revisions = revisions(&list, &state, kubectl.rollout(), container)
+        .with_context(|| format!("read the ReplicaSets of rollout {}", kubectl.rollout()))?;
+    Ok((state, revisions))
+}
+
 /// One ReplicaSet of the Rollout: one revision.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Revision {
@@ -133,7 +140,7 @@ impl Revision {
         }
     }
 
-    fn roles(&self) -> String {
+    pub fn roles(&self) -> String {
         let roles: Vec<&str> = [
             (self.active, "active"),
             (self.preview, "preview"),
