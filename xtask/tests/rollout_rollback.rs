@@ -340,6 +340,10 @@ fn an_older_pipelines_deploy_job_run_again_goes_through_the_gate() {
     let world = &r.world;
     let old = image(&r.old_tag);
     let before = world.calls().len();
+    // Rolling `production` back first retries only `promote`: the preview is not its image.
+    let early = rerun_job(world, "promote", &[], &r.old_tag);
+    early.failed();
+    assert_eq!(world.calls().len(), before, "nothing changed: {early}");
     let deploy = rerun_job(world, "deploy", &[], &r.old_tag);
     deploy.ok();
     assert!(

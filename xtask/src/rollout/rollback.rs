@@ -32,7 +32,8 @@ succeeded (a retried job, say) is not a failure.
 
 The version `sanity` expects: --expect-version, else $API_VERSION, else the version the image was \
 built with, found from its tag: `package` tags each image with the full SHA of its commit, and \
-builds it with `git describe --tags --always` of that commit, so rollback runs \
+builds it with `git describe --tags --always` of that commit (unless $API_VERSION was set for \
+the build: then give that version here too), so rollback runs \
 `git describe --tags --always COMMIT` in this clone. This works in CI, where the clone has the \
 whole history and the tags (GIT_DEPTH 0, --tags); when the commit is not in the clone (a shallow \
 clone, tags not fetched) it stops before any change and says so: `git fetch --tags origin`, or \
