@@ -49,6 +49,7 @@ const TASKS: &[Row] = &[
     row::<rollout::Abort>(),
     row::<rollout::Release>(),
     row::<rollout::History>(),
+    row::<rollout::Rollback>(),
     row::<doctor::Doctor>(),
 ];
 

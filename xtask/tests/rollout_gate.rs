@@ -139,10 +139,10 @@ fn an_image_the_job_cannot_pull_is_inconclusive_and_a_promote_runs_it_again() {
     world.behaviour("v2", Some(0.1), None);
     set_image(&world, "v2");
     let ro = until(&world, false, |ro| ro["status"]["phase"] == "Paused");
-    assert_eq!(ro["status"]["message"], "InconclusiveAnalysis", "{ro:#}");
+    assert_eq!(ro["status"]["message"], "InconclusiveAnalysisRun", "{ro:#}");
     assert_eq!(
         ro["status"]["pauseConditions"][0]["reason"],
-        "InconclusiveAnalysis"
+        "InconclusiveAnalysisRun"
     );
     let first = analysis_status(&ro)["name"].as_str().unwrap().to_owned();
     let run = analysis_run(&world, &first);
@@ -164,6 +164,42 @@ fn an_image_the_job_cannot_pull_is_inconclusive_and_a_promote_runs_it_again() {
     assert_eq!(analysis_status(&ro)["status"], "Successful", "{ro:#}");
     assert_ne!(analysis_status(&ro)["name"], first.as_str(), "a new run");
     assert_eq!(world.active_image().as_deref(), Some(image("v1").as_str()));
+}
+
+#[test]
+fn deploy_wait_and_status_name_an_inconclusive_check_and_what_to_do() {
+    let Some(world) = World::needing_kubectl(Some("v1")) else {
+        return;
+    };
+    world.gate(Some(0.1));
+    world.behaviour("v2", Some(0.1), None);
+    // No Job binary for v2: its Job cannot pull the image, the run is Inconclusive.
+    let run = world.run(&rollout_support::deploy_args(&[
+        "--wait",
+        "--poll-interval",
+        "100ms",
+        "--timeout",
+        "10s",
+    ]));
+    run.failed();
+    let error = run.error();
+    assert!(
+        error.contains("is Paused - InconclusiveAnalysisRun: the preview's in-cluster check api-")
+            && error.contains("(Inconclusive: Metric \"healthcheck\" assessed Inconclusive")
+            && error.contains("`kubectl argo rollouts promote api` resumes it")
+            && error.contains("`cargo xtask abort` drops the preview"),
+        "{run}"
+    );
+    assert!(!error.contains("by hand"), "{run}");
+    let status = world.run(&["status", "-n", NAMESPACE]);
+    status.ok();
+    assert!(
+        status.stdout.contains(
+            "Paused - InconclusiveAnalysisRun (the preview's in-cluster check was inconclusive"
+        ),
+        "{status}"
+    );
+    assert!(!status.stdout.contains("by hand"), "{status}");
 }
 
 #[test]

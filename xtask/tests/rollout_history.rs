@@ -37,12 +37,18 @@ fn wait_for_phase(world: &World, phase: &str) {
 
 /// v1 (revision 1) then v2, v3, v4 promoted, v5 paused on the preview; all by digest.
 fn five_revisions() -> Option<(World, Vec<String>)> {
+    five_revisions_with(|_| {})
+}
+
+/// [`five_revisions`], with the world set up by `setup` first.
+fn five_revisions_with(setup: impl FnOnce(&World)) -> Option<(World, Vec<String>)> {
     let tags: Vec<String> = ["v1", "v2", "v3", "v4", "v5"]
         .iter()
         .zip(['1', '2', '3', '4', '5'])
         .map(|(tag, fill)| by_digest(tag, fill))
         .collect();
     let world = World::needing_kubectl(Some(&tags[0]))?;
+    setup(&world);
     for (i, tag) in tags.iter().enumerate().skip(1) {
         world.behaviour(tag, Some(0.0), None);
         plugin(
@@ -105,6 +111,69 @@ fn five_revisions_newest_first_each_image_with_its_digest_and_role() {
     );
     assert_eq!(revisions[0]["preview"], true);
     assert_eq!(revisions[0]["image"], image(&tags[4]).as_str());
+}
+
+/// The revisions `history --json` lists: (revision, image).
+fn listed(world: &World) -> Vec<(u64, String)> {
+    let run = world.run(&["history", "-n", NAMESPACE, "--json"]);
+    run.ok();
+    let json: Value = serde_json::from_str(&run.stdout).unwrap();
+    json["revisions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| {
+            (
+                r["revision"].as_u64().unwrap(),
+                r["image"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect()
+}
+
+#[test]
+fn the_controller_keeps_revision_history_limit_old_replica_sets_besides_the_new_and_the_stable() {
+    // Limit 1: of the old ReplicaSets 1, 2 and 3 (without pods), only the newest stays.
+    let Some((world, tags)) = five_revisions_with(|w| {
+        w.revision_history_limit(Some(1));
+        w.scale_down_delay(0.0);
+    }) else {
+        return;
+    };
+    let kept = listed(&world);
+    let want: Vec<(u64, String)> = [5, 4, 3]
+        .iter()
+        .map(|&n| (n, image(&tags[n as usize - 1])))
+        .collect();
+    assert_eq!(kept, want);
+    assert_eq!(world.rollout_object()["spec"]["revisionHistoryLimit"], 1);
+
+    // Unset: Argo's default of 10 keeps all five.
+    let Some((world, _)) = five_revisions_with(|w| {
+        w.revision_history_limit(None);
+        w.scale_down_delay(0.0);
+    }) else {
+        return;
+    };
+    assert_eq!(listed(&world).len(), 5);
+    assert!(
+        world.rollout_object()["spec"]
+            .get("revisionHistoryLimit")
+            .is_none()
+    );
+}
+
+#[test]
+fn an_old_replica_set_with_pods_is_not_pruned() {
+    // Limit 0, but each ReplicaSet that left the active Service keeps its pods for 60 s.
+    let Some((world, _)) = five_revisions_with(|w| {
+        w.revision_history_limit(Some(0));
+        w.scale_down_delay(60.0);
+    }) else {
+        return;
+    };
+    let kept: Vec<u64> = listed(&world).iter().map(|(n, _)| *n).collect();
+    assert_eq!(kept, [5, 4, 3, 2, 1]);
 }
 
 #[test]

@@ -370,6 +370,20 @@ pub fn set_image(cx: &Context, cluster: &Cluster, image: &ImageRef) -> Result<()
     }
 }
 
+/// The pause reason of an inconclusive analysis (pkg/apis/rollouts/v1alpha1/types.go
+/// PauseReasonInconclusiveAnalysis).
+const INCONCLUSIVE_ANALYSIS: &str = "InconclusiveAnalysisRun";
+
+/// Paused for a person after an inconclusive pre-promotion analysis (rollout/analysis.go
+/// setPauseOrAbortForBlueGreen): by its pause reason, or by the run's phase.
+pub fn inconclusive_pause(state: &RolloutState) -> bool {
+    state
+        .pause_reasons
+        .iter()
+        .any(|r| r == INCONCLUSIVE_ANALYSIS)
+        || state.analysis.as_ref().is_some_and(|a| a.inconclusive())
+}
+
 /// The error of a `set image` that did not land (read back): nothing to undo.
 #[derive(Debug)]
 pub struct NotSet(String);
@@ -419,6 +433,18 @@ pub fn wait_for_preview(
                 Phase::Healthy if state.fully_promoted() => Ok(Look::Done(Arrival::WentActive)),
                 Phase::Degraded => bail!(
                     "rollout {rollout} is {line}: the new pods did not become a usable preview"
+                ),
+                Phase::Paused if inconclusive_pause(state) => bail!(
+                    "rollout {rollout} is {line}: the preview's in-cluster check {} was inconclusive, \
+                     and the controller paused for a person to decide: `kubectl argo rollouts promote \
+                     {rollout}` resumes it and the controller runs the check again (it pauses for \
+                     promotion once the check passes), `cargo xtask abort` drops the preview; \
+                     `cargo xtask status` shows the measurement",
+                    state.analysis.as_ref().map_or_else(
+                        || "(its AnalysisRun not named in the Rollout's status)".to_owned(),
+                        // One line: a measurement's message may end in a line break.
+                        |a| format!("{} ({})", a.name, a.summary().trim().replace('\n', " "))
+                    )
                 ),
                 Phase::Paused if !state.pause_reasons.iter().any(|r| r == BLUE_GREEN_PAUSE) => bail!(
                     "rollout {rollout} is {line}, not at the blue/green pause: someone paused it by hand; \

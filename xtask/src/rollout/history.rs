@@ -6,6 +6,7 @@ use anyhow::{Context as _, Result, anyhow};
 use serde_json::Value;
 
 use super::RolloutArgs;
+use super::kube::Kubectl;
 use super::state::RolloutState;
 use crate::cli::{self, ArgMatches, Task, switch};
 use crate::context::Context;
@@ -61,17 +62,7 @@ impl Task for History {
 
     fn run(self, cx: &Context) -> Result<()> {
         let kubectl = self.target.kubectl()?;
-        let state = kubectl.read(cx)?;
-        if state.selector.is_empty() {
-            return Err(anyhow!(
-                "rollout {} has no spec.selector.matchLabels: its ReplicaSets cannot be listed by label",
-                kubectl.rollout()
-            ));
-        }
-        let list = kubectl.replica_sets_json(cx, &state.selector)?;
-        let container = &kubectl.target.container;
-        let revisions = revisions(&list, &state, kubectl.rollout(), container)
-            .with_context(|| format!("read the ReplicaSets of rollout {}", kubectl.rollout()))?;
+        let (_, revisions) = read(cx, &kubectl)?;
         let target = &kubectl.target;
         if self.json {
             cx.result(serde_json::json!({
@@ -108,6 +99,22 @@ impl Task for History {
     }
 }
 
+/// The Rollout as the API has it now, and its revisions read from its ReplicaSets.
+pub fn read(cx: &Context, kubectl: &Kubectl) -> Result<(RolloutState, Vec<Revision>)> {
+    let state = kubectl.read(cx)?;
+    if state.selector.is_empty() {
+        return Err(anyhow!(
+            "rollout {} has no spec.selector.matchLabels: its ReplicaSets cannot be listed by label",
+            kubectl.rollout()
+        ));
+    }
+    let list = kubectl.replica_sets_json(cx, &state.selector)?;
+    let container = &kubectl.target.container;
+    let revisions = revisions(&list, &state, kubectl.rollout(), container)
+        .with_context(|| format!("read the ReplicaSets of rollout {}", kubectl.rollout()))?;
+    Ok((state, revisions))
+}
+
 /// One ReplicaSet of the Rollout: one revision.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Revision {
@@ -132,7 +139,7 @@ impl Revision {
         }
     }
 
-    fn roles(&self) -> String {
+    pub fn roles(&self) -> String {
         let roles: Vec<&str> = [
             (self.active, "active"),
             (self.preview, "preview"),

@@ -1,5 +1,5 @@
 //! The blue/green tasks: `deploy`, `status`, `sanity`, `promote`, `abort`,
-//! `release`, `history`. They change an Argo Rollout through the `kubectl-argo-rollouts`
+//! `release`, `history`, `rollback`. They change an Argo Rollout through the `kubectl-argo-rollouts`
 //! plugin and read it back with `kubectl get`, every call bounded in time;
 //! `rollout.yaml` at the root is the Rollout. README.md ("Blue/green with
 //! Argo Rollouts") says how the controller behaves and what each task relies on.
@@ -19,6 +19,7 @@ mod plugin;
 mod port_forward;
 mod promote;
 mod release;
+mod rollback;
 mod sanity;
 mod state;
 mod status;
@@ -34,6 +35,7 @@ pub use deploy::Deploy;
 pub use history::History;
 pub use promote::Promote;
 pub use release::Release;
+pub use rollback::Rollback;
 pub use sanity::Sanity;
 pub use status::Status;
 

@@ -13,7 +13,7 @@ use super::promote::{PromotionUnknown, check_promotable, promote_and_wait};
 use super::sanity::{Endpoint, SanityArgs, check_preview};
 use super::wait;
 use super::{Cluster, DEFAULT_ACTIVE_SERVICE, RolloutArgs, check_label, duration, go_duration};
-use crate::cli::{self, ArgMatches, Task, option, switch};
+use crate::cli::{self, Arg, ArgMatches, Task, option, switch};
 use crate::context::Context;
 use crate::image::{ImageArgs, ImageRef};
 use crate::interrupt;
@@ -108,42 +108,11 @@ impl Task for Release {
         cli::task("release", ABOUT, LONG_ABOUT, AFTER_LONG_HELP)
             .args(RolloutArgs::args())
             .args(ImageArgs::args())
-            .args(WaitArgs::args())
-            .args(SanityArgs::args())
-            .arg(
-                option(
-                    "active-service",
-                    "NAME",
-                    "The Service in front of the active pods (checked instead of the preview on a Rollout's first image)",
-                )
-                .env("API_ACTIVE_SERVICE")
-                .default_value(DEFAULT_ACTIVE_SERVICE),
-            )
-            .arg(duration(
-                "sanity-timeout",
-                "60s",
-                "The longest time to retry the preview's checks, such as 60s",
-            ))
-            .arg(switch(
-                "no-promote",
-                "Stop after the checks: leave the checked preview waiting for `promote`",
-            ))
-            .arg(switch("replace", deploy::REPLACE_HELP))
-            .arg(switch("fast-rollback", deploy::FAST_ROLLBACK_HELP))
+            .args(Release::gate_args())
     }
 
     fn from(matches: &ArgMatches) -> Release {
-        Release {
-            target: RolloutArgs::from(matches),
-            image: ImageArgs::from(matches),
-            waiting: WaitArgs::from(matches),
-            check: SanityArgs::from(matches),
-            active_service: cli::value(matches, "active-service"),
-            sanity_timeout: cli::value(matches, "sanity-timeout"),
-            no_promote: matches.get_flag("no-promote"),
-            replace: matches.get_flag("replace"),
-            fast_rollback: matches.get_flag("fast-rollback"),
-        }
+        Release::of_image(matches, ImageArgs::from(matches))
     }
 
     fn run(self, cx: &Context) -> Result<()> {
@@ -226,6 +195,48 @@ impl Task for Release {
 }
 
 impl Release {
+    /// The flags of the gate, every one but the image's: `rollback` takes them too.
+    pub fn gate_args() -> Vec<Arg> {
+        let mut args = Vec::from(WaitArgs::args());
+        args.extend(SanityArgs::args());
+        args.extend([
+            option(
+                "active-service",
+                "NAME",
+                "The Service in front of the active pods (checked instead of the preview on a Rollout's first image)",
+            )
+            .env("API_ACTIVE_SERVICE")
+            .default_value(DEFAULT_ACTIVE_SERVICE),
+            duration(
+                "sanity-timeout",
+                "60s",
+                "The longest time to retry the preview's checks, such as 60s",
+            ),
+            switch(
+                "no-promote",
+                "Stop after the checks: leave the checked preview waiting for `promote`",
+            ),
+            switch("replace", deploy::REPLACE_HELP),
+            switch("fast-rollback", deploy::FAST_ROLLBACK_HELP),
+        ]);
+        args
+    }
+
+    /// The release of `image` with the gate's flags in `matches` (see [`Release::gate_args`]).
+    pub fn of_image(matches: &ArgMatches, image: ImageArgs) -> Release {
+        Release {
+            target: RolloutArgs::from(matches),
+            image,
+            waiting: WaitArgs::from(matches),
+            check: SanityArgs::from(matches),
+            active_service: cli::value(matches, "active-service"),
+            sanity_timeout: cli::value(matches, "sanity-timeout"),
+            no_promote: matches.get_flag("no-promote"),
+            replace: matches.get_flag("replace"),
+            fast_rollback: matches.get_flag("fast-rollback"),
+        }
+    }
+
     /// After a failure: aborts, unless traffic had switched already; says what was read.
     fn recover(&self, cx: &Context, cluster: &Cluster, failed: Failed) -> anyhow::Error {
         // A read, then the abort: nothing a signal may cut short.

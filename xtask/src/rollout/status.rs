@@ -7,6 +7,7 @@ use anyhow::Result;
 
 use super::RolloutArgs;
 use super::analysis::{Analysis, Failing};
+use super::deploy::inconclusive_pause;
 use super::kube::Kubectl;
 use super::state::{Phase, PhaseLine, RolloutState};
 use super::wait;
@@ -225,9 +226,10 @@ fn hint(state: &RolloutState, line: &PhaseLine) -> &'static str {
         Phase::Paused if state.at_blue_green_pause() => {
             " (the preview is ready: `cargo xtask sanity`, then `cargo xtask promote` or `cargo xtask abort`)"
         }
-        Phase::Paused if analysis.is_some_and(Analysis::inconclusive) => {
-            " (the preview's in-cluster check was inconclusive: `kubectl argo rollouts promote` runs it \
-             again, `cargo xtask abort` drops the preview)"
+        Phase::Paused if inconclusive_pause(state) => {
+            " (the preview's in-cluster check was inconclusive, and the controller waits for a person: \
+             `kubectl argo rollouts promote` resumes it and runs the check again, `cargo xtask abort` \
+             drops the preview)"
         }
         Phase::Paused => " (paused by hand: `kubectl argo rollouts promote` resumes it)",
         Phase::Degraded if analysis.is_some_and(Analysis::failed) => {

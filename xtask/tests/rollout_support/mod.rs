@@ -385,6 +385,11 @@ impl World {
         self.edit(|s| s["scale_down_delay"] = json!(seconds));
     }
 
+    /// spec.revisionHistoryLimit (rollout.yaml's 3; None: unset, Argo's default 10).
+    pub fn revision_history_limit(&self, limit: Option<u32>) {
+        self.edit(|s| s["revision_history_limit"] = json!(limit));
+    }
+
     /// abortScaleDownDelaySeconds (default 30): how long an aborted ReplicaSet keeps its pods.
     pub fn abort_scale_down_delay(&self, seconds: f64) {
         self.edit(|s| s["abort_scale_down_delay"] = json!(seconds));
