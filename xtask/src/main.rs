@@ -168,7 +168,7 @@ mod tests {
             names,
             [
                 "build", "run", "test", "bench", "lint", "package", "deploy", "status", "sanity",
-                "promote", "abort", "release", "history", "doctor"
+                "promote", "abort", "release", "history", "rollback", "doctor"
             ]
         );
     }
