@@ -5,7 +5,7 @@
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use api::VERSION;
 use api::config::{self, Config};
@@ -45,9 +45,11 @@ pipeline and never read beside 6144 silent ones, takes about 113 MiB.
 GET /health answers 200 while the process runs (for a liveness probe); GET /ready
 answers 200, and 503 once shutdown has begun (for a readiness probe).
 
-SIGTERM or SIGINT: for DRAIN_DELAY_SECS keep serving, /ready answering 503 and every
-answer closing its connection; then stop accepting, let in-flight requests finish
+SIGTERM (the kubelet's): for DRAIN_DELAY_SECS keep serving, /ready answering 503 and
+every answer closing its connection; then stop accepting, let in-flight requests finish
 within SHUTDOWN_TIMEOUT_SECS (idle connections close at once), exit 0.
+SIGINT (Ctrl-C, a person): the same without the drain delay, so it stops at once when
+nothing is in flight; a second SIGINT stops waiting for requests in flight.
 ",
         config::ENV_HELP
     )
@@ -213,22 +215,30 @@ async fn run(config: Config) -> Result<(), String> {
     // Out of rotation: /ready says 503 and every answer closes its connection,
     // while the endpoints that still send clients here are being removed.
     DRAINING.store(true, Ordering::Relaxed);
+    // The delay is for the kubelet's SIGTERM. Ctrl-C comes from a person at a
+    // terminal, with no endpoints to wait for, who would pay it on every restart.
+    let drain_delay = match signal {
+        "SIGINT" => Duration::ZERO,
+        _ => config.drain_delay,
+    };
     Line::new(Level::Info, "stopping")
         .str("signal", signal)
         .num("open_connections", shared.open() as u64)
-        .num("drain_delay_secs", config.drain_delay.as_secs())
+        .num("drain_delay_secs", drain_delay.as_secs())
         .emit();
     let started = Instant::now();
-    // A second signal ends the delay early.
-    acceptor
-        .serve_until(&listener, &shared, async {
-            tokio::select! {
-                () = tokio::time::sleep(config.drain_delay) => {}
-                _ = sigterm.recv() => {}
-                _ = sigint.recv() => {}
-            }
-        })
-        .await;
+    if !drain_delay.is_zero() {
+        // A second signal ends the delay early.
+        acceptor
+            .serve_until(&listener, &shared, async {
+                tokio::select! {
+                    () = tokio::time::sleep(drain_delay) => {}
+                    _ = sigterm.recv() => {}
+                    _ = sigint.recv() => {}
+                }
+            })
+            .await;
+    }
 
     // Stop accepting: new connections are refused from here on. Open ones
     // finish the request they are in (answered with Connection: close); idle
@@ -236,12 +246,14 @@ async fn run(config: Config) -> Result<(), String> {
     server::close_listener(listener, &shared).await;
     let _ = stop_tx.send(true);
     let all = u32::try_from(shared.max_connections).unwrap_or(u32::MAX);
-    let drained = tokio::time::timeout(
-        config.shutdown_timeout,
-        shared.connections.acquire_many(all),
-    )
-    .await
-    .is_ok();
+    let drained = tokio::select! {
+        done = tokio::time::timeout(
+            config.shutdown_timeout,
+            shared.connections.acquire_many(all),
+        ) => done.is_ok(),
+        // A person who presses Ctrl-C again does not want to wait.
+        _ = sigint.recv() => false,
+    };
     let left = shared.open();
     Line::new(if drained { Level::Info } else { Level::Warn }, "stopped")
         .str("signal", signal)

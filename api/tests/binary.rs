@@ -592,14 +592,71 @@ fn an_idle_keep_alive_connection_is_closed_within_two_header_timeouts() {
     );
 }
 
+/// A drain delay no test waits out: a SIGINT that paid it would fail on a
+/// deadline long before it ended.
+const KUBELET_DRAIN_DELAY: &str = "600";
+
 #[test]
-fn sigint_stops_the_service_like_sigterm() {
-    let mut api = Api::start(&[]);
+fn sigint_with_nothing_open_stops_without_the_drain_delay() {
+    let mut api = Api::start(&[("DRAIN_DELAY_SECS", KUBELET_DRAIN_DELAY)]);
     api.signal("INT");
+    let stopping = api.wait_for_log("stopping", Duration::from_secs(10));
+    assert_eq!(stopping["drain_delay_secs"], 0);
     let stopped = api.wait_for_log("stopped", Duration::from_secs(10));
     assert_eq!(stopped["signal"], "SIGINT");
     assert_eq!(stopped["drained"], true);
-    assert!(api.wait_exit(Duration::from_secs(5)).success());
+    assert!(api.wait_exit(Duration::from_secs(10)).success());
+}
+
+#[test]
+fn a_request_in_flight_at_sigint_is_answered_before_the_service_exits() {
+    let mut api = Api::start(&[
+        ("DRAIN_DELAY_SECS", KUBELET_DRAIN_DELAY),
+        ("SHUTDOWN_TIMEOUT_SECS", KUBELET_DRAIN_DELAY),
+        ("HEADER_READ_TIMEOUT_SECS", KUBELET_DRAIN_DELAY),
+    ]);
+    let mut in_flight = api.connect();
+    // Half a request: the connection is accepted and its head is on the way.
+    in_flight
+        .write_all(b"GET /health HTTP/1.1\r\nHost: test\r\n")
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(100));
+    api.signal("INT");
+    let stopping = api.wait_for_log("stopping", Duration::from_secs(10));
+    assert_eq!(stopping["drain_delay_secs"], 0);
+    assert!(
+        api.child.try_wait().unwrap().is_none(),
+        "waits for the request in flight"
+    );
+
+    in_flight.write_all(b"\r\n").unwrap();
+    let response = read_response(&mut in_flight, false).expect("answered in full");
+    assert_eq!(response.status, 200);
+    assert_eq!(response.body, health_body());
+    assert_eq!(response.header("connection"), Some("close"));
+
+    let stopped = api.wait_for_log("stopped", Duration::from_secs(10));
+    assert_eq!(stopped["signal"], "SIGINT");
+    assert_eq!(stopped["drained"], true);
+    assert!(api.wait_exit(Duration::from_secs(10)).success());
+}
+
+#[test]
+fn a_second_sigint_stops_waiting_for_the_request_in_flight() {
+    let mut api = Api::start(&[
+        ("SHUTDOWN_TIMEOUT_SECS", KUBELET_DRAIN_DELAY),
+        ("HEADER_READ_TIMEOUT_SECS", KUBELET_DRAIN_DELAY),
+    ]);
+    let mut stalled = api.connect();
+    stalled.write_all(b"GET /health HTTP/1.1\r\n").unwrap();
+    std::thread::sleep(Duration::from_millis(100));
+    api.signal("INT");
+    api.wait_for_log("stopping", Duration::from_secs(10));
+    api.signal("INT");
+    let stopped = api.wait_for_log("stopped", Duration::from_secs(10));
+    assert_eq!(stopped["drained"], false);
+    assert_eq!(stopped["dropped_connections"], 1);
+    assert!(api.wait_exit(Duration::from_secs(10)).success());
 }
 
 #[test]

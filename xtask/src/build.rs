@@ -70,6 +70,32 @@ impl Task for Build {
     }
 }
 
+/// The cargo profile `api` is built with: cargo's flags for it and the
+/// directory under the target dir it builds into.
+#[derive(Debug, Clone, Copy)]
+pub enum Profile {
+    /// What ships and what is measured: `build`, `package`, `bench`.
+    Release,
+    /// Cargo.toml's `[profile.edit]`, quick to rebuild after an edit: `run`.
+    Edit,
+}
+
+impl Profile {
+    fn cargo_args(self) -> &'static [&'static str] {
+        match self {
+            Profile::Release => &["--release"],
+            Profile::Edit => &["--profile", "edit"],
+        }
+    }
+
+    fn dir(self) -> &'static str {
+        match self {
+            Profile::Release => "release",
+            Profile::Edit => "edit",
+        }
+    }
+}
+
 /// What a build made.
 pub struct Built {
     pub version: String,
@@ -80,11 +106,24 @@ impl Build {
     /// Builds and copies to bin/api, printing nothing on stdout (for tasks
     /// whose stdout is their own result, such as `bench --json`).
     pub fn compile(&self, cx: &Context) -> Result<Built> {
+        let built = self.cargo_build(cx, Profile::Release)?;
+        let binary = cx.path("bin/api");
+        cx.copy(&built.binary, &binary)?;
+        Ok(Built {
+            version: built.version,
+            binary,
+        })
+    }
+
+    /// Builds with `profile`, printing nothing on stdout; the binary is
+    /// where cargo put it.
+    pub fn cargo_build(&self, cx: &Context, profile: Profile) -> Result<Built> {
         tools::require(&[&tools::CARGO])?;
         let version = version::resolve(cx, &cx.root)?;
         let sh = &cx.sh;
         let cargo = tools::cargo();
 
+        let profile_args = profile.cargo_args();
         let target_args: &[&str] = match self.static_link {
             true => &["--target", STATIC_TARGET],
             false => &[],
@@ -93,7 +132,7 @@ impl Build {
         // build.target-dir): its JSON messages on stdout, diagnostics on stderr.
         let mut compile = cx.change(cmd!(
             sh,
-            "{cargo} build --message-format=json-render-diagnostics --release --package api {target_args...}"
+            "{cargo} build --message-format=json-render-diagnostics {profile_args...} --package api {target_args...}"
         ));
         if self.static_link {
             compile = compile.env("RUSTFLAGS", "-C target-feature=+crt-static");
@@ -104,7 +143,7 @@ impl Build {
             .run(cx)
             .context("compile api")?
             .map(|done| done.stdout);
-        let built = match messages {
+        let binary = match messages {
             Some(messages) => api_executable(&messages)?,
             // --dry-run: where it would be, by the same rules cargo follows for the environment.
             None => {
@@ -112,14 +151,13 @@ impl Build {
                     Ok(dir) if !dir.is_empty() => cx.root.join(dir),
                     _ => cx.path("target"),
                 };
-                match self.static_link {
-                    true => target_dir.join(STATIC_TARGET).join("release/api"),
-                    false => target_dir.join("release/api"),
-                }
+                let target_dir = match self.static_link {
+                    true => target_dir.join(STATIC_TARGET),
+                    false => target_dir,
+                };
+                target_dir.join(profile.dir()).join("api")
             }
         };
-        let binary = cx.path("bin/api");
-        cx.copy(&built, &binary)?;
         Ok(Built { version, binary })
     }
 }

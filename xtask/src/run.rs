@@ -1,25 +1,33 @@
-//! `cargo xtask run`: build, then become the service.
+//! `cargo xtask run`: build for the edit loop, then become the service.
 
 use std::process::ExitCode;
 
 use anyhow::Result;
 
-use crate::build::Build;
+use crate::build::{Build, Profile};
 use crate::cli::{self, ArgMatches, Task, trailing};
 use crate::context::Context;
 
-const ABOUT: &str = "Build, then start bin/api in the foreground";
+const ABOUT: &str = "Build quickly (the edit profile), then start api in the foreground";
 
-const LONG_ABOUT: &str = "Build (as `cargo xtask build`), then start bin/api in the foreground.
+const LONG_ABOUT: &str = "Build `api` for trying a change, then start it in the foreground.
 
-The service replaces this process (exec), so Ctrl-C and SIGTERM reach it directly \
-and it drains in-flight requests before it exits; its exit status is the task's. \
-The environment passes through unchanged.
+The build uses Cargo.toml's [profile.edit], chosen for the edit loop: dev, with the \
+dependencies optimized (built once). After a one-line edit it serves in a second or two, \
+where the release profile's fat LTO takes tens of seconds. Its answers and version are \
+the release build's; its speed and memory are not, so measure with `cargo xtask bench`, \
+which builds for release. bin/api is left alone: it stays what `cargo xtask build` made.
+
+The service replaces this process (exec), so Ctrl-C and SIGTERM reach it directly; \
+its exit status is the task's. Ctrl-C stops it at once, letting requests in flight \
+finish (a second Ctrl-C stops waiting for them); SIGTERM first serves for \
+DRAIN_DELAY_SECS, as in a pod. The environment passes through unchanged.
 
 Runs:
+  git describe --tags --always --dirty   (when API_VERSION is unset)
   API_VERSION=<version> cargo build --message-format=json-render-diagnostics \\
-      --release --package api
-  bin/api [ARGS...]";
+      --profile edit --package api
+  target/edit/api [ARGS...]  (where cargo put it, under $CARGO_TARGET_DIR when set)";
 
 const AFTER_LONG_HELP: &str = "Environment (read by the service):
   PORT          port to listen on (default 8080)
@@ -33,7 +41,7 @@ Examples:
 /// `cargo xtask run`.
 #[derive(Debug)]
 pub struct Run {
-    /// Arguments for bin/api.
+    /// Arguments for api.
     pub args: Vec<String>,
 }
 
@@ -44,7 +52,7 @@ impl Task for Run {
         cli::task("run", ABOUT, LONG_ABOUT, AFTER_LONG_HELP).arg(trailing(
             "args",
             "ARGS",
-            "Arguments for bin/api",
+            "Arguments for api",
         ))
     }
 
@@ -55,7 +63,7 @@ impl Task for Run {
     }
 
     fn run(self, cx: &Context) -> Result<ExitCode> {
-        let built = Build::default().compile(cx)?;
+        let built = Build::default().cargo_build(cx, Profile::Edit)?;
         let mut service = std::process::Command::new(&built.binary);
         service.args(&self.args);
         match cx.change(service).into_command(cx) {
