@@ -368,19 +368,19 @@ fn hostile_folder(task: &str) -> String {
 }
 
 #[test]
-fn run_plan_builds_then_starts_bin_api_with_the_arguments_as_they_are() {
+fn run_plan_builds_then_starts_api_with_the_arguments_as_they_are() {
     let cargo = PathBuf::from(std::env::var_os("CARGO").expect("cargo sets CARGO"));
-    // bin/api is never started by a dry run; pasted, the plan's last line starts it.
+    // The binary is never started by a dry run; pasted, the plan's last line starts it.
     let tools = Tools::new(
         &hostile_folder("run"),
         &[("cargo", cargo), ("api", PathBuf::from("false"))],
     );
-    // The tools' folder is a workspace of its own, so its bin/api is the one the plan names.
-    std::fs::write(
-        tools.dir.join("Cargo.toml"),
-        "[workspace]\nmembers = [\"xtask\"]\n",
-    )
-    .unwrap();
+    // The tools' folder is a workspace of its own (it holds xtask/Cargo.toml), so the
+    // binary the plan names is its target/edit/api: the recorder, under that name.
+    std::fs::create_dir_all(tools.dir.join("xtask")).unwrap();
+    std::fs::write(tools.dir.join("xtask/Cargo.toml"), "").unwrap();
+    std::fs::create_dir_all(tools.dir.join("target/edit")).unwrap();
+    std::os::unix::fs::symlink(tools.tool("api"), tools.dir.join("target/edit/api")).unwrap();
     let mut cmd = support::xtask_with(&["--dry-run", "run", "--", HOSTILE, "", "--port=1"]);
     cmd.current_dir(&tools.dir)
         .env_remove("CARGO_MANIFEST_DIR")
@@ -397,7 +397,8 @@ fn run_plan_builds_then_starts_bin_api_with_the_arguments_as_they_are() {
                 "cargo",
                 "build",
                 "--message-format=json-render-diagnostics",
-                "--release",
+                "--profile",
+                "edit",
                 "--package",
                 "api",
             ]),
