@@ -13,7 +13,8 @@ pub const ENV_HELP: &str =
   HOST                      IP address to bind (default 0.0.0.0, every IPv4 interface)
   PROBE_PORT                a port of its own for the kubelet's probes (GET /health, /ready), on
                             HOST too, served by its own thread with its own 32 connections, so
-                            that no flood of PORT delays a probe (default: none; 0 picks a free one)
+                            that no flood of PORT delays a probe; the other threads then run at
+                            nice 10, so that it gets a CPU first (default: none; 0 picks a free one)
   LOG_LEVEL                 error, warn, info or debug (default info; debug logs every request)
   WORKERS                   threads that serve requests, 1 to 64 (default: the CPUs this process
                             may use, at most 64)

@@ -1228,6 +1228,40 @@ fn probes_on_their_own_port_are_answered_while_the_service_port_is_full() {
     drop(flood);
 }
 
+/// Each thread of `pid`: its name and nice value, from /proc/<pid>/task/*/stat
+/// (nice is field 19, counted after the name in parentheses).
+fn thread_nices(pid: u32) -> Vec<(String, i64)> {
+    std::fs::read_dir(format!("/proc/{pid}/task"))
+        .unwrap()
+        .flatten()
+        .map(|task| {
+            let stat = std::fs::read_to_string(task.path().join("stat")).unwrap();
+            let (head, tail) = stat.rsplit_once(')').unwrap();
+            let name = head.split_once('(').unwrap().1.to_owned();
+            let nice = tail.split_whitespace().nth(16).unwrap().parse().unwrap();
+            (name, nice)
+        })
+        .collect()
+}
+
+#[test]
+fn with_a_probe_port_every_thread_but_the_probe_thread_gives_way() {
+    let api = Api::start(&[("PROBE_PORT", "0"), ("WORKERS", "2")]);
+    let started = api.seen.iter().find(|l| l["msg"] == "started").unwrap();
+    assert_eq!(started["worker_nice"], 10, "{started}");
+    let nices = thread_nices(api.child.id());
+    assert!(nices.len() >= 4, "main, two workers, probe: {nices:?}");
+    for (name, nice) in &nices {
+        let want = if name == "probe" { 0 } else { 10 };
+        assert_eq!(*nice, want, "{name}: {nices:?}");
+    }
+    // Without a probe port nothing changes.
+    let plain = Api::start(&[("WORKERS", "2")]);
+    let started = plain.seen.iter().find(|l| l["msg"] == "started").unwrap();
+    assert!(started.get("worker_nice").is_none(), "{started}");
+    assert!(thread_nices(plain.child.id()).iter().all(|(_, n)| *n == 0));
+}
+
 #[test]
 fn the_probe_port_makes_room_for_a_new_probe_and_floods_are_summed_up_in_the_log() {
     let mut api = Api::start(&[("PROBE_PORT", "0"), ("HEADER_READ_TIMEOUT_SECS", "1")]);

@@ -366,6 +366,22 @@ fn abuse_in_a_memory_limited_container_kills_nothing_and_memory_comes_back() {
         // The probes on their own port (PROBE_PORT), each on a new connection.
         assert_eq!(phase["probe"]["errors"], 0, "{name}: {phase}");
         assert!(phase["probe"]["requests"].as_u64().unwrap() > 0, "{name}");
+        // Where the CPU went: the server's probe thread apart from the rest,
+        // and what of the slowest probes was waiting for a CPU.
+        let probe_thread = &phase["server_cpu"]["threads"]["probe"];
+        assert!(
+            probe_thread["cpu"].as_f64().unwrap() > 0.0,
+            "{name}: {phase}"
+        );
+        assert!(phase["server_cpu"]["total"]["cpu"].as_f64().unwrap() > 0.0);
+        assert!(
+            phase["probe"]["slowest_server_wait_us"].is_u64(),
+            "{name}: {phase}"
+        );
+        assert!(
+            phase["probe"]["slowest_client_wait_us"].is_u64(),
+            "{name}: {phase}"
+        );
     }
     let burst = &report["burst"];
     assert_eq!(burst["connections"], 400, "every burst connection answered");

@@ -4,6 +4,7 @@
 use std::collections::BTreeMap;
 use std::io::{ErrorKind, Read as _, Write as _};
 use std::net::{SocketAddr, TcpStream};
+use std::path::PathBuf;
 use std::process::Command;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -15,6 +16,9 @@ use camino::Utf8Path;
 use serde_json::{Value, json};
 
 use crate::process::{self, Background, Io, Stderr, Stdout};
+
+mod threads;
+use threads::{Snapshot, Usage};
 
 /// rollout.yaml's memory limit, as `docker run --memory` takes it.
 pub const MEMORY_LIMIT: &str = "128m";
@@ -50,6 +54,10 @@ pub struct Latency {
     pub p50_us: u64,
     pub p99_us: u64,
     pub max_us: u64,
+    /// Of the slowest 1% (at least one), the mean time the measuring thread
+    /// and the server thread that answered were runnable without a CPU:
+    /// what of the tail is the scheduler's. Probe port only.
+    pub slowest_waits_us: Option<(u64, u64)>,
 }
 
 #[derive(Debug)]
@@ -81,6 +89,10 @@ pub struct Phase {
     /// The machine's 1-minute load average as the phase began and ended:
     /// latencies on a busy machine are the machine's.
     pub load: (Option<f64>, Option<f64>),
+    /// Where the server's CPU went (per thread), and its cgroup's throttling.
+    pub server_cpu: Usage,
+    /// The same for this process: the floods and the measuring clients.
+    pub client_cpu: Usage,
 }
 
 #[derive(Debug)]
@@ -113,6 +125,8 @@ impl Latency {
             "p50_us": self.p50_us,
             "p99_us": self.p99_us,
             "max_us": self.max_us,
+            "slowest_client_wait_us": self.slowest_waits_us.map(|w| w.0),
+            "slowest_server_wait_us": self.slowest_waits_us.map(|w| w.1),
         })
     }
 }
@@ -136,6 +150,8 @@ impl Phase {
             "alive": self.alive,
             "oom_killed": self.oom_killed,
             "load_average_1m": [self.load.0, self.load.1],
+            "server_cpu": self.server_cpu.json(),
+            "client_cpu": self.client_cpu.json(),
         })
     }
 }
@@ -177,6 +193,8 @@ pub struct Subject {
     /// The probe port, which the server is told with `PROBE_PORT`.
     pub probe: SocketAddr,
     cgroup: Option<std::path::PathBuf>,
+    /// Its CPU cgroup (a container's), for quota throttling.
+    cpu_cgroup: Option<std::path::PathBuf>,
 }
 
 /// A port free on 127.0.0.1 now.
@@ -214,6 +232,7 @@ impl Subject {
             addr: SocketAddr::from(([127, 0, 0, 1], port)),
             probe: SocketAddr::from(([127, 0, 0, 1], probe_port)),
             cgroup: None,
+            cpu_cgroup: None,
         };
         subject.wait_ready()?;
         Ok(subject)
@@ -260,6 +279,7 @@ impl Subject {
             addr: SocketAddr::from(([127, 0, 0, 1], port)),
             probe: SocketAddr::from(([127, 0, 0, 1], probe_port)),
             cgroup: None,
+            cpu_cgroup: None,
         };
         let pid = docker_run(docker, &["inspect", "--format", "{{.State.Pid}}", name])
             .and_then(|pid| pid.trim().parse().context("the container's pid"));
@@ -271,6 +291,7 @@ impl Subject {
             }
         };
         subject.cgroup = memory_cgroup(subject.pid);
+        subject.cpu_cgroup = threads::cpu_cgroup(subject.pid);
         if let Some(dir) = &subject.cgroup {
             // cgroup v1 counts TCP buffers only once they have a limit: give
             // them the same one, so that they are counted at all.
@@ -380,7 +401,7 @@ impl Sampler {
     fn start(pid: u32) -> Sampler {
         let stop = Arc::new(AtomicBool::new(false));
         let stopped = Arc::clone(&stop);
-        let thread = std::thread::spawn(move || {
+        let thread = spawn_named("sampler", move || {
             let (mut held, mut rss) = (None::<usize>, 0);
             while !stopped.load(Ordering::Relaxed) {
                 if let Some(n) = sockets(pid) {
@@ -519,7 +540,7 @@ impl Prober {
     /// Opens the keep-alive connection now (before any flood), then measures
     /// on it, and on a new connection each 100 ms to the service port and to
     /// the probe port, until stopped.
-    fn start(addr: SocketAddr, probe: SocketAddr) -> Result<Prober> {
+    fn start(addr: SocketAddr, probe: SocketAddr, server_pid: u32) -> Result<Prober> {
         let stop = Arc::new(AtomicBool::new(false));
         let kept = TcpStream::connect_timeout(&addr, PROBE_TIMEOUT)
             .context("the well-behaved client's connection")?;
@@ -528,7 +549,7 @@ impl Prober {
         let _ = kept.set_nodelay(true);
         let keep_alive = {
             let stop = Arc::clone(&stop);
-            std::thread::spawn(move || {
+            spawn_named("keep-alive", move || {
                 let mut times = Vec::new();
                 let mut errors = 0;
                 let mut stream = Some(kept);
@@ -560,24 +581,41 @@ impl Prober {
                 latency(times, errors)
             })
         };
-        let new_connections = |addr: SocketAddr| {
+        let new_connections = |name: &str, addr: SocketAddr, server: Option<PathBuf>| {
             let stop = Arc::clone(&stop);
-            std::thread::spawn(move || {
+            spawn_named(name, move || {
                 let mut times = Vec::new();
+                let mut waits = Vec::new();
                 let mut errors = 0;
+                let ours = PathBuf::from("/proc/thread-self/schedstat");
+                let wait = |path: &Option<PathBuf>| path.as_deref().and_then(threads::wait_ns);
+                let sample = || (wait(&Some(ours.clone())), wait(&server));
                 while !stop.load(Ordering::Relaxed) {
+                    let before = sample();
                     let started = Instant::now();
                     match get_once(addr, PROBE_TIMEOUT) {
-                        Ok(()) => times.push(started.elapsed()),
+                        Ok(()) => {
+                            let elapsed = started.elapsed();
+                            let after = sample();
+                            let delta = |a: Option<u64>, b: Option<u64>| Some(b? - a?);
+                            times.push(elapsed);
+                            waits.push((
+                                elapsed,
+                                delta(before.0, after.0),
+                                delta(before.1, after.1),
+                            ));
+                        }
                         Err(_) => errors += 1,
                     }
                     std::thread::sleep(Duration::from_millis(100));
                 }
-                latency(times, errors)
+                let mut latency = latency(times, errors);
+                latency.slowest_waits_us = server.is_some().then(|| slowest_waits(waits)).flatten();
+                latency
             })
         };
-        let fresh = new_connections(addr);
-        let probes = new_connections(probe);
+        let fresh = new_connections("service-client", addr, None);
+        let probes = new_connections("probe-client", probe, threads::named(server_pid, "probe"));
         Ok(Prober {
             stop,
             threads: vec![keep_alive, fresh, probes],
@@ -598,6 +636,32 @@ impl Prober {
     }
 }
 
+/// A thread named `name` (its /proc comm, read by [`Snapshot`]).
+fn spawn_named<T: Send + 'static>(
+    name: &str,
+    work: impl FnOnce() -> T + Send + 'static,
+) -> JoinHandle<T> {
+    std::thread::Builder::new()
+        .name(name.to_owned())
+        .spawn(work)
+        .expect("spawn a bench thread")
+}
+
+/// One probe: how long it took, and how long (ns) the measuring thread and
+/// the server's probe thread were runnable without a CPU meanwhile.
+type ProbeSample = (Duration, Option<u64>, Option<u64>);
+
+/// The mean waits (client, server) of the slowest 1% of `samples`, at least one.
+fn slowest_waits(mut samples: Vec<ProbeSample>) -> Option<(u64, u64)> {
+    samples.sort_by_key(|s| std::cmp::Reverse(s.0));
+    let slowest = &samples[..samples.len().div_ceil(100)];
+    let mean = |pick: fn(&ProbeSample) -> Option<u64>| {
+        let sum: Option<u64> = slowest.iter().map(pick).sum();
+        Some(sum? / slowest.len().max(1) as u64 / 1000)
+    };
+    Some((mean(|s| s.1)?, mean(|s| s.2)?))
+}
+
 fn latency(mut times: Vec<Duration>, errors: usize) -> Latency {
     times.sort();
     let at = |q: f64| -> u64 {
@@ -613,6 +677,7 @@ fn latency(mut times: Vec<Duration>, errors: usize) -> Latency {
         p50_us: at(0.50),
         p99_us: at(0.99),
         max_us: times.last().map_or(0, |t| t.as_micros() as u64),
+        slowest_waits_us: None,
     }
 }
 
@@ -837,24 +902,19 @@ pub fn phase(
     );
     let load_before = load_average();
     let rss_idle_kib = subject.rss_kib();
-    let prober = Prober::start(subject.addr, subject.probe)?;
+    let server_before = Snapshot::take(subject.pid, subject.cpu_cgroup.as_deref());
+    let client_before = Snapshot::take(std::process::id(), None);
+    let prober = Prober::start(subject.addr, subject.probe, subject.pid)?;
     let sampler = Sampler::start(subject.pid);
     // Let the well-behaved client take a few calm measurements first.
     std::thread::sleep(Duration::from_millis(200));
-    let mut floods: Vec<Flood> = floods
-        .iter()
-        .map(|&(kind, n)| Flood::open(subject.addr, kind, n))
-        .collect();
-    let chunk: Vec<u8> = PIPELINED.repeat(16_384 / PIPELINED.len());
-    let started = Instant::now();
-    while started.elapsed() < hold {
-        let round = Instant::now();
-        for flood in &mut floods {
-            flood.round(subject.addr, &chunk);
-        }
-        std::thread::sleep(Duration::from_millis(500).saturating_sub(round.elapsed()));
-    }
+    let floods = flood(subject.addr, floods.to_vec(), hold)
+        .join()
+        .unwrap_or_default();
     let rss_end_kib = subject.rss_kib();
+    let server_cpu =
+        server_before.until(&Snapshot::take(subject.pid, subject.cpu_cgroup.as_deref()));
+    let client_cpu = client_before.until(&Snapshot::take(std::process::id(), None));
     let (held_by_server, rss_peak_kib) = sampler.finish();
     let rss_peak_kib = rss_peak_kib.max(rss_end_kib);
     let cgroup_tcp_bytes = subject.cgroup_tcp();
@@ -882,6 +942,29 @@ pub fn phase(
         alive,
         oom_killed,
         load: (load_before, load_average()),
+        server_cpu,
+        client_cpu,
+    })
+}
+
+/// Opens the floods and keeps them up for `hold`, on a thread of its own
+/// ("flood"), so that its CPU is told apart from the measuring clients'.
+fn flood(addr: SocketAddr, floods: Vec<(Kind, usize)>, hold: Duration) -> JoinHandle<Vec<Flood>> {
+    spawn_named("flood", move || {
+        let mut floods: Vec<Flood> = floods
+            .iter()
+            .map(|&(kind, n)| Flood::open(addr, kind, n))
+            .collect();
+        let chunk: Vec<u8> = PIPELINED.repeat(16_384 / PIPELINED.len());
+        let started = Instant::now();
+        while started.elapsed() < hold {
+            let round = Instant::now();
+            for flood in &mut floods {
+                flood.round(addr, &chunk);
+            }
+            std::thread::sleep(Duration::from_millis(500).saturating_sub(round.elapsed()));
+        }
+        floods
     })
 }
 
@@ -928,6 +1011,66 @@ pub fn burst(subject: &Subject, n: usize, settle: Duration) -> Result<Burst> {
         ratio_to_idle: last as f64 / rss_idle_kib.max(1) as f64,
         rss_after_kib,
     })
+}
+
+/// The second table: each latency whole, and where the CPU went (the
+/// server's threads and this process's: the floods and the measuring clients).
+fn cpu_table(phases: &[Phase]) -> String {
+    let mut out = String::from(
+        "latency p50/p99/max in ms and failures; CPU as a share of one CPU; wait: the mean time \
+         a thread was runnable before it got a CPU, per timeslice (schedstat); throttled: CFS \
+         quota periods throttled / all; slowest 1% waits: of the slowest probes, the \
+         mean time the probe client + the server's probe thread waited for a CPU\n",
+    );
+    out.push_str(&format!(
+        "{:<24} {:>26} {:>26} {:>10} {:>16} {:>16} {:>11} {:>10} {:>16} {:>18}\n",
+        "phase",
+        "keep-alive",
+        "probe",
+        "server CPU",
+        "probe thread",
+        "other threads",
+        "throttled",
+        "bench CPU",
+        "probe client",
+        "slowest 1% waits"
+    ));
+    let ms = |us: u64| us as f64 / 1000.0;
+    let lat = |l: &Latency| {
+        format!(
+            "{:.1}/{:.1}/{:.1} {}/{}",
+            ms(l.p50_us),
+            ms(l.p99_us),
+            ms(l.max_us),
+            l.errors,
+            l.errors + l.requests
+        )
+    };
+    let share = |s: Option<threads::Share>| {
+        s.map_or("-".into(), |s| {
+            format!("{:.0}% {:.2}ms", s.cpu * 100.0, ms(s.wait_per_slice_us))
+        })
+    };
+    for p in phases {
+        out.push_str(&format!(
+            "{:<24} {:>26} {:>26} {:>9.0}% {:>16} {:>16} {:>11} {:>9.0}% {:>16} {:>18}\n",
+            p.name,
+            lat(&p.keep_alive),
+            lat(&p.probe),
+            p.server_cpu.total().cpu * 100.0,
+            share(p.server_cpu.thread("probe")),
+            share(Some(p.server_cpu.others("probe"))),
+            p.server_cpu
+                .throttled
+                .map_or("-".into(), |(t, n)| format!("{t}/{n}")),
+            p.client_cpu.total().cpu * 100.0,
+            share(p.client_cpu.thread("probe-client")),
+            p.probe
+                .slowest_waits_us
+                .map_or("-".into(), |(c, s)| format!("{:.1}+{:.1} ms", ms(c), ms(s))),
+        ));
+    }
+    out
 }
 
 /// The report for a person.
@@ -1002,6 +1145,7 @@ pub fn table(report: &Report) -> String {
             },
         ));
     }
+    out.push_str(&cpu_table(&report.phases));
     if let Some(b) = &report.burst {
         let after: Vec<String> = b.rss_after_kib.iter().step_by(5).map(|k| mib(*k)).collect();
         out.push_str(&format!(
