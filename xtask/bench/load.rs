@@ -16,11 +16,14 @@
 //! every request up to 50 us late, and charge it to the server). It used to
 //! poll without sleeping, and the scheduler then took its CPU away for
 //! milliseconds at a time as a CPU hog's (15-21 runs redone per bench). A
-//! wake-up later than planned by more than 20 us is a stall: the CPU was taken
-//! away, and the requests due then go out late. Pin it to a CPU of its own
-//! (`taskset`). Std only (ppoll and prctl are declared here, from the C
-//! library std links anyway), one file: xtask compiles it with `rustc -O`, in
-//! a few seconds, the way it builds the Go server.
+//! wake-up later than planned by more than 100 us is a stall: the CPU was
+//! taken away, and the requests due then go out late. Shorter lateness is the
+//! kernel's wake-up latency under other work (often 20-100 us at load 6 on a
+//! PREEMPT_NONE kernel, even under SCHED_FIFO), which every run carries alike.
+//! Pin it to a CPU of its own (`taskset`). Std only (ppoll and prctl are
+//! declared here, from the C library std links anyway), one file: xtask
+//! compiles it with `rustc -O`, in a few seconds, the way it builds the Go
+//! server.
 //!
 //! Prints one line, `XTASK-LOAD {json}`, latencies in nanoseconds; exits 1
 //! with `error: ...` on stderr when it cannot run at all (bad arguments, no
@@ -224,7 +227,7 @@ pub struct Report {
 }
 
 /// How late a wake-up may be before it counts as a stall.
-const STALL_NS: u64 = 20_000;
+const STALL_NS: u64 = 100_000;
 
 impl Report {
     pub fn json(&self) -> String {

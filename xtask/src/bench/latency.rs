@@ -243,10 +243,10 @@ pub fn disturbed_warning(rates: &[AtRate], secs: u32, realtime: bool) -> Option<
     let first = reasons.first()?;
     Some(format!(
         "warning: {} of {} runs kept were still disturbed after {REDO_DISTURBED} more tries \
-         (the first: {first}): their latencies carry it; close other work, or use --realtime, \
-         and run again",
+         (the first: {first}): their latencies carry it; close other work{}, and run again",
         reasons.len(),
         runs.len(),
+        if realtime { "" } else { ", or use --realtime" },
     ))
 }
 
@@ -383,6 +383,7 @@ mod tests {
             warning.contains("2 of 3 runs kept") && warning.contains("woke late by 60.0 ms"),
             "{warning}"
         );
+        assert!(warning.contains("or use --realtime"), "{warning}");
         assert_eq!(disturbed_warning(&[], 5, false), None);
     }
 

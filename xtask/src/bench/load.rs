@@ -173,7 +173,7 @@ pub struct LoadRun {
     pub errors_status: u64,
     pub errors_io: u64,
     pub errors_timeout: u64,
-    /// Times the generator woke more than 20 us later than planned (its CPU
+    /// Times the generator woke more than 100 us later than planned (its CPU
     /// was taken), and how late in all.
     pub stalls: u64,
     pub stalled_ns: u64,
