@@ -11,10 +11,19 @@
 //! it held up). The uncorrected latency, from the actual send, is reported
 //! beside it.
 //!
-//! One thread polls non-blocking sockets and never sleeps, so a request goes
-//! out within a loop's time of being due: pin it to a CPU of its own
-//! (`taskset`). Std only, one file: xtask compiles it with `rustc -O`, in a
-//! few seconds, the way it builds the Go server.
+//! One thread sleeps in ppoll(2) until the next request is due or an answer
+//! arrives, with its timer slack cut to 1 ns (the default 50 us would send
+//! every request up to 50 us late, and charge it to the server). It used to
+//! poll without sleeping, and the scheduler then took its CPU away for
+//! milliseconds at a time as a CPU hog's (15-21 runs redone per bench). A
+//! wake-up later than planned by more than 100 us is a stall: the CPU was
+//! taken away, and the requests due then go out late. Shorter lateness is the
+//! kernel's wake-up latency under other work (often 20-100 us at load 6 on a
+//! PREEMPT_NONE kernel, even under SCHED_FIFO), which every run carries alike.
+//! Pin it to a CPU of its own (`taskset`). Std only (ppoll and prctl are
+//! declared here, from the C library std links anyway), one file: xtask
+//! compiles it with `rustc -O`, in a few seconds, the way it builds the Go
+//! server.
 //!
 //! Prints one line, `XTASK-LOAD {json}`, latencies in nanoseconds; exits 1
 //! with `error: ...` on stderr when it cannot run at all (bad arguments, no
@@ -22,6 +31,7 @@
 
 use std::io::{ErrorKind, Read, Write};
 use std::net::{SocketAddr, TcpStream, ToSocketAddrs};
+use std::os::fd::AsRawFd;
 use std::time::{Duration, Instant};
 
 const USAGE: &str = "usage: load --rate PER_SEC --duration SECS [--warmup SECS] \
@@ -203,8 +213,8 @@ pub struct Report {
     /// How long requests waited to go out: for a connection (the server
     /// answering late) or for this loop (the generator falling behind).
     send_delay: Histogram,
-    /// Turns of the loop that started more than STALL_NS after the one before ended,
-    /// in the measured part: how often and how long this generator lost its CPU.
+    /// Wake-ups later than planned by more than STALL_NS, in the measured
+    /// part: how often and how long this generator lost its CPU.
     stalls: u64,
     stalled_ns: u64,
     stall_max_ns: u64,
@@ -216,8 +226,8 @@ pub struct Report {
     measured_ns: u64,
 }
 
-/// A gap between two turns of the loop that counts as a stall.
-const STALL_NS: u64 = 20_000;
+/// How late a wake-up may be before it counts as a stall.
+const STALL_NS: u64 = 100_000;
 
 impl Report {
     pub fn json(&self) -> String {
@@ -400,20 +410,21 @@ pub fn run(args: &Args) -> Result<Report, String> {
     // Past this, answers still missing count as timeouts.
     let give_up = due_at(total) + timeout;
 
+    sleep::precise_timers();
     let start = Instant::now();
-    let mut last = 0;
+    // When the last sleep planned to wake, had nothing woken it before.
+    let mut planned_wake: Option<u64> = None;
     loop {
         let now = nanos(start.elapsed());
-        // Nothing runs between the end of a turn and the start of the next:
-        // a gap there is the CPU taken away (other work on it), and every
-        // request due then waits.
-        let gap = now - last;
-        let before = (next, idle.len());
-        if gap > STALL_NS && now >= warmup {
-            report.stalls += 1;
-            report.stalled_ns += gap;
-            report.stall_max_ns = report.stall_max_ns.max(gap);
+        if let Some(planned) = planned_wake.take() {
+            let late = now.saturating_sub(planned);
+            if late > STALL_NS && now >= warmup {
+                report.stalls += 1;
+                report.stalled_ns += late;
+                report.stall_max_ns = report.stall_max_ns.max(late);
+            }
         }
+        let before = (next, idle.len());
         while next < total && due_at(next) <= now {
             let Some(c) = idle.pop() else { break };
             let due = due_at(next);
@@ -468,9 +479,9 @@ pub fn run(args: &Args) -> Result<Report, String> {
         if next >= total && busy.is_empty() {
             break;
         }
-        last = nanos(start.elapsed());
+        let end = nanos(start.elapsed());
         if (next, idle.len()) != before && now >= warmup {
-            report.working_ns += last - now;
+            report.working_ns += end - now;
         }
         if now > give_up {
             // Due but never sent, or sent and never answered: timeouts all.
@@ -482,9 +493,105 @@ pub fn run(args: &Args) -> Result<Report, String> {
                 .count() as u64;
             break;
         }
+        // Sleep until the next request is due (when a connection is free for
+        // it), the first answer in flight times out, or an answer arrives.
+        let next_due = (next < total && !idle.is_empty()).then(|| due_at(next));
+        let first_timeout = busy
+            .iter()
+            .map(|&c| connections[c].sent + timeout + 1)
+            .min();
+        let wake = [next_due, first_timeout, Some(give_up + 1)]
+            .into_iter()
+            .flatten()
+            .min()
+            .expect("give_up is always there");
+        if wake > end {
+            let fds: Vec<i32> = busy
+                .iter()
+                .map(|&c| connections[c].stream.as_raw_fd())
+                .collect();
+            if sleep::until_readable(&fds, wake - end)? == 0 {
+                planned_wake = Some(wake);
+            }
+        }
     }
     report.measured_ns = nanos(start.elapsed()).saturating_sub(warmup);
     Ok(report)
+}
+
+/// ppoll(2) and prctl(2), declared from the C library std links anyway.
+// std has no sleep that also wakes on a socket, and xtask takes no libc crate
+// for one generator: these two calls are the only unsafe code of the project's tools.
+#[allow(unsafe_code)]
+mod sleep {
+    use std::ffi::{c_int, c_long, c_short, c_ulong, c_void};
+
+    #[repr(C)]
+    struct PollFd {
+        fd: c_int,
+        events: c_short,
+        revents: c_short,
+    }
+
+    #[repr(C)]
+    struct Timespec {
+        tv_sec: c_long,
+        tv_nsec: c_long,
+    }
+
+    const POLLIN: c_short = 1;
+    const PR_SET_TIMERSLACK: c_int = 29;
+
+    unsafe extern "C" {
+        fn ppoll(
+            fds: *mut PollFd,
+            nfds: c_ulong,
+            timeout: *const Timespec,
+            sigmask: *const c_void,
+        ) -> c_int;
+        fn prctl(option: c_int, arg2: c_ulong, ...) -> c_int;
+    }
+
+    /// Timers of this thread fire when asked, not up to 50 us later (the
+    /// default slack, which would send every request late).
+    pub fn precise_timers() {
+        // SAFETY: PR_SET_TIMERSLACK takes one integer and touches no memory of ours.
+        // If it fails the wake-ups are only later, and the stalls count them.
+        unsafe { prctl(PR_SET_TIMERSLACK, 1) };
+    }
+
+    /// Sleeps until one of `fds` is readable or `ns` have passed; returns
+    /// how many are readable (0: the time passed).
+    pub fn until_readable(fds: &[c_int], ns: u64) -> Result<usize, String> {
+        let mut polled: Vec<PollFd> = fds
+            .iter()
+            .map(|&fd| PollFd {
+                fd,
+                events: POLLIN,
+                revents: 0,
+            })
+            .collect();
+        let timeout = Timespec {
+            tv_sec: (ns / 1_000_000_000) as c_long,
+            tv_nsec: (ns % 1_000_000_000) as c_long,
+        };
+        // SAFETY: `polled` and `timeout` outlive the call, and the length is polled's.
+        let ready = unsafe {
+            ppoll(
+                polled.as_mut_ptr(),
+                polled.len() as c_ulong,
+                &timeout,
+                std::ptr::null(),
+            )
+        };
+        match ready {
+            n if n >= 0 => Ok(n as usize),
+            _ => match std::io::Error::last_os_error() {
+                err if err.kind() == std::io::ErrorKind::Interrupted => Ok(1),
+                err => Err(format!("ppoll: {err}")),
+            },
+        }
+    }
 }
 
 #[cfg(test)]

@@ -112,6 +112,7 @@ pub const ALL: &[&Tool] = &[
     &KUBECTL,
     &ARGO_ROLLOUTS,
     &TASKSET,
+    &CHRT,
     &GO,
 ];
 
@@ -119,6 +120,12 @@ pub const TASKSET: Tool = Tool {
     name: "taskset",
     install: "apt-get install util-linux",
     used_by: "bench",
+    version_args: &["--version"],
+};
+pub const CHRT: Tool = Tool {
+    name: "chrt",
+    install: "apt-get install util-linux",
+    used_by: "bench --realtime",
     version_args: &["--version"],
 };
 pub const GO: Tool = Tool {

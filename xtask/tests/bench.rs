@@ -93,7 +93,7 @@ fn cpus() -> Option<(usize, usize)> {
 #[test]
 fn dry_run_prints_every_command_and_runs_none() {
     let dir = scratch("plan");
-    let (bin, calls) = stand_ins(&dir, &["wrk", "taskset", "go"]);
+    let (bin, calls) = stand_ins(&dir, &["wrk", "taskset", "chrt", "go"]);
     let out = xtask(
         &bin,
         &[
@@ -103,6 +103,9 @@ fn dry_run_prints_every_command_and_runs_none() {
             "7",
             "--connections",
             "32",
+            "--rates",
+            "1000,3000",
+            "--realtime",
         ],
     );
     let Some(stdout) = plan_of(&out) else { return };
@@ -131,10 +134,13 @@ taskset -c {load} wrk -t1 -c32 -d7s --latency -s xtask/bench/report.lua http://1
 PORT='<port>' HOST=127.0.0.1 taskset -c {server} {root}/target/bench/api-go
 taskset -c {load} wrk -t1 -c32 -d1s http://127.0.0.1:<port>/health
 taskset -c {load} wrk -t1 -c32 -d7s --latency -s xtask/bench/report.lua http://127.0.0.1:<port>/health
-# then both servers started once, pinned; 3 rounds of: each rate (25%, 50%, 75% of go's median requests/s above), each server in turn: the load generator, open loop
+# then both servers started once, pinned; 3 rounds of: each rate (1000/s, 3000/s), each server in turn, the order swapped every round: the load generator, open loop; a run disturbed (the generator woke late, or other work on the server's CPU from /proc/stat) is made again, twice at most
 PORT='<port>' HOST=127.0.0.1 taskset -c {server} {root}/bin/api
+chrt --all-tasks --fifo --pid 50 <pid>
 PORT='<port>' HOST=127.0.0.1 taskset -c {server} {root}/target/bench/api-go
-taskset -c {load} {root}/target/bench/load --rate <rate> --duration 7 --warmup 1 --connections 32 http://127.0.0.1:<port>/health
+chrt --all-tasks --fifo --pid 50 <pid>
+chrt --fifo 50 taskset -c {load} {root}/target/bench/load --rate 1000 --duration 7 --warmup 1 --connections 32 http://127.0.0.1:<port>/health
+chrt --fifo 50 taskset -c {load} {root}/target/bench/load --rate 3000 --duration 7 --warmup 1 --connections 32 http://127.0.0.1:<port>/health
 "
     );
     assert_eq!(stdout, expected);
@@ -210,6 +216,21 @@ fn bad_numbers_are_refused_by_the_command_line() {
             "{args:?}: {stderr}"
         );
     }
+    assert!(!calls.exists());
+}
+
+#[test]
+fn rates_out_of_order_are_refused_with_the_fix() {
+    let dir = scratch("rates");
+    let (bin, calls) = stand_ins(&dir, &["wrk", "taskset"]);
+    let out = xtask(&bin, &["bench", "--rates", "20000,5000"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains("invalid value '20000,5000' for '--rates <RATES>'")
+            && stderr.contains("give the rates in ascending order, each once"),
+        "{stderr}"
+    );
     assert!(!calls.exists());
 }
 

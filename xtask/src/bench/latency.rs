@@ -7,21 +7,60 @@ use super::load::LoadRun;
 use super::median;
 use super::table::thousands;
 
-/// The offered loads, in percent of the base throughput (Go's saturated
-/// requests/s measured in the same run, else the api's).
-pub const PERCENTS: [u32; 3] = [25, 50, 75];
+/// The offered loads, requests/s, unless `--rates` says otherwise: fixed, so
+/// that runs, commits and machines compare like with like. Drawn from Go's
+/// saturated throughput of each run, they moved by 43% between two quiet runs
+/// (Go at 28k and 40k/s), and p99 near saturation moves steeply with the load.
+/// On this machine (2 CPUs) Go saturates at 28-40k/s, so these are about
+/// 15%, 30% and 60% of it; a rate above 75% of a server's saturated
+/// throughput is warned of.
+pub const DEFAULT_RATES: &str = "5000,10000,20000";
 
-/// The rates for a saturated throughput of `base` requests/s, rounded to 100/s.
-pub fn rates(base: f64) -> Vec<u64> {
-    PERCENTS
-        .iter()
-        .map(|p| ((base * f64::from(*p) / 100.0 / 100.0).round() as u64).max(1) * 100)
-        .collect()
+/// Rates at or above this share of a server's saturated requests/s are in
+/// the steep part of its queueing curve: their p99 is not steady.
+pub const STEEP_SHARE: f64 = 0.75;
+
+/// Fixed rates, as `--rates` takes them: ascending, comma-separated, 1 to 5.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Rates(pub Vec<u64>);
+
+impl std::str::FromStr for Rates {
+    type Err = String;
+
+    fn from_str(list: &str) -> Result<Rates, String> {
+        let rates = list
+            .split(',')
+            .map(|rate| match rate.trim().parse::<u64>() {
+                Ok(n) if (100..=1_000_000).contains(&n) => Ok(n),
+                _ => Err(format!(
+                    "{rate:?} is not a rate: give requests/s from 100 to 1000000, as 5000,10000,20000"
+                )),
+            })
+            .collect::<Result<Vec<u64>, String>>()?;
+        if rates.len() > 5 {
+            return Err(format!(
+                "{} rates: at most 5, each costs a run per round and server",
+                rates.len()
+            ));
+        }
+        if !rates.windows(2).all(|pair| pair[0] < pair[1]) {
+            return Err(format!(
+                "{list}: give the rates in ascending order, each once"
+            ));
+        }
+        Ok(Rates(rates))
+    }
+}
+
+/// A rate in percent of a saturated throughput.
+pub fn percent_of(rate: u64, saturated: f64) -> u32 {
+    (rate as f64 * 100.0 / saturated.max(1.0)).round() as u32
 }
 
 /// One rate: each server's runs, one per round.
 #[derive(Debug)]
 pub struct AtRate {
+    /// The rate in percent of the base's saturated requests/s (Go's, else the api's).
     pub percent: u32,
     pub rate: u64,
     pub api: Vec<LoadRun>,
@@ -33,10 +72,42 @@ pub struct AtRate {
 /// How many times a disturbed run is made again.
 pub const REDO_DISTURBED: u32 = 2;
 
-/// Whether the generator lost its CPU for more than 0.1% of a run of `secs`:
-/// other work ran on it, and the run's latencies carry it.
-pub fn disturbed(run: &LoadRun, secs: u32) -> bool {
-    run.stalled_ns as f64 > f64::from(secs) * 1e9 * 0.001
+/// The generator's late wake-ups that disturb a run: 0.5% of its time, so
+/// that a p99 (the worst 1%) cannot be made of them alone.
+const GENERATOR_LATE_SHARE: f64 = 0.005;
+/// Other work on the server's CPU that disturbs a run: 5% of its time. Only
+/// counted when the server is not realtime: under SCHED_FIFO other work only
+/// runs while the server sleeps.
+const OTHER_WORK_SHARE: f64 = 0.05;
+
+/// Why a run of `secs` is disturbed, if it is: the generator woke late (its
+/// CPU was taken), or other work ran on the server's CPU.
+pub fn disturbed(run: &LoadRun, secs: u32, realtime: bool) -> Option<String> {
+    let run_ns = f64::from(secs + super::load::WARMUP_SECS) * 1e9;
+    if run.stalled_ns as f64 > f64::from(secs) * 1e9 * GENERATOR_LATE_SHARE {
+        return Some(format!(
+            "the load generator woke late by {:.1} ms in all: its CPU was taken",
+            run.stalled_ns as f64 / 1e6
+        ));
+    }
+    if !realtime && run.server_cpu_other_ns as f64 > run_ns * OTHER_WORK_SHARE {
+        return Some(format!(
+            "other work took {:.0} ms of the server's CPU",
+            run.server_cpu_other_ns as f64 / 1e6
+        ));
+    }
+    None
+}
+
+/// What orders the runs of a round: the servers in turn, api first in odd
+/// rounds and go first in even ones (ABAB, then BABA), so that neither
+/// always follows the other.
+pub fn round_order(round: u32, servers: usize) -> Vec<usize> {
+    let mut order: Vec<usize> = (0..servers).collect();
+    if round % 2 == 0 {
+        order.reverse();
+    }
+    order
 }
 
 /// Medians over the rounds, in nanoseconds.
@@ -160,29 +231,48 @@ pub fn rows(rates: &[AtRate], mut row: impl FnMut(&str, String, Option<String>, 
 }
 
 /// A warning when runs kept were still disturbed: their figures carry it.
-pub fn stall_warning(rates: &[AtRate], secs: u32) -> Option<String> {
+pub fn disturbed_warning(rates: &[AtRate], secs: u32, realtime: bool) -> Option<String> {
     let runs: Vec<&LoadRun> = rates
         .iter()
         .flat_map(|at| at.api.iter().chain(&at.go))
         .collect();
-    let stalled: Vec<&&LoadRun> = runs.iter().filter(|run| disturbed(run, secs)).collect();
-    if stalled.is_empty() {
-        return None;
-    }
-    let total_ns: u64 = stalled.iter().map(|run| run.stalled_ns).sum();
-    let longest_ns = stalled
+    let reasons: Vec<String> = runs
         .iter()
-        .map(|run| run.stall_max_ns)
-        .max()
-        .unwrap_or(0);
+        .filter_map(|run| disturbed(run, secs, realtime))
+        .collect();
+    let first = reasons.first()?;
     Some(format!(
-        "warning: the load generator lost its CPU to other work in {} of {} runs ({:.1} ms in \
-         all, the longest {:.1} ms): their latencies carry it; close other work and run again",
-        stalled.len(),
+        "warning: {} of {} runs kept were still disturbed after {REDO_DISTURBED} more tries \
+         (the first: {first}): their latencies carry it; close other work{}, and run again",
+        reasons.len(),
         runs.len(),
-        total_ns as f64 / 1e6,
-        longest_ns as f64 / 1e6
+        if realtime { "" } else { ", or use --realtime" },
     ))
+}
+
+/// A warning for the rates at or above STEEP_SHARE of a server's saturated
+/// requests/s (`saturated`: name and requests/s of each server).
+pub fn steep_warning(rates: &[AtRate], saturated: &[(&str, f64)]) -> Option<String> {
+    let top = rates.last()?.rate;
+    let steep: Vec<String> = saturated
+        .iter()
+        .filter(|(_, per_sec)| top as f64 >= per_sec * STEEP_SHARE)
+        .map(|(name, per_sec)| {
+            format!(
+                "{name} saturates at {}/s",
+                thousands(per_sec.round() as u64)
+            )
+        })
+        .collect();
+    (!steep.is_empty()).then(|| {
+        format!(
+            "warning: {}/s is at or above {:.0}% of what {}: its p99 there is the queue near \
+             saturation and swings from run to run; give lower --rates",
+            thousands(top),
+            STEEP_SHARE * 100.0,
+            steep.join(" and ")
+        )
+    })
 }
 
 #[cfg(test)]
@@ -213,13 +303,33 @@ mod tests {
             corrected: q,
             uncorrected: q,
             send_delay: q,
+            server_cpu_other_ns: 0,
         }
     }
 
     #[test]
-    fn rates_are_shares_of_the_base_rounded_to_hundreds() {
-        assert_eq!(rates(68_349.0), [17_100, 34_200, 51_300]);
-        assert_eq!(rates(10.0), [100, 100, 100]);
+    fn rates_are_ascending_whole_numbers() {
+        let parse = |list: &str| list.parse::<Rates>();
+        assert_eq!(parse(DEFAULT_RATES), Ok(Rates(vec![5000, 10_000, 20_000])));
+        assert_eq!(parse(" 100 ,2000"), Ok(Rates(vec![100, 2000])));
+        for (list, says) in [
+            ("5000,x", "\"x\" is not a rate"),
+            ("50", "from 100 to 1000000"),
+            ("2000,1000", "ascending order"),
+            ("1000,1000", "each once"),
+            ("100,200,300,400,500,600", "at most 5"),
+        ] {
+            let err = parse(list).unwrap_err();
+            assert!(err.contains(says), "{list}: {err}");
+        }
+        assert_eq!(percent_of(10_000, 40_000.0), 25);
+    }
+
+    #[test]
+    fn rounds_alternate_which_server_goes_first() {
+        assert_eq!(round_order(1, 2), [0, 1]);
+        assert_eq!(round_order(2, 2), [1, 0]);
+        assert_eq!(round_order(3, 1), [0]);
     }
 
     #[test]
@@ -242,27 +352,57 @@ mod tests {
     }
 
     #[test]
-    fn stalls_above_a_thousandth_of_the_run_are_warned_of() {
-        let stalled = |ns| LoadRun {
+    fn late_wakeups_and_other_work_on_the_server_cpu_disturb_a_run() {
+        let late = |ns| LoadRun {
             stalls: 3,
             stalled_ns: ns,
             stall_max_ns: ns / 2,
             ..run(100)
         };
+        let crowded = |ns| LoadRun {
+            server_cpu_other_ns: ns,
+            ..run(100)
+        };
+        // 5 s runs: late by 25 ms is the line; other work, 5% of 6 s with the warm-up.
+        assert_eq!(disturbed(&late(25_000_000), 5, false), None);
+        let why = disturbed(&late(26_000_000), 5, false).unwrap();
+        assert!(why.contains("woke late by 26.0 ms"), "{why}");
+        assert_eq!(disturbed(&crowded(300_000_000), 5, false), None);
+        let why = disturbed(&crowded(310_000_000), 5, false).unwrap();
+        assert!(why.contains("took 310 ms of the server's CPU"), "{why}");
+        assert_eq!(disturbed(&crowded(310_000_000), 5, true), None);
         let at = AtRate {
             percent: 25,
             rate: 1000,
-            api: vec![stalled(4_000_000), stalled(6_000_000)],
-            go: vec![stalled(0)],
+            api: vec![late(4_000_000), late(60_000_000)],
+            go: vec![crowded(900_000_000)],
             redone: 0,
         };
-        // 5 s runs: 5 ms is the line.
-        let warning = stall_warning(&[at], 5).unwrap();
+        let warning = disturbed_warning(&[at], 5, false).unwrap();
         assert!(
-            warning.contains("in 1 of 3 runs (6.0 ms in all, the longest 3.0 ms)"),
+            warning.contains("2 of 3 runs kept") && warning.contains("woke late by 60.0 ms"),
             "{warning}"
         );
-        assert_eq!(stall_warning(&[], 5), None);
+        assert!(warning.contains("or use --realtime"), "{warning}");
+        assert_eq!(disturbed_warning(&[], 5, false), None);
+    }
+
+    #[test]
+    fn a_top_rate_near_saturation_is_warned_of() {
+        let at = |rate| AtRate {
+            percent: 50,
+            rate,
+            api: vec![],
+            go: vec![],
+            redone: 0,
+        };
+        let saturated = [("api", 60_000.0), ("go", 30_000.0)];
+        assert_eq!(steep_warning(&[at(5000), at(20_000)], &saturated), None);
+        let warning = steep_warning(&[at(5000), at(22_500)], &saturated).unwrap();
+        assert!(
+            warning.contains("22,500/s is at or above 75% of what go saturates at 30,000/s"),
+            "{warning}"
+        );
     }
 
     #[test]

@@ -77,18 +77,33 @@ pub fn args(rate: &str, secs: u32, connections: u32, url: &str) -> Vec<String> {
     ]
 }
 
-/// Runs it pinned to `cpu` and reads its figures.
+/// The command before the generator's own: pinned to `cpu`, and under
+/// SCHED_FIFO when `realtime`.
+pub fn prefix(cpu: usize, realtime: bool) -> Vec<String> {
+    let fifo = ["chrt", "--fifo", "50"].map(String::from);
+    let pinned = ["taskset".to_owned(), "-c".to_owned(), cpu.to_string()];
+    match realtime {
+        true => fifo.into_iter().chain(pinned).collect(),
+        false => pinned.into(),
+    }
+}
+
+/// Runs it pinned to `cpu` (under SCHED_FIFO when `realtime`) and reads its figures.
+#[allow(clippy::too_many_arguments)] // one run's settings, each a plain value
 pub fn run(
     cx: &Context,
     binary: &Utf8PathBuf,
     cpu: usize,
+    realtime: bool,
     rate: u64,
     secs: u32,
     connections: u32,
     url: &str,
 ) -> Result<Option<LoadRun>> {
-    let mut command = std::process::Command::new("taskset");
-    command.args(["-c", &cpu.to_string(), binary.as_str()]);
+    let prefix = prefix(cpu, realtime);
+    let mut command = std::process::Command::new(&prefix[0]);
+    command.args(&prefix[1..]);
+    command.arg(binary.as_str());
     command.args(args(&rate.to_string(), secs, connections, url));
     // Its own give-up is 2 s after the last request is due.
     let limit = Duration::from_secs(u64::from(secs + WARMUP_SECS) + 30);
@@ -158,7 +173,8 @@ pub struct LoadRun {
     pub errors_status: u64,
     pub errors_io: u64,
     pub errors_timeout: u64,
-    /// Times the generator lost its CPU for more than 20 us, and for how long in all.
+    /// Times the generator woke more than 100 us later than planned (its CPU
+    /// was taken), and how late in all.
     pub stalls: u64,
     pub stalled_ns: u64,
     pub stall_max_ns: u64,
@@ -172,6 +188,10 @@ pub struct LoadRun {
     pub uncorrected: Quantiles,
     /// How long requests waited to go out.
     pub send_delay: Quantiles,
+    /// CPU time other work took on the server's CPU during the run (its
+    /// busy time in /proc/stat less the server's own): filled by bench, not
+    /// printed by the generator.
+    pub server_cpu_other_ns: u64,
 }
 
 impl LoadRun {
@@ -210,6 +230,7 @@ impl LoadRun {
             corrected: quantiles("corrected")?,
             uncorrected: quantiles("uncorrected")?,
             send_delay: quantiles("send_delay")?,
+            server_cpu_other_ns: 0,
         })
     }
 
@@ -229,6 +250,7 @@ impl LoadRun {
             "corrected": self.corrected.json(),
             "uncorrected": self.uncorrected.json(),
             "send_delay": self.send_delay.json(),
+            "server_cpu_other_ns": self.server_cpu_other_ns,
         })
     }
 }

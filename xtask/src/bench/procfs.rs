@@ -22,6 +22,28 @@ pub fn stat_cpu_ticks(stat: &str) -> Result<u64> {
     Ok(tick(11)? + tick(12)?)
 }
 
+/// Busy time of CPU `cpu` from /proc/stat, in clock ticks: user, nice,
+/// system, irq, softirq and steal (all but idle and iowait), whoever ran.
+pub fn cpu_busy_ticks(stat: &str, cpu: usize) -> Result<u64> {
+    let name = format!("cpu{cpu}");
+    let line = stat
+        .lines()
+        .find(|line| line.split_whitespace().next() == Some(name.as_str()))
+        .with_context(|| format!("no {name} line in /proc/stat"))?;
+    let ticks: Vec<u64> = line
+        .split_whitespace()
+        .skip(1)
+        .map(str::parse)
+        .collect::<Result<_, _>>()
+        .with_context(|| format!("not numbers: {line:?}"))?;
+    match ticks[..] {
+        [user, nice, system, _idle, _iowait, irq, softirq, steal, ..] => {
+            Ok(user + nice + system + irq + softirq + steal)
+        }
+        _ => bail!("too few fields: {line:?}"),
+    }
+}
+
 pub fn status_field_kib(status: &str, field: &str) -> Result<u64> {
     let line = status
         .lines()
@@ -98,6 +120,16 @@ mod tests {
         let stat = "4242 (api go (x)) S 1 2 3 0 -1 4194560 100 0 0 0 1234 567 0 0 20 0 1 0 9 1 1";
         assert_eq!(stat_cpu_ticks(stat).unwrap(), 1234 + 567);
         assert!(stat_cpu_ticks("4242 (api) S 1").is_err());
+    }
+
+    #[test]
+    fn a_cpu_is_busy_but_when_idle_or_waiting_for_io() {
+        let stat =
+            "cpu  9 9 9 9 9 9 9 9 0 0\ncpu0 100 2 30 900 50 4 5 6 0 0\ncpu1 1 1 1 1 1 1 1 1 0 0\n";
+        assert_eq!(cpu_busy_ticks(stat, 0).unwrap(), 100 + 2 + 30 + 4 + 5 + 6);
+        assert_eq!(cpu_busy_ticks(stat, 1).unwrap(), 6);
+        assert!(cpu_busy_ticks(stat, 2).is_err());
+        assert!(cpu_busy_ticks("cpu0 1 2 3\n", 0).is_err());
     }
 
     #[test]

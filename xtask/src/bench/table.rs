@@ -97,13 +97,19 @@ pub fn table(report: &Report) -> String {
     }
     let redone: u32 = report.latency.iter().map(|at| at.redone).sum();
     out.push_str(&format!(
-        "latency: open loop at fixed rates ({} of {}'s saturated requests/s), from the time \
-         each request was due, so a stall counts against every request it holds up{}\n",
-        latency::PERCENTS.map(|p| format!("{p}%")).join(", "),
+        "latency: open loop at fixed rates (% of {}'s saturated requests/s in brackets), from \
+         the time each request was due, so a stall counts against every request it holds up; \
+         the median of {} rounds, the servers' order swapped each round{}{}\n",
         report.rate_base,
+        report.rounds,
+        if report.realtime {
+            "; servers and generator under SCHED_FIFO"
+        } else {
+            ""
+        },
         match redone {
             0 => String::new(),
-            n => format!("; {n} run(s) made again: the generator lost its CPU to other work"),
+            n => format!("; {n} run(s) made again: disturbed by other work"),
         }
     ));
     for figures in std::iter::once(api).chain(go) {
