@@ -47,7 +47,7 @@ impl Analysis {
         matches!(self.phase.as_str(), "Failed" | "Error")
     }
 
-    /// Inconclusive: the controller pauses (`InconclusiveAnalysis`) for a person.
+    /// Inconclusive: the controller pauses (`InconclusiveAnalysisRun`) for a person.
     pub fn inconclusive(&self) -> bool {
         self.phase == "Inconclusive"
     }
