@@ -33,8 +33,9 @@ static WOKEN: (Mutex<()>, Condvar) = (Mutex::new(()), Condvar::new());
 /// While set, a second signal is reported (with what goes on, said here), not obeyed.
 static PROTECTED: Mutex<Option<&'static str>> = Mutex::new(None);
 static IGNORING: AtomicBool = AtomicBool::new(false);
-/// The end of the abort in progress, for the report of a later signal.
-static ABORT_ENDS: Mutex<Option<Instant>> = Mutex::new(None);
+/// What runs to its end meanwhile, and when that ends at the latest: for the
+/// report of a later signal.
+static IGNORED_FOR: Mutex<Option<(&'static str, Instant)>> = Mutex::new(None);
 static INSTALL: Once = Once::new();
 
 /// The error a wait returns when it was interrupted; `release` looks for it.
@@ -110,13 +111,14 @@ fn act() {
     }
 }
 
-/// What a signal says while protected: the abort in progress, else what goes on.
+/// What a signal says while protected: what runs to its end (the read-back,
+/// the abort), else what goes on.
 fn report(nth: usize, going_on: &str) -> String {
     let again = if nth > 1 { " again" } else { "" };
-    let ends = *ABORT_ENDS.lock().unwrap_or_else(|e| e.into_inner());
-    match ends {
-        Some(ends) => format!(
-            "interrupted{again}: the abort is in progress and goes on (at most {} s left); SIGKILL \
+    let ignored_for = *IGNORED_FOR.lock().unwrap_or_else(|e| e.into_inner());
+    match ignored_for {
+        Some((what, ends)) => format!(
+            "interrupted{again}: {what} is in progress and goes on (at most {} s left); SIGKILL \
              would leave the preview stranded",
             ends.saturating_duration_since(Instant::now()).as_secs()
         ),
@@ -162,16 +164,17 @@ pub struct Ignoring(());
 
 /// For what must run to its end whatever signals come meanwhile: a read back
 /// after an interrupted change, the abort a signal asked for. `within` is its
-/// bound, said to a person who presses Ctrl-C again.
-pub fn ignore(within: Duration) -> Ignoring {
+/// bound; `what` and it are said to a person who presses Ctrl-C again.
+pub fn ignore(what: &'static str, within: Duration) -> Ignoring {
     IGNORING.store(true, Ordering::SeqCst);
-    *ABORT_ENDS.lock().unwrap_or_else(|e| e.into_inner()) = Instant::now().checked_add(within);
+    *IGNORED_FOR.lock().unwrap_or_else(|e| e.into_inner()) =
+        Instant::now().checked_add(within).map(|ends| (what, ends));
     Ignoring(())
 }
 
 impl Drop for Ignoring {
     fn drop(&mut self) {
-        *ABORT_ENDS.lock().unwrap_or_else(|e| e.into_inner()) = None;
+        *IGNORED_FOR.lock().unwrap_or_else(|e| e.into_inner()) = None;
         IGNORING.store(false, Ordering::SeqCst);
     }
 }

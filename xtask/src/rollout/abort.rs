@@ -135,7 +135,7 @@ impl Task for Abort {
         // kills its calls or skips its read-back (bounded by their own deadline).
         let _protected = interrupt::protect_for(ABORT_GOES_ON);
         interrupt::check()?;
-        let _ignoring = interrupt::ignore(bound(&cluster));
+        let _ignoring = interrupt::ignore("the abort", bound(&cluster));
         let settled = abort(cx, &cluster)?;
         cx.say(settled);
         Ok(())

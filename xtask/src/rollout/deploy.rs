@@ -342,7 +342,10 @@ pub fn set_image(cx: &Context, cluster: &Cluster, image: &ImageRef) -> Result<()
         // the read has its own deadline and the signal does not stop it.
         let _ignoring = interrupted.then(|| {
             cx.say("interrupted while setting the image; reading the rollout back");
-            interrupt::ignore(cluster.target().request_timeout.saturating_mul(3))
+            interrupt::ignore(
+                "the read-back of the image",
+                cluster.target().request_timeout.saturating_mul(3),
+            )
         });
         cluster.read(cx)
     };

@@ -241,7 +241,7 @@ impl Release {
     fn recover(&self, cx: &Context, cluster: &Cluster, failed: Failed) -> anyhow::Error {
         // A read, then the abort: nothing a signal may cut short.
         let bound = cluster.target().request_timeout.saturating_mul(3) + abort::bound(cluster);
-        let _ignoring = interrupt::ignore(bound);
+        let _ignoring = interrupt::ignore("the abort", bound);
         let why = if interrupt::is_interrupted(&failed.error) {
             "interrupted"
         } else {
