@@ -4,7 +4,7 @@
 use serde_json::{Value, json};
 
 use super::load::LoadRun;
-use super::median;
+use super::stats::median;
 use super::table::thousands;
 
 /// The offered loads, requests/s, unless `--rates` says otherwise: fixed, so
