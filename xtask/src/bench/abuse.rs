@@ -9,6 +9,7 @@ use std::time::Duration;
 use anyhow::{Context as _, Result};
 
 use super::Bench;
+use super::json::ToJson as _;
 use super::server::free_port;
 use crate::build::Build;
 use crate::context::Context;
@@ -237,7 +238,7 @@ impl Bench {
             burst,
         };
         if self.json {
-            cx.result(serde_json::to_string_pretty(&report.json())?);
+            cx.result(serde_json::to_string_pretty(&report.to_json())?);
         } else {
             cx.result(report::table(&report));
         }

@@ -10,9 +10,9 @@
 
 use std::time::Duration;
 
+use super::json::json_struct;
 use anyhow::{Context as _, Result};
 use camino::Utf8PathBuf;
-use serde_json::{Value, json};
 
 use crate::context::Context;
 use crate::process::Stdout;
@@ -124,74 +124,52 @@ pub fn run(
         .map(Some)
 }
 
-/// Latency quantiles of one run, in nanoseconds.
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub struct Quantiles {
-    pub p50: u64,
-    pub p90: u64,
-    pub p99: u64,
-    pub p999: u64,
-    pub max: u64,
-}
-
-impl Quantiles {
-    fn from_json(value: &Value) -> Result<Quantiles> {
-        let field = |name: &str| {
-            value
-                .get(name)
-                .and_then(Value::as_u64)
-                .with_context(|| format!("no whole number `{name}`"))
-        };
-        Ok(Quantiles {
-            p50: field("p50_ns")?,
-            p90: field("p90_ns")?,
-            p99: field("p99_ns")?,
-            p999: field("p999_ns")?,
-            max: field("max_ns")?,
-        })
-    }
-
-    pub fn json(&self) -> Value {
-        json!({
-            "p50_ns": self.p50,
-            "p90_ns": self.p90,
-            "p99_ns": self.p99,
-            "p999_ns": self.p999,
-            "max_ns": self.max,
-        })
+json_struct! {
+    read
+    /// Latency quantiles of one run, in nanoseconds.
+    #[derive(Debug, Clone, Copy, PartialEq)]
+    pub struct Quantiles {
+        pub p50: u64 => "p50_ns",
+        pub p90: u64 => "p90_ns",
+        pub p99: u64 => "p99_ns",
+        pub p999: u64 => "p999_ns",
+        pub max: u64 => "max_ns",
     }
 }
 
-/// One run of the generator, as it prints it.
-#[derive(Debug, Clone, PartialEq)]
-pub struct LoadRun {
-    pub rate: u64,
-    /// Requests due in the measured part, and answered.
-    pub due: u64,
-    pub answered: u64,
-    /// Answers other than 200, connections broken, answers later than 2 s.
-    pub errors_status: u64,
-    pub errors_io: u64,
-    pub errors_timeout: u64,
-    /// Times the generator woke more than 100 us later than planned (its CPU
-    /// was taken), and how late in all.
-    pub stalls: u64,
-    pub stalled_ns: u64,
-    pub stall_max_ns: u64,
-    /// Time it spent sending and receiving: the rest it waited.
-    pub working_ns: u64,
-    /// From the end of the warm-up to the last answer.
-    pub measured_ns: u64,
-    /// From the time each request was due (what a user sees).
-    pub corrected: Quantiles,
-    /// From the time it went out (what a closed-loop tool reports).
-    pub uncorrected: Quantiles,
-    /// How long requests waited to go out.
-    pub send_delay: Quantiles,
-    /// CPU time other work took on the server's CPU during the run (its
-    /// busy time in /proc/stat less the server's own): filled by bench, not
-    /// printed by the generator.
-    pub server_cpu_other_ns: u64,
+json_struct! {
+    read
+    /// One run of the generator, as it prints it.
+    #[derive(Debug, Clone, PartialEq)]
+    pub struct LoadRun {
+        pub rate: u64,
+        /// Requests due in the measured part, and answered.
+        pub due: u64,
+        pub answered: u64,
+        /// Answers other than 200, connections broken, answers later than 2 s.
+        pub errors_status: u64,
+        pub errors_io: u64,
+        pub errors_timeout: u64,
+        /// Times the generator woke more than 100 us later than planned (its CPU
+        /// was taken), and how late in all.
+        pub stalls: u64,
+        pub stalled_ns: u64,
+        pub stall_max_ns: u64,
+        /// Time it spent sending and receiving: the rest it waited.
+        pub working_ns: u64,
+        /// From the end of the warm-up to the last answer.
+        pub measured_ns: u64,
+        /// From the time each request was due (what a user sees).
+        pub corrected: Quantiles,
+        /// From the time it went out (what a closed-loop tool reports).
+        pub uncorrected: Quantiles,
+        /// How long requests waited to go out.
+        pub send_delay: Quantiles,
+        /// CPU time other work took on the server's CPU during the run (its
+        /// busy time in /proc/stat less the server's own): filled by bench, not
+        /// printed by the generator.
+        pub server_cpu_other_ns: u64 = 0,
+    }
 }
 
 impl LoadRun {
@@ -202,56 +180,6 @@ impl LoadRun {
 
     pub fn errors(&self) -> u64 {
         self.errors_status + self.errors_io + self.errors_timeout
-    }
-
-    fn from_json(value: &Value) -> Result<LoadRun> {
-        let field = |name: &str| {
-            value
-                .get(name)
-                .and_then(Value::as_u64)
-                .with_context(|| format!("no whole number `{name}`"))
-        };
-        let quantiles = |name: &str| {
-            Quantiles::from_json(value.get(name).unwrap_or(&Value::Null))
-                .with_context(|| format!("in `{name}`"))
-        };
-        Ok(LoadRun {
-            rate: field("rate")?,
-            due: field("due")?,
-            answered: field("answered")?,
-            errors_status: field("errors_status")?,
-            errors_io: field("errors_io")?,
-            errors_timeout: field("errors_timeout")?,
-            stalls: field("stalls")?,
-            stalled_ns: field("stalled_ns")?,
-            stall_max_ns: field("stall_max_ns")?,
-            working_ns: field("working_ns")?,
-            measured_ns: field("measured_ns")?,
-            corrected: quantiles("corrected")?,
-            uncorrected: quantiles("uncorrected")?,
-            send_delay: quantiles("send_delay")?,
-            server_cpu_other_ns: 0,
-        })
-    }
-
-    pub fn json(&self) -> Value {
-        json!({
-            "rate": self.rate,
-            "due": self.due,
-            "answered": self.answered,
-            "errors_status": self.errors_status,
-            "errors_io": self.errors_io,
-            "errors_timeout": self.errors_timeout,
-            "stalls": self.stalls,
-            "stalled_ns": self.stalled_ns,
-            "stall_max_ns": self.stall_max_ns,
-            "working_ns": self.working_ns,
-            "measured_ns": self.measured_ns,
-            "corrected": self.corrected.json(),
-            "uncorrected": self.uncorrected.json(),
-            "send_delay": self.send_delay.json(),
-            "server_cpu_other_ns": self.server_cpu_other_ns,
-        })
     }
 }
 
@@ -330,7 +258,7 @@ mod tests {
         let mut args = generator::Args::parse(args("1000", 1, 4, &url).into_iter()).unwrap();
         args.warmup = Duration::ZERO;
         let report = generator::run(&args).unwrap();
-        let json: Value = serde_json::from_str(&report.json()).unwrap();
+        let json: serde_json::Value = serde_json::from_str(&report.json()).unwrap();
         let run = LoadRun::from_json(&json).unwrap();
         assert_eq!(
             (run.due, run.answered, run.errors()),

@@ -6,6 +6,7 @@ use std::ops::RangeInclusive;
 use anyhow::Result;
 
 mod abuse;
+mod json;
 mod latency;
 mod load;
 mod procfs;

@@ -3,176 +3,103 @@
 use std::time::Duration;
 
 use anyhow::{Context as _, Result};
-use serde_json::{Value, json};
 
+use super::json::json_struct;
 use super::latency;
 use super::server::Server;
 use super::stats::median;
 use super::wrk::WrkRun;
 
-#[derive(Debug)]
-pub struct Round {
-    pub requests_per_sec: f64,
-    /// The server's CPU time (user + system) per request during the measured
-    /// run: what a request costs, whether or not wrk could saturate the server.
-    pub cpu_us_per_request: f64,
-    /// Share of the run the server spent on its CPU; well under 100% means
-    /// wrk, not the server, set the pace.
-    pub server_busy_percent: f64,
-    pub rss_idle_kib: u64,
-    pub rss_after_load_kib: u64,
-    pub rss_peak_kib: u64,
-    pub wrk: WrkRun,
-}
-
-/// Everything measured for one server.
-#[derive(Debug)]
-pub struct Figures {
-    pub name: &'static str,
-    pub binary: String,
-    pub binary_bytes: u64,
-    /// Medians over the rounds.
-    pub requests_per_sec: f64,
-    /// The best round: on a shared machine, other work only ever slows a round down.
-    pub requests_per_sec_best: f64,
-    pub cpu_us_per_request: f64,
-    pub server_busy_percent: f64,
-    pub rss_idle_kib: u64,
-    pub rss_after_load_kib: u64,
-    /// The highest VmHWM of any round.
-    pub rss_peak_kib: u64,
-    pub errors: u64,
-    pub startup_ms_median: f64,
-    pub startup_ms_min: f64,
-    pub startup_ms_max: f64,
-    pub rounds: Vec<Round>,
-}
-
-#[derive(Debug)]
-pub struct Ratios {
-    /// api / go: higher is better.
-    pub requests_per_sec: f64,
-    pub requests_per_sec_best: f64,
-    /// go / api: how many times more requests one core serves (higher is better).
-    pub requests_per_cpu_second: f64,
-    pub rss_idle: f64,
-    pub rss_after_load: f64,
-    pub startup: f64,
-    pub binary_size: f64,
-}
-
-#[derive(Debug)]
-pub struct Goals {
-    /// At each fixed rate.
-    pub p99_no_worse_than_go: Option<bool>,
-    pub requests_per_cpu_second_at_least_1_8x_go: Option<bool>,
-    pub idle_rss_at_most_2_mb: bool,
-    pub binary_under_2_mb: bool,
-}
-
-#[derive(Debug)]
-pub struct Report {
-    pub version: String,
-    pub linking: &'static str,
-    pub path: &'static str,
-    pub duration_secs: u32,
-    pub rounds: u32,
-    pub connections: u32,
-    pub server_cpu: usize,
-    pub wrk_cpu: usize,
-    /// Whose saturated requests/s the fixed rates are shown as shares of.
-    pub rate_base: &'static str,
-    /// Whether the latency runs were under SCHED_FIFO.
-    pub realtime: bool,
-    pub latency: Vec<latency::AtRate>,
-    pub api: Figures,
-    pub go: Option<Figures>,
-    /// Why there is no Go comparison, when there is none.
-    pub go_skipped: Option<String>,
-    pub ratios: Option<Ratios>,
-    pub goals: Goals,
-}
-
-// `--json` is built by hand rather than with serde's derive, which is the
-// longest step of a cold `cargo xtask` build.
-
-impl Round {
-    pub fn json(&self) -> Value {
-        json!({
-            "requests_per_sec": self.requests_per_sec,
-            "cpu_us_per_request": self.cpu_us_per_request,
-            "server_busy_percent": self.server_busy_percent,
-            "rss_idle_kib": self.rss_idle_kib,
-            "rss_after_load_kib": self.rss_after_load_kib,
-            "rss_peak_kib": self.rss_peak_kib,
-            "wrk": self.wrk.json(),
-        })
+json_struct! {
+    #[derive(Debug)]
+    pub struct Round {
+        pub requests_per_sec: f64,
+        /// The server's CPU time (user + system) per request during the measured
+        /// run: what a request costs, whether or not wrk could saturate the server.
+        pub cpu_us_per_request: f64,
+        /// Share of the run the server spent on its CPU; well under 100% means
+        /// wrk, not the server, set the pace.
+        pub server_busy_percent: f64,
+        pub rss_idle_kib: u64,
+        pub rss_after_load_kib: u64,
+        pub rss_peak_kib: u64,
+        pub wrk: WrkRun,
     }
 }
 
-impl Figures {
-    pub fn json(&self) -> Value {
-        json!({
-            "name": self.name,
-            "binary": self.binary,
-            "binary_bytes": self.binary_bytes,
-            "requests_per_sec": self.requests_per_sec,
-            "requests_per_sec_best": self.requests_per_sec_best,
-            "cpu_us_per_request": self.cpu_us_per_request,
-            "server_busy_percent": self.server_busy_percent,
-            "rss_idle_kib": self.rss_idle_kib,
-            "rss_after_load_kib": self.rss_after_load_kib,
-            "rss_peak_kib": self.rss_peak_kib,
-            "errors": self.errors,
-            "startup_ms_median": self.startup_ms_median,
-            "startup_ms_min": self.startup_ms_min,
-            "startup_ms_max": self.startup_ms_max,
-            "rounds": self.rounds.iter().map(Round::json).collect::<Vec<_>>(),
-        })
+json_struct! {
+    /// Everything measured for one server.
+    #[derive(Debug)]
+    pub struct Figures {
+        pub name: &'static str,
+        pub binary: String,
+        pub binary_bytes: u64,
+        /// Medians over the rounds.
+        pub requests_per_sec: f64,
+        /// The best round: on a shared machine, other work only ever slows a round down.
+        pub requests_per_sec_best: f64,
+        pub cpu_us_per_request: f64,
+        pub server_busy_percent: f64,
+        pub rss_idle_kib: u64,
+        pub rss_after_load_kib: u64,
+        /// The highest VmHWM of any round.
+        pub rss_peak_kib: u64,
+        pub errors: u64,
+        pub startup_ms_median: f64,
+        pub startup_ms_min: f64,
+        pub startup_ms_max: f64,
+        pub rounds: Vec<Round>,
     }
 }
 
-impl Ratios {
-    pub fn json(&self) -> Value {
-        json!({
-            "requests_per_sec": self.requests_per_sec,
-            "requests_per_sec_best": self.requests_per_sec_best,
-            "requests_per_cpu_second": self.requests_per_cpu_second,
-            "rss_idle": self.rss_idle,
-            "rss_after_load": self.rss_after_load,
-            "startup": self.startup,
-            "binary_size": self.binary_size,
-        })
+json_struct! {
+    #[derive(Debug)]
+    pub struct Ratios {
+        /// api / go: higher is better.
+        pub requests_per_sec: f64,
+        pub requests_per_sec_best: f64,
+        /// go / api: how many times more requests one core serves (higher is better).
+        pub requests_per_cpu_second: f64,
+        pub rss_idle: f64,
+        pub rss_after_load: f64,
+        pub startup: f64,
+        pub binary_size: f64,
     }
 }
 
-impl Report {
-    pub fn json(&self) -> Value {
-        let goals = &self.goals;
-        json!({
-            "version": self.version,
-            "linking": self.linking,
-            "path": self.path,
-            "duration_secs": self.duration_secs,
-            "rounds": self.rounds,
-            "connections": self.connections,
-            "server_cpu": self.server_cpu,
-            "wrk_cpu": self.wrk_cpu,
-            "rate_base": self.rate_base,
-            "realtime": self.realtime,
-            "latency": self.latency.iter().map(latency::AtRate::json).collect::<Vec<_>>(),
-            "api": self.api.json(),
-            "go": self.go.as_ref().map(Figures::json),
-            "go_skipped": self.go_skipped,
-            "ratios": self.ratios.as_ref().map(Ratios::json),
-            "goals": {
-                "p99_no_worse_than_go": goals.p99_no_worse_than_go,
-                "requests_per_cpu_second_at_least_1_8x_go":
-                    goals.requests_per_cpu_second_at_least_1_8x_go,
-                "idle_rss_at_most_2_mb": goals.idle_rss_at_most_2_mb,
-                "binary_under_2_mb": goals.binary_under_2_mb,
-            },
-        })
+json_struct! {
+    #[derive(Debug)]
+    pub struct Goals {
+        /// At each fixed rate.
+        pub p99_no_worse_than_go: Option<bool>,
+        pub requests_per_cpu_second_at_least_1_8x_go: Option<bool>,
+        pub idle_rss_at_most_2_mb: bool,
+        pub binary_under_2_mb: bool,
+    }
+}
+
+json_struct! {
+    #[derive(Debug)]
+    pub struct Report {
+        pub version: String,
+        pub linking: &'static str,
+        pub path: &'static str,
+        pub duration_secs: u32,
+        pub rounds: u32,
+        pub connections: u32,
+        pub server_cpu: usize,
+        pub wrk_cpu: usize,
+        /// Whose saturated requests/s the fixed rates are shown as shares of.
+        pub rate_base: &'static str,
+        /// Whether the latency runs were under SCHED_FIFO.
+        pub realtime: bool,
+        pub latency: Vec<latency::AtRate>,
+        pub api: Figures,
+        pub go: Option<Figures>,
+        /// Why there is no Go comparison, when there is none.
+        pub go_skipped: Option<String>,
+        pub ratios: Option<Ratios>,
+        pub goals: Goals,
     }
 }
 

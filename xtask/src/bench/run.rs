@@ -6,6 +6,7 @@ use anyhow::{Context as _, Result};
 use camino::{Utf8Path, Utf8PathBuf};
 use xshell::cmd;
 
+use super::json::ToJson as _;
 use super::procfs::{USER_HZ, two_cpus};
 use super::report::{Goals, Report, Round, ratios, summarize};
 use super::server::{Server, ServerProcess, cpu_busy, plan_line, server_cmd};
@@ -174,7 +175,7 @@ impl Bench {
             cx.say(warning);
         }
         if self.json {
-            cx.result(serde_json::to_string_pretty(&report.json())?);
+            cx.result(serde_json::to_string_pretty(&report.to_json())?);
         } else {
             cx.result(table(&report));
         }

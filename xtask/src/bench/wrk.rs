@@ -3,9 +3,9 @@
 use std::time::Duration;
 
 use anyhow::{Context as _, Result};
-use serde_json::{Value, json};
 use xshell::{Cmd, Shell, cmd};
 
+use super::json::json_struct;
 use crate::context::Context;
 use crate::process::Stdout;
 
@@ -14,65 +14,27 @@ pub const WRK_SCRIPT: &str = "xtask/bench/report.lua";
 /// The line the wrk script prints its JSON on.
 pub const WRK_MARKER: &str = "XTASK-BENCH ";
 
-/// wrk's figures for one run, as xtask/bench/report.lua prints them.
-#[derive(Debug, Clone, PartialEq)]
-pub struct WrkRun {
-    pub requests: u64,
-    pub duration_us: u64,
-    pub bytes: u64,
-    pub p50_us: u64,
-    pub p90_us: u64,
-    pub p99_us: u64,
-    pub max_us: u64,
-    pub errors_connect: u64,
-    pub errors_read: u64,
-    pub errors_write: u64,
-    pub errors_status: u64,
-    pub errors_timeout: u64,
+json_struct! {
+    read
+    /// wrk's figures for one run, as xtask/bench/report.lua prints them.
+    #[derive(Debug, Clone, PartialEq)]
+    pub struct WrkRun {
+        pub requests: u64,
+        pub duration_us: u64,
+        pub bytes: u64,
+        pub p50_us: u64,
+        pub p90_us: u64,
+        pub p99_us: u64,
+        pub max_us: u64,
+        pub errors_connect: u64,
+        pub errors_read: u64,
+        pub errors_write: u64,
+        pub errors_status: u64,
+        pub errors_timeout: u64,
+    }
 }
 
 impl WrkRun {
-    /// report.lua's JSON object: every field a whole number.
-    pub fn from_json(value: &Value) -> Result<WrkRun> {
-        let field = |name: &str| {
-            value
-                .get(name)
-                .and_then(Value::as_u64)
-                .with_context(|| format!("no whole number `{name}`"))
-        };
-        Ok(WrkRun {
-            requests: field("requests")?,
-            duration_us: field("duration_us")?,
-            bytes: field("bytes")?,
-            p50_us: field("p50_us")?,
-            p90_us: field("p90_us")?,
-            p99_us: field("p99_us")?,
-            max_us: field("max_us")?,
-            errors_connect: field("errors_connect")?,
-            errors_read: field("errors_read")?,
-            errors_write: field("errors_write")?,
-            errors_status: field("errors_status")?,
-            errors_timeout: field("errors_timeout")?,
-        })
-    }
-
-    pub fn json(&self) -> Value {
-        json!({
-            "requests": self.requests,
-            "duration_us": self.duration_us,
-            "bytes": self.bytes,
-            "p50_us": self.p50_us,
-            "p90_us": self.p90_us,
-            "p99_us": self.p99_us,
-            "max_us": self.max_us,
-            "errors_connect": self.errors_connect,
-            "errors_read": self.errors_read,
-            "errors_write": self.errors_write,
-            "errors_status": self.errors_status,
-            "errors_timeout": self.errors_timeout,
-        })
-    }
-
     pub fn requests_per_sec(&self) -> f64 {
         self.requests as f64 / (self.duration_us.max(1) as f64 / 1e6)
     }

@@ -136,7 +136,12 @@ impl Prober {
                     std::thread::sleep(Duration::from_millis(100));
                 }
                 let mut latency = latency(times, errors);
-                latency.slowest_waits_us = server.is_some().then(|| slowest_waits(waits)).flatten();
+                if let Some((client, server)) =
+                    server.is_some().then(|| slowest_waits(waits)).flatten()
+                {
+                    latency.slowest_client_wait_us = Some(client);
+                    latency.slowest_server_wait_us = Some(server);
+                }
                 latency
             })
         };
@@ -192,6 +197,7 @@ pub fn latency(mut times: Vec<Duration>, errors: usize) -> Latency {
         p50_us: at(0.50),
         p99_us: at(0.99),
         max_us: times.last().map_or(0, |t| t.as_micros() as u64),
-        slowest_waits_us: None,
+        slowest_client_wait_us: None,
+        slowest_server_wait_us: None,
     }
 }

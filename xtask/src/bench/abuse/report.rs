@@ -2,164 +2,104 @@
 
 use std::collections::BTreeMap;
 
-use serde_json::{Value, json};
-
 use super::client::PROBE_TIMEOUT;
 use super::threads::{self, Usage};
+use crate::bench::json::json_struct;
 
 /// The goal for the probes: none fails.
 pub const GOAL_PROBE_FAILURES: usize = 0;
 /// The goal for the well-behaved client's p99 during a flood.
 pub const GOAL_HEALTH_P99_US: u64 = 10_000;
 
-/// How many abusive clients of each kind, and how long each phase lasts.
-#[derive(Debug, Clone)]
-pub struct Plan {
-    pub silent: usize,
-    pub trickle: usize,
-    pub slowloris: usize,
-    pub pipeliners: usize,
-    pub burst: usize,
-    pub hold_secs: u64,
-    pub settle_secs: u64,
-    /// Run the server in a container with `--memory 128m` (else a plain process).
-    pub container: bool,
-}
-
-#[derive(Debug, Default)]
-pub struct Latency {
-    pub requests: usize,
-    pub errors: usize,
-    pub p50_us: u64,
-    pub p99_us: u64,
-    pub max_us: u64,
-    /// Of the slowest 1% (at least one), the mean time the measuring thread
-    /// and the server thread that answered were runnable without a CPU:
-    /// what of the tail is the scheduler's. Probe port only.
-    pub slowest_waits_us: Option<(u64, u64)>,
-}
-
-#[derive(Debug)]
-pub struct Phase {
-    pub name: String,
-    /// Abusive connections opened in all (reopened ones included) and how
-    /// many the client keeps open.
-    pub opened: usize,
-    pub asked: usize,
-    /// Connections the server held (its open sockets), the most during the hold.
-    pub held_by_server: Option<usize>,
-    /// Abusive connections the server closed (each then opened again).
-    pub closed_by_server: usize,
-    pub rss_idle_kib: u64,
-    pub rss_peak_kib: u64,
-    pub rss_end_kib: u64,
-    /// The container's memory cgroup: its usage (plus TCP buffers, which
-    /// cgroup v1 counts apart) at the end, and its peak.
-    pub cgroup_peak_bytes: Option<u64>,
-    pub cgroup_tcp_bytes: Option<u64>,
-    /// A keep-alive client opened before the flood, one GET /health every 2 ms.
-    pub keep_alive: Latency,
-    /// A new connection per GET /health every 100 ms on the service port.
-    pub new_connection: Latency,
-    /// The same on the probe port (`PROBE_PORT`), as the kubelet's probes.
-    pub probe: Latency,
-    pub alive: bool,
-    pub oom_killed: bool,
-    /// The machine's 1-minute load average as the phase began and ended:
-    /// latencies on a busy machine are the machine's.
-    pub load: (Option<f64>, Option<f64>),
-    /// Where the server's CPU went (per thread), and its cgroup's throttling.
-    pub server_cpu: Usage,
-    /// The same for this process: the floods and the measuring clients.
-    pub client_cpu: Usage,
-}
-
-#[derive(Debug)]
-pub struct Burst {
-    pub connections: usize,
-    pub rss_idle_kib: u64,
-    pub rss_peak_kib: u64,
-    /// RSS every second after the burst's connections closed.
-    pub rss_after_kib: Vec<u64>,
-    pub ratio_to_idle: f64,
-}
-
-#[derive(Debug)]
-pub struct Report {
-    pub plan: Plan,
-    pub where_: String,
-    pub server_env: BTreeMap<String, String>,
-    pub phases: Vec<Phase>,
-    pub burst: Option<Burst>,
-}
-
-// `--json` is built by hand rather than with serde's derive, which is the
-// longest step of a cold `cargo xtask` build.
-
-impl Latency {
-    pub fn json(&self) -> Value {
-        json!({
-            "requests": self.requests,
-            "errors": self.errors,
-            "p50_us": self.p50_us,
-            "p99_us": self.p99_us,
-            "max_us": self.max_us,
-            "slowest_client_wait_us": self.slowest_waits_us.map(|w| w.0),
-            "slowest_server_wait_us": self.slowest_waits_us.map(|w| w.1),
-        })
+json_struct! {
+    /// How many abusive clients of each kind, and how long each phase lasts.
+    #[derive(Debug, Clone)]
+    pub struct Plan {
+        pub silent: usize,
+        pub trickle: usize,
+        pub slowloris: usize,
+        pub pipeliners: usize,
+        pub burst: usize,
+        pub hold_secs: u64,
+        pub settle_secs: u64,
+        /// Run the server in a container with `--memory 128m` (else a plain process).
+        pub container: bool,
     }
 }
 
-impl Phase {
-    pub fn json(&self) -> Value {
-        json!({
-            "name": self.name,
-            "opened": self.opened,
-            "asked": self.asked,
-            "held_by_server": self.held_by_server,
-            "closed_by_server": self.closed_by_server,
-            "rss_idle_kib": self.rss_idle_kib,
-            "rss_peak_kib": self.rss_peak_kib,
-            "rss_end_kib": self.rss_end_kib,
-            "cgroup_peak_bytes": self.cgroup_peak_bytes,
-            "cgroup_tcp_bytes": self.cgroup_tcp_bytes,
-            "keep_alive": self.keep_alive.json(),
-            "new_connection": self.new_connection.json(),
-            "probe": self.probe.json(),
-            "alive": self.alive,
-            "oom_killed": self.oom_killed,
-            "load_average_1m": [self.load.0, self.load.1],
-            "server_cpu": self.server_cpu.json(),
-            "client_cpu": self.client_cpu.json(),
-        })
+json_struct! {
+    #[derive(Debug, Default)]
+    pub struct Latency {
+        pub requests: usize,
+        pub errors: usize,
+        pub p50_us: u64,
+        pub p99_us: u64,
+        pub max_us: u64,
+        /// Of the slowest 1% (at least one), the mean time the measuring thread
+        /// and the server thread that answered were runnable without a CPU:
+        /// what of the tail is the scheduler's. Probe port only.
+        pub slowest_client_wait_us: Option<u64>,
+        pub slowest_server_wait_us: Option<u64>,
     }
 }
 
-impl Report {
-    pub fn json(&self) -> Value {
-        let plan = &self.plan;
-        json!({
-            "plan": {
-                "silent": plan.silent,
-                "trickle": plan.trickle,
-                "slowloris": plan.slowloris,
-                "pipeliners": plan.pipeliners,
-                "burst": plan.burst,
-                "hold_secs": plan.hold_secs,
-                "settle_secs": plan.settle_secs,
-                "container": plan.container,
-            },
-            "where_": self.where_,
-            "server_env": self.server_env,
-            "phases": self.phases.iter().map(Phase::json).collect::<Vec<_>>(),
-            "burst": self.burst.as_ref().map(|burst| json!({
-                "connections": burst.connections,
-                "rss_idle_kib": burst.rss_idle_kib,
-                "rss_peak_kib": burst.rss_peak_kib,
-                "rss_after_kib": burst.rss_after_kib,
-                "ratio_to_idle": burst.ratio_to_idle,
-            })),
-        })
+json_struct! {
+    #[derive(Debug)]
+    pub struct Phase {
+        pub name: String,
+        /// Abusive connections opened in all (reopened ones included) and how
+        /// many the client keeps open.
+        pub opened: usize,
+        pub asked: usize,
+        /// Connections the server held (its open sockets), the most during the hold.
+        pub held_by_server: Option<usize>,
+        /// Abusive connections the server closed (each then opened again).
+        pub closed_by_server: usize,
+        pub rss_idle_kib: u64,
+        pub rss_peak_kib: u64,
+        pub rss_end_kib: u64,
+        /// The container's memory cgroup: its usage (plus TCP buffers, which
+        /// cgroup v1 counts apart) at the end, and its peak.
+        pub cgroup_peak_bytes: Option<u64>,
+        pub cgroup_tcp_bytes: Option<u64>,
+        /// A keep-alive client opened before the flood, one GET /health every 2 ms.
+        pub keep_alive: Latency,
+        /// A new connection per GET /health every 100 ms on the service port.
+        pub new_connection: Latency,
+        /// The same on the probe port (`PROBE_PORT`), as the kubelet's probes.
+        pub probe: Latency,
+        pub alive: bool,
+        pub oom_killed: bool,
+        /// The machine's 1-minute load average as the phase began and ended:
+        /// latencies on a busy machine are the machine's.
+        pub load: (Option<f64>, Option<f64>) => "load_average_1m",
+        /// Where the server's CPU went (per thread), and its cgroup's throttling.
+        pub server_cpu: Usage,
+        /// The same for this process: the floods and the measuring clients.
+        pub client_cpu: Usage,
+    }
+}
+
+json_struct! {
+    #[derive(Debug)]
+    pub struct Burst {
+        pub connections: usize,
+        pub rss_idle_kib: u64,
+        pub rss_peak_kib: u64,
+        /// RSS every second after the burst's connections closed.
+        pub rss_after_kib: Vec<u64>,
+        pub ratio_to_idle: f64,
+    }
+}
+
+json_struct! {
+    #[derive(Debug)]
+    pub struct Report {
+        pub plan: Plan,
+        pub where_: String,
+        pub server_env: BTreeMap<String, String>,
+        pub phases: Vec<Phase>,
+        pub burst: Option<Burst>,
     }
 }
 
@@ -215,9 +155,13 @@ pub fn cpu_table(phases: &[Phase]) -> String {
                 .map_or("-".into(), |(t, n)| format!("{t}/{n}")),
             p.client_cpu.total().cpu * 100.0,
             share(p.client_cpu.thread("probe-client")),
-            p.probe
-                .slowest_waits_us
-                .map_or("-".into(), |(c, s)| format!("{:.1}+{:.1} ms", ms(c), ms(s))),
+            match (
+                p.probe.slowest_client_wait_us,
+                p.probe.slowest_server_wait_us
+            ) {
+                (Some(c), Some(s)) => format!("{:.1}+{:.1} ms", ms(c), ms(s)),
+                _ => "-".into(),
+            },
         ));
     }
     out
