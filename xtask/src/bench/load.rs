@@ -8,13 +8,14 @@
 //! client per request on the load generator's one CPU. Ours is one std-only
 //! file: a few seconds of `rustc`, no new dependency for xtask.
 
+use std::process::Command;
 use std::time::Duration;
 
 use super::json::json_struct;
 use anyhow::{Context as _, Result};
-use camino::Utf8PathBuf;
+use camino::{Utf8Path, Utf8PathBuf};
 
-use crate::context::Context;
+use crate::context::{Context, Step};
 use crate::process::Stdout;
 use crate::tools;
 
@@ -77,41 +78,39 @@ pub fn args(rate: &str, secs: u32, connections: u32, url: &str) -> Vec<String> {
     ]
 }
 
-/// The command before the generator's own: pinned to `cpu`, and under
-/// SCHED_FIFO when `realtime`.
-pub fn prefix(cpu: usize, realtime: bool) -> Vec<String> {
-    let fifo = ["chrt", "--fifo", "50"].map(String::from);
-    let pinned = ["taskset".to_owned(), "-c".to_owned(), cpu.to_string()];
-    match realtime {
-        true => fifo.into_iter().chain(pinned).collect(),
-        false => pinned.into(),
-    }
-}
-
-/// Runs it pinned to `cpu` (under SCHED_FIFO when `realtime`) and reads its figures.
+/// The generator pinned to `cpu` (under SCHED_FIFO when `realtime`) at
+/// `rate` for `secs`, on `connections` to `url`.
 #[allow(clippy::too_many_arguments)] // one run's settings, each a plain value
-pub fn run(
+pub fn step(
     cx: &Context,
-    binary: &Utf8PathBuf,
+    binary: &Utf8Path,
     cpu: usize,
     realtime: bool,
     rate: u64,
     secs: u32,
     connections: u32,
     url: &str,
-) -> Result<Option<LoadRun>> {
-    let prefix = prefix(cpu, realtime);
-    let mut command = std::process::Command::new(&prefix[0]);
-    command.args(&prefix[1..]);
-    command.arg(binary.as_str());
+) -> Step {
+    let mut command = match realtime {
+        true => {
+            let mut chrt = Command::new("chrt");
+            chrt.args(["--fifo", "50", "taskset"]);
+            chrt
+        }
+        false => Command::new("taskset"),
+    };
+    command.args(["-c", &cpu.to_string(), binary.as_str()]);
     command.args(args(&rate.to_string(), secs, connections, url));
     // Its own give-up is 2 s after the last request is due.
     let limit = Duration::from_secs(u64::from(secs + WARMUP_SECS) + 30);
-    let step = cx
-        .change(command)
+    cx.change(command)
         .stdout(Stdout::Kept)
         .keep_stderr()
-        .within(limit, "is the machine very busy?");
+        .within(limit, "is the machine very busy?")
+}
+
+/// Runs [`step`] and reads the generator's figures.
+pub fn run(cx: &Context, step: Step) -> Result<Option<LoadRun>> {
     let line = step.line();
     let Some(done) = step.run(cx)? else {
         return Ok(None);

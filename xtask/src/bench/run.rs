@@ -9,14 +9,17 @@ use xshell::cmd;
 use super::json::ToJson as _;
 use super::procfs::{USER_HZ, two_cpus};
 use super::report::{Goals, Report, Round, ratios, summarize};
-use super::server::{Server, ServerProcess, cpu_busy, plan_line, server_cmd};
+use super::server::{
+    PID_PLACEHOLDER, PORT_PLACEHOLDER, Server, ServerProcess, cpu_busy, load_url, realtime_step,
+    start_step,
+};
 use super::table::table;
 use super::{
     Bench, GO_BINARY, GO_SOURCE, GOAL_BINARY_BYTES, GOAL_CPU_RATIO, GOAL_IDLE_RSS_BYTES, LOAD_PATH,
     STARTS, WARMUP_SECS, latency, load, wrk,
 };
 use crate::build::Build;
-use crate::context::Context;
+use crate::context::{Context, Step};
 use crate::tools;
 
 impl Bench {
@@ -255,17 +258,8 @@ impl Bench {
         for attempt in 0..=latency::REDO_DISTURBED {
             let busy_before = cpu_busy(server_cpu)?;
             let server_before = server.cpu_ticks()?;
-            let mut run = load::run(
-                cx,
-                generator,
-                load_cpu,
-                self.realtime,
-                rate,
-                self.duration,
-                self.connections,
-                &server.url(),
-            )?
-            .expect("a measured run reports");
+            let step = self.load_step(cx, generator, load_cpu, rate, &server.url());
+            let mut run = load::run(cx, step)?.expect("a measured run reports");
             let other_ticks = (cpu_busy(server_cpu)? - busy_before)
                 .saturating_sub(server.cpu_ticks()? - server_before);
             run.server_cpu_other_ns = (other_ticks as f64 / USER_HZ * 1e9) as u64;
@@ -318,7 +312,30 @@ impl Bench {
             wrk,
         })
     }
-    /// The commands a run would make, for `--dry-run`.
+    /// The load generator at `rate` against `url`, with this bench's settings.
+    fn load_step(
+        &self,
+        cx: &Context,
+        generator: &Utf8Path,
+        cpu: usize,
+        rate: u64,
+        url: &str,
+    ) -> Step {
+        let (secs, connections) = (self.duration, self.connections);
+        load::step(
+            cx,
+            generator,
+            cpu,
+            self.realtime,
+            rate,
+            secs,
+            connections,
+            url,
+        )
+    }
+
+    /// The commands a run would make, for `--dry-run`: the steps that run,
+    /// each with the port and pid it gets only then as a placeholder.
     fn plan(
         &self,
         cx: &Context,
@@ -327,31 +344,24 @@ impl Bench {
         server_cpu: usize,
         wrk_cpu: usize,
     ) -> Vec<String> {
-        let sh = &cx.sh;
-        let url = format!("http://127.0.0.1:<port>{LOAD_PATH}");
+        let url = load_url(PORT_PLACEHOLDER);
+        let start = |server: &Server, cpu| {
+            start_step(cx, &server.binary, cpu, PORT_PLACEHOLDER, true).line()
+        };
         let mut lines = vec![format!(
             "# {STARTS} times each, unpinned: start, GET {LOAD_PATH} until 200, stop"
         )];
-        for server in servers {
-            let (env, cmd) = server_cmd(sh, &server.binary, None, "<port>");
-            lines.push(plan_line(&env, &cmd));
-        }
+        lines.extend(servers.iter().map(|server| start(server, None)));
         lines.push(format!(
             "# {} rounds, the servers in turn: start pinned, read /proc/<pid>/status VmRSS, \
              warm up, measure (with /proc/<pid>/stat CPU time), read VmRSS and VmHWM, stop",
             self.rounds
         ));
         for server in servers {
-            let (env, cmd) = server_cmd(sh, &server.binary, Some(server_cpu), "<port>");
-            lines.push(plan_line(&env, &cmd));
-            lines.push(plan_line(
-                &[],
-                &wrk::command(sh, self.connections, wrk_cpu, WARMUP_SECS, &url, false),
-            ));
-            lines.push(plan_line(
-                &[],
-                &wrk::command(sh, self.connections, wrk_cpu, self.duration, &url, true),
-            ));
+            lines.push(start(server, Some(server_cpu)));
+            for (secs, measured) in [(WARMUP_SECS, false), (self.duration, true)] {
+                lines.push(wrk::step(cx, self.connections, wrk_cpu, secs, &url, measured).line());
+            }
         }
         let rates = self
             .rates
@@ -368,23 +378,13 @@ impl Bench {
             self.rounds
         ));
         for server in servers {
-            let (env, cmd) = server_cmd(sh, &server.binary, Some(server_cpu), "<port>");
-            lines.push(plan_line(&env, &cmd));
+            lines.push(start(server, Some(server_cpu)));
             if self.realtime {
-                lines.push("chrt --all-tasks --fifo --pid 50 <pid>".to_owned());
+                lines.push(realtime_step(cx, PID_PLACEHOLDER).line());
             }
         }
-        for rate in &self.rates.0 {
-            let mut words = load::prefix(wrk_cpu, self.realtime);
-            words.push(generator.to_string());
-            words.extend(load::args(
-                &rate.to_string(),
-                self.duration,
-                self.connections,
-                &url,
-            ));
-            let (program, rest) = words.split_first().expect("a prefix is never empty");
-            lines.push(plan_line(&[], &sh.cmd(program).args(rest)));
+        for &rate in &self.rates.0 {
+            lines.push(self.load_step(cx, generator, wrk_cpu, rate, &url).line());
         }
         lines
     }

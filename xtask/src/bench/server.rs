@@ -7,11 +7,11 @@ use std::time::Duration;
 
 use anyhow::{Context as _, Result, bail};
 use camino::{Utf8Path, Utf8PathBuf};
-use xshell::{Cmd, Shell, cmd};
+use xshell::cmd;
 
 use super::LOAD_PATH;
 use super::procfs::{cpu_busy_ticks, stat_cpu_ticks, status_field_kib};
-use crate::context::{Context, shell_quote};
+use crate::context::{Context, Step};
 use crate::http;
 use crate::process::{Background, Stdout};
 
@@ -21,15 +21,30 @@ pub struct Server {
     pub binary: Utf8PathBuf,
 }
 
-/// The command that starts a server: on `port`, on loopback only, pinned to
+/// What stands for a value only known when a step runs, in the `--dry-run`
+/// plan: the port a server gets, the pid it has. The plan's line is the
+/// step's own (`Step::line`), quoted as every word is, so that pasted into a
+/// shell it passes `<port>` on as a word rather than reading a file `port`.
+pub const PORT_PLACEHOLDER: &str = "<port>";
+pub const PID_PLACEHOLDER: &str = "<pid>";
+
+/// The URL under load on `port` (a number, or [`PORT_PLACEHOLDER`] in a plan).
+pub fn load_url(port: &str) -> String {
+    format!("http://127.0.0.1:{port}{LOAD_PATH}")
+}
+
+/// The step that starts a server: on `port`, on loopback only, pinned to
 /// `cpu` if given. Its other configuration comes from our environment.
-pub fn server_cmd<'a>(
-    sh: &'a Shell,
+/// Echoed when `say`, else with --verbose (a probe's rule): the startup
+/// timing starts a server 20 times.
+pub fn start_step(
+    cx: &Context,
     binary: &Utf8Path,
     cpu: Option<usize>,
     port: &str,
-) -> (Vec<(&'static str, String)>, Cmd<'a>) {
-    let env = vec![("PORT", port.to_owned()), ("HOST", "127.0.0.1".to_owned())];
+    say: bool,
+) -> Step {
+    let sh = &cx.sh;
     let cmd = match cpu {
         Some(cpu) => {
             let cpu = cpu.to_string();
@@ -37,20 +52,22 @@ pub fn server_cmd<'a>(
         }
         None => cmd!(sh, "{binary}"),
     };
-    (env, cmd)
+    let step = match say {
+        true => cx.change(cmd),
+        false => cx.probe(cmd),
+    };
+    step.env("PORT", port)
+        .env("HOST", "127.0.0.1")
+        .stdout(Stdout::Dropped)
+        .keep_stderr()
 }
 
-/// A line of the `--dry-run` plan, `K=v ... program args`, whose `<port>`
-/// placeholders stand for what is only known when it runs: the program and
-/// its arguments as xshell shows them (a word is quoted only for a space),
-/// so a placeholder stays as it is. The steps that run are echoed by `Step`.
-pub fn plan_line(env: &[(&str, String)], cmd: &Cmd<'_>) -> String {
-    let mut line = String::new();
-    for (key, value) in env {
-        line.push_str(&format!("{key}={} ", shell_quote(value)));
-    }
-    line.push_str(&cmd.to_string());
-    line
+/// The step that puts every thread of the server `pid` under SCHED_FIFO
+/// (threads it starts later inherit it).
+pub fn realtime_step(cx: &Context, pid: &str) -> Step {
+    let sh = &cx.sh;
+    cx.change(cmd!(sh, "chrt --all-tasks --fifo --pid 50 {pid}"))
+        .within(Duration::from_secs(10), "is the machine very busy?")
 }
 
 /// A server process, killed when dropped: no bench leaves one running.
@@ -68,17 +85,7 @@ impl ServerProcess {
         say: bool,
     ) -> Result<ServerProcess> {
         let port = free_port()?;
-        let (env, cmd) = server_cmd(&cx.sh, &server.binary, cpu, &port.to_string());
-        // Echoed when `say`, or with --verbose (a probe's rule): the startup
-        // timing starts a server 20 times.
-        let mut step = match say {
-            true => cx.change(cmd),
-            false => cx.probe(cmd),
-        };
-        for (key, value) in &env {
-            step = step.env(key, value);
-        }
-        let step = step.stdout(Stdout::Dropped).keep_stderr();
+        let step = start_step(cx, &server.binary, cpu, &port.to_string(), say);
         let line = step.line();
         let process = step
             .spawn(cx)?
@@ -91,7 +98,7 @@ impl ServerProcess {
     }
 
     pub fn url(&self) -> String {
-        format!("http://127.0.0.1:{}{LOAD_PATH}", self.port)
+        load_url(&self.port.to_string())
     }
 
     /// Polls until the server answers 200; returns the time since exec.
@@ -123,9 +130,7 @@ impl ServerProcess {
     /// Puts every thread of the server under SCHED_FIFO (threads it starts
     /// later inherit it), so that other work cannot take its CPU while it is runnable.
     pub fn realtime(&self, cx: &Context) -> Result<()> {
-        let (sh, pid) = (&cx.sh, self.process.id().to_string());
-        cx.change(cmd!(sh, "chrt --all-tasks --fifo --pid 50 {pid}"))
-            .within(Duration::from_secs(10), "is the machine very busy?")
+        realtime_step(cx, &self.process.id().to_string())
             .run(cx)
             .context("run the server under SCHED_FIFO (root or CAP_SYS_NICE is needed)")?;
         Ok(())

@@ -3,10 +3,10 @@
 use std::time::Duration;
 
 use anyhow::{Context as _, Result};
-use xshell::{Cmd, Shell, cmd};
+use xshell::cmd;
 
 use super::json::json_struct;
-use crate::context::Context;
+use crate::context::{Context, Step};
 use crate::process::Stdout;
 
 /// The wrk script that prints wrk's figures as JSON.
@@ -61,15 +61,17 @@ pub fn parse_wrk(stdout: &str) -> Result<WrkRun> {
 }
 
 /// wrk with `connections` on `cpu` for `secs`; `measured` adds the latency
-/// histogram and report.lua.
-pub fn command<'a>(
-    sh: &'a Shell,
+/// histogram and report.lua. wrk stops itself after `secs`; a wrk that does
+/// not is stopped.
+pub fn step(
+    cx: &Context,
     connections: u32,
     cpu: usize,
     secs: u32,
     url: &str,
     measured: bool,
-) -> Cmd<'a> {
+) -> Step {
+    let sh = &cx.sh;
     let cpu = cpu.to_string();
     let connections = format!("-c{connections}");
     let duration = format!("-d{secs}s");
@@ -78,9 +80,15 @@ pub fn command<'a>(
     } else {
         &[]
     };
-    cmd!(
+    cx.change(cmd!(
         sh,
         "taskset -c {cpu} wrk -t1 {connections} {duration} {report...} {url}"
+    ))
+    .stdout(Stdout::Kept)
+    .keep_stderr()
+    .within(
+        Duration::from_secs(u64::from(secs) + 30),
+        "is the server answering?",
     )
 }
 
@@ -93,12 +101,7 @@ pub fn run(
     url: &str,
     measured: bool,
 ) -> Result<Option<WrkRun>> {
-    let cmd = command(&cx.sh, connections, cpu, secs, url, measured);
-    // wrk stops itself after `secs`; a wrk that does not is stopped.
-    let step = cx.change(cmd).stdout(Stdout::Kept).keep_stderr().within(
-        Duration::from_secs(u64::from(secs) + 30),
-        "is the server answering?",
-    );
+    let step = step(cx, connections, cpu, secs, url, measured);
     let line = step.line();
     let Some(output) = step.run(cx)? else {
         return Ok(None);
@@ -114,7 +117,6 @@ pub fn run(
         .with_context(|| format!("read the figures of `{line}`"))
         .map(Some)
 }
-
 #[cfg(test)]
 mod tests {
     use super::*;
