@@ -6,14 +6,14 @@ use std::process::Command;
 use std::thread::JoinHandle;
 use std::time::Duration;
 
-use anyhow::{Context as _, Result};
+use anyhow::Result;
 
 use super::Bench;
 use super::json::ToJson as _;
-use super::server::free_port;
+use super::server::{PORT_PLACEHOLDER, free_port};
 use crate::build::Build;
 use crate::context::Context;
-use crate::process::{self, Io, Stderr, Stdout};
+use crate::process::Stdout;
 use crate::tools;
 
 mod client;
@@ -23,13 +23,16 @@ mod subject;
 mod threads;
 
 use report::{Plan, Report};
-use subject::{AbuseImage, Subject, docker_run};
+use subject::{AbuseImage, Subject, container_step, docker_probe, process_step};
 
 /// rollout.yaml's memory limit, as `docker run --memory` takes it.
 pub const MEMORY_LIMIT: &str = "128m";
 pub const MEMORY_LIMIT_BYTES: u64 = 128 * 1024 * 1024;
 /// What every docker command may take.
 pub const DOCKER_DEADLINE: Duration = Duration::from_secs(120);
+
+/// What stands for a phase's name in the `--dry-run` plan's container name.
+const PHASE_PLACEHOLDER: &str = "<phase>";
 
 /// The service's settings, passed through to the server under --abuse.
 pub const SERVICE_SETTINGS: &[&str] = &[
@@ -76,7 +79,7 @@ impl Bench {
             // A dry run only locates docker: it runs nothing, not even `docker version`.
             (false, Some(docker)) if cx.dry_run => Some(docker),
             (false, Some(docker)) => {
-                match docker_run(&docker, &["version", "--format", "{{.Server.Version}}"]) {
+                match docker_probe(cx, &docker, &["version", "--format", "{{.Server.Version}}"]) {
                     Ok(_) => Some(docker),
                     Err(err) => {
                         cx.say(format_args!(
@@ -92,29 +95,35 @@ impl Bench {
         let built = Build { static_link: true }.compile(cx)?;
         let pid = std::process::id();
         let tag = format!("api-abuse-{pid}:bench");
-        if cx.dry_run {
-            cx.plan(format_args!(
-                "# raise this process's open-file limit: prlimit --pid {pid} --nofile=65536:65536"
-            ));
-            if let Some(docker) = &docker {
-                cx.plan(format_args!(
-                    "# an image FROM scratch with {} as /api, USER 65534:65534",
-                    built.binary
-                ));
-                cx.plan(format_args!(
-                    "{docker} build --tag {tag} target/bench/abuse-{pid}"
-                ));
-                cx.plan(format_args!(
-                    "{docker} run --detach --name api-abuse-{pid}-<phase> --network host --memory {m} \
-                     --memory-swap {m} --env PORT=<port> --env PROBE_PORT=<port> --env HOST=127.0.0.1 {tag}",
-                    m = MEMORY_LIMIT
-                ));
-            } else {
-                cx.plan(format_args!(
-                    "PORT=<port> PROBE_PORT=<port> HOST=127.0.0.1 {}",
-                    built.binary
-                ));
+        let container_name = |phase: &str| format!("api-abuse-{pid}-{phase}");
+        // The mix holds every flood at once.
+        let want = u64::from(
+            (self.silent + self.trickle + self.slowloris + self.pipeliners).max(self.burst),
+        ) + 1_000;
+        let nofile = raise_nofile(cx, want.max(65_536))?;
+        let env: BTreeMap<String, String> = SERVICE_SETTINGS
+            .iter()
+            .filter_map(|k| Some((k.to_string(), std::env::var(k).ok()?)))
+            .collect();
+        let image = match &docker {
+            Some(docker) => {
+                let dir = cx.path(&format!("target/bench/abuse-{pid}"));
+                AbuseImage::build(cx, docker, &tag, &built.binary, dir)?
             }
+            None => None,
+        };
+        if cx.dry_run {
+            // The steps that start each phase's server, with what is only
+            // known then (the phase, the ports) as placeholders.
+            let (phase, port) = (PHASE_PLACEHOLDER, PORT_PLACEHOLDER);
+            let start = match &docker {
+                Some(docker) => {
+                    let name = container_name(phase);
+                    container_step(cx, docker, &tag, &name, port, port, &env)
+                }
+                None => process_step(cx, &built.binary, port, port, &env),
+            };
+            cx.plan(start.line());
             cx.plan(format_args!(
                 "# phases, each on a fresh server: {} silent, {} one-byte trickle, {} slowloris, {} \
                  pipelining non-readers, then all at once, held {} s each; then a burst of {} and RSS \
@@ -130,11 +139,6 @@ impl Bench {
             return Ok(());
         }
 
-        // The mix holds every flood at once.
-        let want = u64::from(
-            (self.silent + self.trickle + self.slowloris + self.pipeliners).max(self.burst),
-        ) + 1_000;
-        let nofile = raise_nofile(want.max(65_536));
         let room = nofile.saturating_sub(100) as usize;
         let clamp = |n: u32| {
             let n = n as usize;
@@ -145,48 +149,13 @@ impl Bench {
             }
             n.min(room)
         };
-        let env: BTreeMap<String, String> = SERVICE_SETTINGS
-            .iter()
-            .filter_map(|k| Some((k.to_string(), std::env::var(k).ok()?)))
-            .collect();
-
-        let image = match &docker {
-            Some(docker) => {
-                let dir = cx.path(&format!("target/bench/abuse-{pid}"));
-                std::fs::create_dir_all(&dir).with_context(|| format!("create {dir}"))?;
-                std::fs::copy(&built.binary, dir.join("api"))
-                    .with_context(|| format!("copy {} to {dir}", built.binary))?;
-                std::fs::write(
-                    dir.join("Dockerfile"),
-                    "FROM scratch\nUSER 65534:65534\nCOPY api /api\nENTRYPOINT [\"/api\"]\n",
-                )?;
-                let image = AbuseImage {
-                    docker: docker.clone(),
-                    tag: tag.clone(),
-                    dir: dir.clone(),
-                };
-                let mut build = std::process::Command::new(docker.as_std_path());
-                build.args(["build", "--tag", &tag, dir.as_str()]);
-                cx.change(build)
-                    .stdout(Stdout::Kept)
-                    .keep_stderr()
-                    .within(DOCKER_DEADLINE, "check that the Docker engine answers")
-                    .run(cx)?;
-                Some(image)
-            }
-            None => None,
-        };
         let start = |phase: &str| -> Result<Subject> {
             let port = free_port()?;
             match &docker {
-                Some(docker) => Subject::container(
-                    docker,
-                    &tag,
-                    &format!("api-abuse-{pid}-{phase}"),
-                    port,
-                    &env,
-                ),
-                None => Subject::process(&built.binary, port, &env),
+                Some(docker) => {
+                    Subject::container(cx, docker, &tag, &container_name(phase), port, &env)
+                }
+                None => Subject::process(cx, &built.binary, port, &env),
             }
         };
         let hold = Duration::from_secs(self.hold);
@@ -199,8 +168,8 @@ impl Bench {
         };
         for (name, floods) in flood::phases(counts, room) {
             let mut subject = start(name.split(' ').next().unwrap_or(name))?;
-            let result = flood::phase(&mut subject, docker.as_deref(), name, &floods, hold);
-            subject.stop(docker.as_deref());
+            let result = flood::phase(cx, &mut subject, docker.as_deref(), name, &floods, hold);
+            subject.stop(cx, docker.as_deref());
             phases.push(result?);
         }
         let burst = if self.burst > 0 {
@@ -212,7 +181,7 @@ impl Bench {
                 clamp(self.burst),
                 Duration::from_secs(self.settle),
             );
-            subject.stop(docker.as_deref());
+            subject.stop(cx, docker.as_deref());
             Some(result?)
         } else {
             None
@@ -248,42 +217,46 @@ impl Bench {
 
 /// DOCKER_HOST when it names an engine on another host (tcp:// to anything but loopback).
 pub fn remote_engine() -> Option<String> {
-    let host = std::env::var("DOCKER_HOST").ok()?;
-    let rest = host.strip_prefix("tcp://")?;
+    std::env::var("DOCKER_HOST")
+        .ok()
+        .filter(|host| is_remote(host))
+}
+
+/// Whether DOCKER_HOST `host` is tcp:// to anything but loopback.
+fn is_remote(host: &str) -> bool {
+    let Some(rest) = host.strip_prefix("tcp://") else {
+        return false;
+    };
     let name = rest.rsplit_once(':').map_or(rest, |(name, _)| name);
-    let local = matches!(name, "localhost" | "127.0.0.1" | "[::1]") || name.starts_with("127.");
-    (!local).then_some(host)
+    !(matches!(name, "localhost" | "127.0.0.1" | "[::1]") || name.starts_with("127."))
 }
 
 /// Raises this process's open-file limit to `want` with util-linux's
 /// `prlimit` (root, or a hard limit that allows it); the limit in force after.
-pub fn raise_nofile(want: u64) -> u64 {
+pub fn raise_nofile(cx: &Context, want: u64) -> Result<u64> {
     let pid = std::process::id().to_string();
     let nofile = format!("--nofile={want}:{want}");
     let mut prlimit = Command::new("prlimit");
     prlimit.args(["--pid", &pid, &nofile]);
-    let io = Io {
-        stdout: Stdout::Dropped,
-        stderr: Stderr::Dropped,
-        stdin: None,
-        limit: Some(Duration::from_secs(5)),
-    };
-    // What counts is the limit read back below, whatever prlimit said.
-    let _ = process::run(prlimit, &io);
-    std::fs::read_to_string("/proc/self/limits")
+    // What counts is the limit read back below, whatever prlimit said: only
+    // a Ctrl-C or a prlimit that could not start is an error.
+    cx.change(prlimit)
+        .stdout(Stdout::Dropped)
+        .drop_stderr()
+        .within(Duration::from_secs(5), "is the machine very busy?")
+        .finish(cx)?;
+    let limits = std::fs::read_to_string("/proc/self/limits").unwrap_or_default();
+    Ok(max_open_files(&limits).unwrap_or(1024))
+}
+
+/// The soft limit on open files in /proc/<pid>/limits.
+fn max_open_files(limits: &str) -> Option<u64> {
+    let line = limits.lines().find(|l| l.starts_with("Max open files"))?;
+    line["Max open files".len()..]
+        .split_whitespace()
+        .next()?
+        .parse()
         .ok()
-        .and_then(|l| {
-            let line = l
-                .lines()
-                .find(|l| l.starts_with("Max open files"))?
-                .to_owned();
-            line["Max open files".len()..]
-                .split_whitespace()
-                .next()?
-                .parse()
-                .ok()
-        })
-        .unwrap_or(1024)
 }
 
 /// A thread named `name` (its /proc comm, read by [`Snapshot`]).
@@ -295,4 +268,57 @@ pub fn spawn_named<T: Send + 'static>(
         .name(name.to_owned())
         .spawn(work)
         .expect("spawn a bench thread")
+}
+
+#[cfg(test)]
+mod tests {
+    use camino::Utf8Path;
+
+    use super::*;
+
+    #[test]
+    fn only_an_engine_over_tcp_to_another_host_is_remote() {
+        assert!(is_remote("tcp://docker:2375"));
+        assert!(is_remote("tcp://10.0.0.5:2376"));
+        for local in [
+            "tcp://127.0.0.1:2375",
+            "tcp://127.1.2.3:2375",
+            "tcp://localhost:2375",
+            "tcp://[::1]:2375",
+            "unix:///var/run/docker.sock",
+            "",
+        ] {
+            assert!(!is_remote(local), "{local}");
+        }
+    }
+
+    #[test]
+    fn the_open_file_limit_is_the_soft_one() {
+        let limits = "Limit                     Soft Limit           Hard Limit           Units\n\
+            Max processes             63457                63457                processes\n\
+            Max open files            65536                1048576              files\n";
+        assert_eq!(max_open_files(limits), Some(65536));
+        assert_eq!(max_open_files("Max processes 1 1 processes\n"), None);
+    }
+
+    /// The plan's start lines are the steps' own, with the placeholders as
+    /// words: pasted into a shell, `<port>` is not a redirection.
+    #[test]
+    fn the_plan_starts_the_server_with_placeholders_quoted_as_words() {
+        let cx = Context::new(true, false).unwrap();
+        let env = BTreeMap::from([("LOG_LEVEL".to_owned(), "debug info".to_owned())]);
+        let (docker, binary) = (Utf8Path::new("/usr/bin/docker"), Utf8Path::new("/b/api"));
+        let name = format!("api-abuse-1-{PHASE_PLACEHOLDER}");
+        let (port, tag) = (PORT_PLACEHOLDER, "api-abuse-1:bench");
+        assert_eq!(
+            container_step(&cx, docker, tag, &name, port, port, &env).line(),
+            "/usr/bin/docker run --detach --name 'api-abuse-1-<phase>' --network host \
+             --memory 128m --memory-swap 128m --env 'PORT=<port>' --env 'PROBE_PORT=<port>' \
+             --env HOST=127.0.0.1 --env 'LOG_LEVEL=debug info' api-abuse-1:bench"
+        );
+        assert_eq!(
+            process_step(&cx, binary, port, port, &env).line(),
+            "PORT='<port>' PROBE_PORT='<port>' HOST=127.0.0.1 LOG_LEVEL='debug info' /b/api"
+        );
+    }
 }

@@ -14,6 +14,7 @@ use super::report::{Burst, Phase};
 use super::spawn_named;
 use super::subject::{Sampler, Subject};
 use super::threads::Snapshot;
+use crate::context::Context;
 
 /// Opens up to `n` connections, stopping early when the server stops
 /// taking them (20 connects in a row time out) or after `limit`.
@@ -218,6 +219,7 @@ impl Flood {
 
 /// One phase against a running subject: `floods` at once, held `hold`.
 pub fn phase(
+    cx: &Context,
     subject: &mut Subject,
     docker: Option<&Utf8Path>,
     name: &str,
@@ -258,7 +260,7 @@ pub fn phase(
     let closed = floods.iter().map(|f| f.closed).sum();
     let asked = floods.iter().map(|f| f.streams.len()).sum();
     drop(floods);
-    let (alive, oom_killed) = subject.alive(docker);
+    let (alive, oom_killed) = subject.alive(cx, docker);
     Ok(Phase {
         name: name.to_owned(),
         opened,
@@ -349,4 +351,69 @@ pub fn burst(subject: &Subject, n: usize, settle: Duration) -> Result<Burst> {
         ratio_to_idle: last as f64 / rss_idle_kib.max(1) as f64,
         rss_after_kib,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn counts(silent: usize, trickle: usize, slowloris: usize, pipeliners: usize) -> Counts {
+        Counts {
+            silent,
+            trickle,
+            slowloris,
+            pipeliners,
+        }
+    }
+
+    #[test]
+    fn each_kind_alone_then_all_at_once() {
+        let phases = phases(counts(10, 2, 3, 4), 1_000);
+        let names: Vec<&str> = phases.iter().map(|(name, _)| *name).collect();
+        assert_eq!(
+            names,
+            [
+                "silent",
+                "one-byte trickle",
+                "slowloris",
+                "pipelining non-readers",
+                "mix"
+            ]
+        );
+        assert_eq!(phases[2].1, [(Kind::Slowloris, 3)]);
+        let mix = &phases[4].1;
+        assert_eq!(
+            mix,
+            &[
+                (Kind::Silent, 10),
+                (Kind::Trickle, 2),
+                (Kind::Slowloris, 3),
+                (Kind::Pipeliner, 4)
+            ]
+        );
+    }
+
+    #[test]
+    fn a_kind_of_none_has_no_phase_and_one_kind_no_mix() {
+        let phases = phases(counts(10, 0, 0, 0), 1_000);
+        assert_eq!(phases, [("silent", vec![(Kind::Silent, 10)])]);
+    }
+
+    #[test]
+    fn the_mix_holds_fewer_silent_ones_to_fit_the_room() {
+        let mix = |counts, room| phases(counts, room).pop().unwrap().1;
+        assert_eq!(
+            mix(counts(100, 20, 0, 30), 120),
+            [
+                (Kind::Silent, 70),
+                (Kind::Trickle, 20),
+                (Kind::Pipeliner, 30)
+            ]
+        );
+        // No room for any silent one: the mix leaves them out.
+        assert_eq!(
+            mix(counts(100, 60, 0, 60), 100),
+            [(Kind::Trickle, 60), (Kind::Pipeliner, 60)]
+        );
+    }
 }

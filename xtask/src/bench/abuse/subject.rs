@@ -16,20 +16,100 @@ use super::client::{PROBE_TIMEOUT, get_once};
 use super::{DOCKER_DEADLINE, MEMORY_LIMIT, MEMORY_LIMIT_BYTES, spawn_named, threads};
 use crate::bench::procfs::status_field_kib;
 use crate::bench::server::free_port;
-use crate::process::{self, Background, Io, Stderr, Stdout};
+use crate::context::{Context, Step};
+use crate::process::{Background, Stdout};
 
 /// The image and build folder of one --abuse run, removed when dropped.
-pub struct AbuseImage {
-    pub docker: Utf8PathBuf,
-    pub tag: String,
-    pub dir: Utf8PathBuf,
+pub struct AbuseImage<'a> {
+    cx: &'a Context,
+    docker: Utf8PathBuf,
+    tag: String,
+    dir: Utf8PathBuf,
 }
 
-impl Drop for AbuseImage {
+impl<'a> AbuseImage<'a> {
+    /// An image `tag` FROM scratch with `binary` as /api, built in `dir`;
+    /// `None` under --dry-run, which plans it.
+    pub fn build(
+        cx: &'a Context,
+        docker: &Utf8Path,
+        tag: &str,
+        binary: &Utf8Path,
+        dir: Utf8PathBuf,
+    ) -> Result<Option<AbuseImage<'a>>> {
+        let writes = cx.announce(format_args!(
+            "# an image FROM scratch with {binary} as /api, USER 65534:65534"
+        ));
+        if writes {
+            std::fs::create_dir_all(&dir).with_context(|| format!("create {dir}"))?;
+            std::fs::copy(binary, dir.join("api"))
+                .with_context(|| format!("copy {binary} to {dir}"))?;
+            std::fs::write(
+                dir.join("Dockerfile"),
+                "FROM scratch\nUSER 65534:65534\nCOPY api /api\nENTRYPOINT [\"/api\"]\n",
+            )?;
+        }
+        let image = writes.then(|| AbuseImage {
+            cx,
+            docker: docker.to_owned(),
+            tag: tag.to_owned(),
+            dir: dir.clone(),
+        });
+        docker_change(cx, docker, &["build", "--tag", tag, dir.as_str()])?;
+        Ok(image)
+    }
+}
+
+impl Drop for AbuseImage<'_> {
     fn drop(&mut self) {
-        let _ = docker_run(&self.docker, &["rmi", "--force", &self.tag]);
+        let _ = docker_change(self.cx, &self.docker, &["rmi", "--force", &self.tag]);
         let _ = std::fs::remove_dir_all(&self.dir);
     }
+}
+
+/// The step that starts the server as a process: on `port` and `probe_port`
+/// (numbers, or placeholders in a plan), loopback only, with `env`.
+pub fn process_step(
+    cx: &Context,
+    binary: &Utf8Path,
+    port: &str,
+    probe_port: &str,
+    env: &BTreeMap<String, String>,
+) -> Step {
+    let mut step = cx
+        .change(Command::new(binary.as_std_path()))
+        .env("PORT", port)
+        .env("PROBE_PORT", probe_port)
+        .env("HOST", "127.0.0.1");
+    for (key, value) in env {
+        step = step.env(key, value);
+    }
+    step.stdout(Stdout::Dropped).drop_stderr()
+}
+
+/// The step that starts the server as `docker run --network host --memory
+/// 128m` of `image`, named `name`; ports and `env` as [`process_step`].
+pub fn container_step(
+    cx: &Context,
+    docker: &Utf8Path,
+    image: &str,
+    name: &str,
+    port: &str,
+    probe_port: &str,
+    env: &BTreeMap<String, String>,
+) -> Step {
+    let mut command = Command::new(docker.as_std_path());
+    command.args(["run", "--detach", "--name", name, "--network", "host"]);
+    command.args(["--memory", MEMORY_LIMIT, "--memory-swap", MEMORY_LIMIT]);
+    command.args(["--env", &format!("PORT={port}")]);
+    command.args(["--env", &format!("PROBE_PORT={probe_port}")]);
+    command.args(["--env", "HOST=127.0.0.1"]);
+    for (key, value) in env {
+        command.args(["--env", &format!("{key}={value}")]);
+    }
+    command.arg(image);
+    // Its stdout is the container's id: kept off ours, where --json goes.
+    docker_step(cx.change(command).stdout(Stdout::Kept))
 }
 
 /// The server under abuse: a process, or a container of the static binary.
@@ -47,24 +127,16 @@ pub struct Subject {
 
 impl Subject {
     pub fn process(
+        cx: &Context,
         binary: &Utf8Path,
         port: u16,
         env: &BTreeMap<String, String>,
     ) -> Result<Subject> {
         let probe_port = free_port()?;
-        let mut command = Command::new(binary.as_std_path());
-        command
-            .envs(env)
-            .env("PORT", port.to_string())
-            .env("PROBE_PORT", probe_port.to_string())
-            .env("HOST", "127.0.0.1");
-        let io = Io {
-            stdout: Stdout::Dropped,
-            stderr: Stderr::Dropped,
-            stdin: None,
-            limit: None,
-        };
-        let process = process::spawn(command, &io).with_context(|| format!("start {binary}"))?;
+        let step = process_step(cx, binary, &port.to_string(), &probe_port.to_string(), env);
+        let process = step
+            .spawn(cx)?
+            .context("the server is not started under --dry-run")?;
         let pid = process.id();
         let subject = Subject {
             process: Some(process),
@@ -82,6 +154,7 @@ impl Subject {
     /// `docker run --network host --memory 128m` of `image`, listening on
     /// 127.0.0.1 only, named `name`.
     pub fn container(
+        cx: &Context,
         docker: &Utf8Path,
         image: &str,
         name: &str,
@@ -89,30 +162,8 @@ impl Subject {
         env: &BTreeMap<String, String>,
     ) -> Result<Subject> {
         let probe_port = free_port()?;
-        let mut args: Vec<String> = vec![
-            "run".into(),
-            "--detach".into(),
-            "--name".into(),
-            name.into(),
-            "--network".into(),
-            "host".into(),
-            "--memory".into(),
-            MEMORY_LIMIT.into(),
-            "--memory-swap".into(),
-            MEMORY_LIMIT.into(),
-            "--env".into(),
-            format!("PORT={port}"),
-            "--env".into(),
-            format!("PROBE_PORT={probe_port}"),
-            "--env".into(),
-            "HOST=127.0.0.1".into(),
-        ];
-        for (key, value) in env {
-            args.push("--env".into());
-            args.push(format!("{key}={value}"));
-        }
-        args.push(image.into());
-        docker_run(docker, &args)?;
+        let (port_word, probe_word) = (port.to_string(), probe_port.to_string());
+        container_step(cx, docker, image, name, &port_word, &probe_word, env).run(cx)?;
         let mut subject = Subject {
             process: None,
             container: Some(name.to_owned()),
@@ -122,12 +173,12 @@ impl Subject {
             cgroup: None,
             cpu_cgroup: None,
         };
-        let pid = docker_run(docker, &["inspect", "--format", "{{.State.Pid}}", name])
+        let pid = docker_probe(cx, docker, &["inspect", "--format", "{{.State.Pid}}", name])
             .and_then(|pid| pid.trim().parse().context("the container's pid"));
         subject.pid = match pid {
             Ok(pid) => pid,
             Err(err) => {
-                subject.stop(Some(docker));
+                subject.stop(cx, Some(docker));
                 return Err(err);
             }
         };
@@ -142,7 +193,7 @@ impl Subject {
             );
         }
         if let Err(err) = subject.wait_ready() {
-            subject.stop(Some(docker));
+            subject.stop(cx, Some(docker));
             return Err(err);
         }
         Ok(subject)
@@ -182,14 +233,15 @@ impl Subject {
     }
 
     /// Still running; for a container, and whether the kernel OOM-killed it.
-    pub fn alive(&mut self, docker: Option<&Utf8Path>) -> (bool, bool) {
+    pub fn alive(&mut self, cx: &Context, docker: Option<&Utf8Path>) -> (bool, bool) {
         if let Some(process) = &mut self.process {
             return (matches!(process.child().try_wait(), Ok(None)), false);
         }
         let (Some(name), Some(docker)) = (&self.container, docker) else {
             return (false, false);
         };
-        match docker_run(
+        match docker_probe(
+            cx,
             docker,
             &[
                 "inspect",
@@ -206,11 +258,11 @@ impl Subject {
         }
     }
 
-    pub fn stop(&mut self, docker: Option<&Utf8Path>) {
+    pub fn stop(&mut self, cx: &Context, docker: Option<&Utf8Path>) {
         // Killed and reaped as it is dropped.
         self.process = None;
         if let (Some(name), Some(docker)) = (self.container.take(), docker) {
-            let _ = docker_run(docker, &["rm", "--force", &name]);
+            let _ = docker_change(cx, docker, &["rm", "--force", &name]);
         }
     }
 }
@@ -282,21 +334,23 @@ pub fn memory_cgroup(pid: u32) -> Option<std::path::PathBuf> {
     None
 }
 
-/// Runs `docker args...` within [`DOCKER_DEADLINE`], unechoed; its stdout.
-pub fn docker_run(docker: &Utf8Path, args: &[impl AsRef<str>]) -> Result<String> {
-    let args: Vec<&str> = args.iter().map(AsRef::as_ref).collect();
-    let line = format!("{docker} {}", args.join(" "));
+/// A docker step's deadline, and its stderr kept for the error.
+fn docker_step(step: Step) -> Step {
+    step.keep_stderr()
+        .within(DOCKER_DEADLINE, "check that the Docker engine answers")
+}
+
+/// `docker args...` that changes something (echoed; planned under --dry-run).
+pub fn docker_change(cx: &Context, docker: &Utf8Path, args: &[&str]) -> Result<()> {
     let mut command = Command::new(docker.as_std_path());
-    command.args(&args);
-    let io = Io {
-        stdout: Stdout::Kept,
-        stderr: Stderr::Kept,
-        stdin: None,
-        limit: Some(DOCKER_DEADLINE),
-    };
-    match process::run(command, &io).with_context(|| format!("run {line}"))? {
-        Ok(done) if done.status.success() => Ok(done.stdout),
-        Ok(done) => bail!("`{line}` failed ({}): {}", done.status, done.stderr.trim()),
-        Err(_) => bail!("run {line}: still running after {DOCKER_DEADLINE:?}: killed"),
-    }
+    command.args(args);
+    docker_step(cx.change(command).stdout(Stdout::Kept)).run(cx)?;
+    Ok(())
+}
+
+/// `docker args...` that only reads (echoed with --verbose); its stdout.
+pub fn docker_probe(cx: &Context, docker: &Utf8Path, args: &[&str]) -> Result<String> {
+    let mut command = Command::new(docker.as_std_path());
+    command.args(args);
+    docker_step(cx.probe(command)).read(cx)
 }
