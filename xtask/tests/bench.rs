@@ -129,18 +129,18 @@ PORT='<port>' HOST=127.0.0.1 {root}/bin/api
 PORT='<port>' HOST=127.0.0.1 {root}/target/bench/api-go
 # 3 rounds, the servers in turn: start pinned, read /proc/<pid>/status VmRSS, warm up, measure (with /proc/<pid>/stat CPU time), read VmRSS and VmHWM, stop
 PORT='<port>' HOST=127.0.0.1 taskset -c {server} {root}/bin/api
-taskset -c {load} wrk -t1 -c32 -d1s http://127.0.0.1:<port>/health
-taskset -c {load} wrk -t1 -c32 -d7s --latency -s xtask/bench/report.lua http://127.0.0.1:<port>/health
+taskset -c {load} wrk -t1 -c32 -d1s 'http://127.0.0.1:<port>/health'
+taskset -c {load} wrk -t1 -c32 -d7s --latency -s xtask/bench/report.lua 'http://127.0.0.1:<port>/health'
 PORT='<port>' HOST=127.0.0.1 taskset -c {server} {root}/target/bench/api-go
-taskset -c {load} wrk -t1 -c32 -d1s http://127.0.0.1:<port>/health
-taskset -c {load} wrk -t1 -c32 -d7s --latency -s xtask/bench/report.lua http://127.0.0.1:<port>/health
+taskset -c {load} wrk -t1 -c32 -d1s 'http://127.0.0.1:<port>/health'
+taskset -c {load} wrk -t1 -c32 -d7s --latency -s xtask/bench/report.lua 'http://127.0.0.1:<port>/health'
 # then both servers started once, pinned; 3 rounds of: each rate (1000/s, 3000/s), each server in turn, the order swapped every round: the load generator, open loop; a run disturbed (the generator woke late, or other work on the server's CPU from /proc/stat) is made again, twice at most
 PORT='<port>' HOST=127.0.0.1 taskset -c {server} {root}/bin/api
-chrt --all-tasks --fifo --pid 50 <pid>
+chrt --all-tasks --fifo --pid 50 '<pid>'
 PORT='<port>' HOST=127.0.0.1 taskset -c {server} {root}/target/bench/api-go
-chrt --all-tasks --fifo --pid 50 <pid>
-chrt --fifo 50 taskset -c {load} {root}/target/bench/load --rate 1000 --duration 7 --warmup 1 --connections 32 http://127.0.0.1:<port>/health
-chrt --fifo 50 taskset -c {load} {root}/target/bench/load --rate 3000 --duration 7 --warmup 1 --connections 32 http://127.0.0.1:<port>/health
+chrt --all-tasks --fifo --pid 50 '<pid>'
+chrt --fifo 50 taskset -c {load} {root}/target/bench/load --rate 1000 --duration 7 --warmup 1 --connections 32 'http://127.0.0.1:<port>/health'
+chrt --fifo 50 taskset -c {load} {root}/target/bench/load --rate 3000 --duration 7 --warmup 1 --connections 32 'http://127.0.0.1:<port>/health'
 "
     );
     assert_eq!(stdout, expected);

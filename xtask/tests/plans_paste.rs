@@ -8,10 +8,10 @@
 //! while bash runs the plan, the same paths are recorders that write down
 //! each argv (after `API_VERSION=...` when the plan sets it for the call).
 //! `lint` runs its linters under --dry-run (they change nothing): the lines
-//! it echoes are pasted, and must run what it ran. Not pasted: `bench` (its
-//! plan names placeholders such as `<port>`; it waits for the house
-//! refactor), `status`, `history` and `doctor` (read-only: stdout is their
-//! report, not a plan).
+//! it echoes are pasted, and must run what it ran. `bench`'s plan names what
+//! is only known when it runs as placeholders (`<port>`, `<pid>`, `<phase>`):
+//! they reach the recorders as the words they are. Not pasted: `status`,
+//! `history` and `doctor` (read-only: stdout is their report, not a plan).
 
 mod rollout_support;
 mod support;
@@ -450,4 +450,200 @@ fn lint_echoes_exactly_what_it_runs() {
             "xtask/lint/analysis.schema.json"
         ])
     );
+}
+
+/// The tools of a bench plan in a folder that is a workspace of its own
+/// (it holds xtask/Cargo.toml), so that the binaries the plan names (bin/api,
+/// target/bench/api-go and load) are recorders too; its name is hostile.
+fn bench_tools(tag: &str, extra: &[(&str, PathBuf)]) -> Tools {
+    let cargo = PathBuf::from(std::env::var_os("CARGO").expect("cargo sets CARGO"));
+    let mut tools = vec![("cargo", cargo.clone())];
+    // The generator is built by the rustc beside the cargo that runs bench.
+    tools.push(("rustc", cargo.with_file_name("rustc")));
+    for name in ["api", "api-go", "load", "taskset", "wrk", "chrt", "prlimit"] {
+        tools.push((name, PathBuf::from("false")));
+    }
+    tools.extend(extra.iter().cloned());
+    let tools = Tools::new(&hostile_folder(tag), &tools);
+    std::fs::create_dir_all(tools.dir.join("xtask")).unwrap();
+    std::fs::write(tools.dir.join("xtask/Cargo.toml"), "").unwrap();
+    std::fs::create_dir_all(tools.dir.join("target/bench")).unwrap();
+    for name in ["api-go", "load"] {
+        let at = tools.dir.join("target/bench").join(name);
+        std::os::unix::fs::symlink(tools.tool(name), at).unwrap();
+    }
+    tools
+}
+
+/// `--dry-run bench ARGS` in the tools' workspace, with `env` set.
+fn bench_plan(tools: &Tools, args: &[&str], env: &[(&str, &str)]) -> String {
+    let mut cmd = support::xtask_with(&[&["--dry-run", "bench"][..], args].concat());
+    cmd.current_dir(&tools.dir)
+        .env_remove("CARGO_MANIFEST_DIR")
+        .env_remove("CARGO_TARGET_DIR")
+        .env_remove("DOCKER_HOST")
+        .env("CARGO", tools.tool("cargo"))
+        .env("API_VERSION", "v1.2.3-rc.1+b_7")
+        .env(
+            "PATH",
+            tools.path(std::env::var_os("PATH").unwrap_or_default()),
+        )
+        .envs(env.iter().copied());
+    dry_run(&mut cmd)
+}
+
+#[test]
+fn bench_plan_runs_exactly_the_builds_servers_and_loads_with_placeholders_as_words() {
+    let tools = bench_tools("bench", &[("go", PathBuf::from("false"))]);
+    let args = [
+        "--duration",
+        "7",
+        "--connections",
+        "32",
+        "--rates",
+        "1000,3000",
+    ];
+    let plan = bench_plan(&tools, &[&args[..], &["--realtime"]].concat(), &[]);
+    // The CPUs bench chose: the server's, and wrk's and the generator's.
+    let cpu_after = |start: &str| {
+        let line = plan.lines().find_map(|line| line.strip_prefix(start));
+        let cpu = line.and_then(|rest| rest.split(' ').next());
+        cpu.unwrap_or_else(|| panic!("no `{start}` in the plan:\n{plan}"))
+            .to_owned()
+    };
+    let server = cpu_after("PORT='<port>' HOST=127.0.0.1 taskset -c ");
+    let load = cpu_after("taskset -c ");
+    let root = tools.dir.display().to_string();
+    let (api, go, generator) = (
+        format!("{root}/bin/api"),
+        format!("{root}/target/bench/api-go"),
+        format!("{root}/target/bench/load"),
+    );
+    let url = "http://127.0.0.1:<port>/health";
+    let wrk = |secs: &str, measured: bool| {
+        let mut argv = words(&["taskset", "-c", &load, "wrk", "-t1", "-c32", secs]);
+        if measured {
+            argv.extend(words(&["--latency", "-s", "xtask/bench/report.lua"]));
+        }
+        argv.push(url.to_owned());
+        argv
+    };
+    let pinned = |binary: &str| words(&["taskset", "-c", &server, binary]);
+    let fifo = words(&["chrt", "--all-tasks", "--fifo", "--pid", "50", "<pid>"]);
+    let rate = |rate: &str| {
+        let mut argv = words(&["chrt", "--fifo", "50", "taskset", "-c", &load, &generator]);
+        argv.extend(words(&["--rate", rate, "--duration", "7", "--warmup", "1"]));
+        argv.extend(words(&["--connections", "32", url]));
+        argv
+    };
+    let expected = vec![
+        words(&[
+            "API_VERSION=v1.2.3-rc.1+b_7",
+            "cargo",
+            "build",
+            "--message-format=json-render-diagnostics",
+            "--release",
+            "--package",
+            "api",
+            "--target",
+            "x86_64-unknown-linux-gnu",
+        ]),
+        words(&[
+            "go",
+            "build",
+            "-trimpath",
+            "-ldflags=-s -w -X main.version=v1.2.3-rc.1+b_7",
+            "-o",
+            &go,
+            &format!("{root}/xtask/bench/main.go"),
+        ]),
+        words(&[
+            "rustc",
+            "--edition",
+            "2024",
+            "-C",
+            "opt-level=3",
+            "-o",
+            &generator,
+            &format!("{root}/xtask/bench/load.rs"),
+        ]),
+        words(&["api"]),
+        words(&["api-go"]),
+        pinned(&api),
+        wrk("-d1s", false),
+        wrk("-d7s", true),
+        pinned(&go),
+        wrk("-d1s", false),
+        wrk("-d7s", true),
+        pinned(&api),
+        fifo.clone(),
+        pinned(&go),
+        fifo,
+        rate("1000"),
+        rate("3000"),
+    ];
+    assert_commands_or_comments(&plan, expected.len());
+    assert_eq!(tools.paste(&plan), expected, "{plan}");
+}
+
+#[test]
+fn bench_abuse_plan_runs_exactly_its_commands_with_the_service_settings_as_they_are() {
+    let tools = bench_tools("abuse", &[]);
+    let settings = [("LOG_LEVEL", HOSTILE), ("MAX_CONNECTIONS", "4096")];
+    let args = ["--abuse", "--silent", "300", "--hold", "2"];
+    // Without the engine: the server as a plain process, its settings in its environment.
+    let plan = bench_plan(
+        &tools,
+        &[&args[..], &["--no-container"]].concat(),
+        &settings,
+    );
+    assert_commands_or_comments(&plan, 3);
+    let calls = tools.paste(&plan);
+    assert_eq!(calls.len(), 3, "{plan}");
+    assert_eq!(
+        calls[0][..3],
+        words(&["API_VERSION=v1.2.3-rc.1+b_7", "cargo", "build"])
+    );
+    assert_eq!(calls[1][..2], words(&["prlimit", "--pid"]), "{plan}");
+    assert_eq!(calls[1][3], "--nofile=65536:65536", "{plan}");
+    assert_eq!(calls[2], words(&["api"]), "{plan}");
+    assert!(
+        plan.contains("PORT='<port>' PROBE_PORT='<port>' HOST=127.0.0.1 LOG_LEVEL=$'a\\'b"),
+        "{plan}"
+    );
+
+    // With docker (a recorder: a dry run runs no docker, not even `docker version`).
+    let tools = bench_tools("abuse-docker", &[("docker", PathBuf::from("false"))]);
+    let plan = bench_plan(&tools, &args, &settings);
+    assert_commands_or_comments(&plan, 4);
+    let calls = tools.paste(&plan);
+    assert_eq!(calls.len(), 4, "{plan}");
+    let pid = calls[1][2].clone();
+    let root = tools.dir.display().to_string();
+    let build_dir = format!("{root}/target/bench/abuse-{pid}");
+    let tag = format!("api-abuse-{pid}:bench");
+    assert_eq!(
+        calls[2],
+        words(&["docker", "build", "--tag", &tag, &build_dir])
+    );
+    let mut run = words(&["docker", "run", "--detach", "--name"]);
+    run.push(format!("api-abuse-{pid}-<phase>"));
+    run.extend(words(&[
+        "--network",
+        "host",
+        "--memory",
+        "128m",
+        "--memory-swap",
+        "128m",
+    ]));
+    run.extend(words(&[
+        "--env",
+        "PORT=<port>",
+        "--env",
+        "PROBE_PORT=<port>",
+    ]));
+    run.extend(words(&["--env", "HOST=127.0.0.1"]));
+    run.extend(words(&["--env", &format!("LOG_LEVEL={HOSTILE}")]));
+    run.extend(words(&["--env", "MAX_CONNECTIONS=4096", &tag]));
+    assert_eq!(calls[3], run, "{plan}");
 }

@@ -3,8 +3,9 @@
 
 use serde_json::{Value, json};
 
+use super::json::ToJson;
 use super::load::LoadRun;
-use super::median;
+use super::stats::median;
 use super::table::thousands;
 
 /// The offered loads, requests/s, unless `--rates` says otherwise: fixed, so
@@ -152,8 +153,11 @@ impl AtRate {
         let (api, go) = (self.api()?, self.go()?);
         (go.p99 > 0).then(|| api.p99 as f64 / go.p99 as f64)
     }
+}
 
-    pub fn json(&self) -> Value {
+/// Each side's medians with its rounds.
+impl ToJson for AtRate {
+    fn to_json(&self) -> Value {
         let side = |runs: &[LoadRun]| {
             medians(runs).map(|m| {
                 json!({
@@ -163,7 +167,7 @@ impl AtRate {
                     "uncorrected_p99_ns": m.uncorrected_p99,
                     "errors": m.errors,
                     "stalled_ns": m.stalled_ns,
-                    "rounds": runs.iter().map(LoadRun::json).collect::<Vec<_>>(),
+                    "rounds": runs.to_json(),
                 })
             })
         };

@@ -8,13 +8,14 @@
 //! client per request on the load generator's one CPU. Ours is one std-only
 //! file: a few seconds of `rustc`, no new dependency for xtask.
 
+use std::process::Command;
 use std::time::Duration;
 
+use super::json::json_struct;
 use anyhow::{Context as _, Result};
-use camino::Utf8PathBuf;
-use serde_json::{Value, json};
+use camino::{Utf8Path, Utf8PathBuf};
 
-use crate::context::Context;
+use crate::context::{Context, Step};
 use crate::process::Stdout;
 use crate::tools;
 
@@ -77,41 +78,39 @@ pub fn args(rate: &str, secs: u32, connections: u32, url: &str) -> Vec<String> {
     ]
 }
 
-/// The command before the generator's own: pinned to `cpu`, and under
-/// SCHED_FIFO when `realtime`.
-pub fn prefix(cpu: usize, realtime: bool) -> Vec<String> {
-    let fifo = ["chrt", "--fifo", "50"].map(String::from);
-    let pinned = ["taskset".to_owned(), "-c".to_owned(), cpu.to_string()];
-    match realtime {
-        true => fifo.into_iter().chain(pinned).collect(),
-        false => pinned.into(),
-    }
-}
-
-/// Runs it pinned to `cpu` (under SCHED_FIFO when `realtime`) and reads its figures.
+/// The generator pinned to `cpu` (under SCHED_FIFO when `realtime`) at
+/// `rate` for `secs`, on `connections` to `url`.
 #[allow(clippy::too_many_arguments)] // one run's settings, each a plain value
-pub fn run(
+pub fn step(
     cx: &Context,
-    binary: &Utf8PathBuf,
+    binary: &Utf8Path,
     cpu: usize,
     realtime: bool,
     rate: u64,
     secs: u32,
     connections: u32,
     url: &str,
-) -> Result<Option<LoadRun>> {
-    let prefix = prefix(cpu, realtime);
-    let mut command = std::process::Command::new(&prefix[0]);
-    command.args(&prefix[1..]);
-    command.arg(binary.as_str());
+) -> Step {
+    let mut command = match realtime {
+        true => {
+            let mut chrt = Command::new("chrt");
+            chrt.args(["--fifo", "50", "taskset"]);
+            chrt
+        }
+        false => Command::new("taskset"),
+    };
+    command.args(["-c", &cpu.to_string(), binary.as_str()]);
     command.args(args(&rate.to_string(), secs, connections, url));
     // Its own give-up is 2 s after the last request is due.
     let limit = Duration::from_secs(u64::from(secs + WARMUP_SECS) + 30);
-    let step = cx
-        .change(command)
+    cx.change(command)
         .stdout(Stdout::Kept)
         .keep_stderr()
-        .within(limit, "is the machine very busy?");
+        .within(limit, "is the machine very busy?")
+}
+
+/// Runs [`step`] and reads the generator's figures.
+pub fn run(cx: &Context, step: Step) -> Result<Option<LoadRun>> {
     let line = step.line();
     let Some(done) = step.run(cx)? else {
         return Ok(None);
@@ -124,74 +123,52 @@ pub fn run(
         .map(Some)
 }
 
-/// Latency quantiles of one run, in nanoseconds.
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub struct Quantiles {
-    pub p50: u64,
-    pub p90: u64,
-    pub p99: u64,
-    pub p999: u64,
-    pub max: u64,
-}
-
-impl Quantiles {
-    fn from_json(value: &Value) -> Result<Quantiles> {
-        let field = |name: &str| {
-            value
-                .get(name)
-                .and_then(Value::as_u64)
-                .with_context(|| format!("no whole number `{name}`"))
-        };
-        Ok(Quantiles {
-            p50: field("p50_ns")?,
-            p90: field("p90_ns")?,
-            p99: field("p99_ns")?,
-            p999: field("p999_ns")?,
-            max: field("max_ns")?,
-        })
-    }
-
-    pub fn json(&self) -> Value {
-        json!({
-            "p50_ns": self.p50,
-            "p90_ns": self.p90,
-            "p99_ns": self.p99,
-            "p999_ns": self.p999,
-            "max_ns": self.max,
-        })
+json_struct! {
+    read
+    /// Latency quantiles of one run, in nanoseconds.
+    #[derive(Debug, Clone, Copy, PartialEq)]
+    pub struct Quantiles {
+        pub p50: u64 => "p50_ns",
+        pub p90: u64 => "p90_ns",
+        pub p99: u64 => "p99_ns",
+        pub p999: u64 => "p999_ns",
+        pub max: u64 => "max_ns",
     }
 }
 
-/// One run of the generator, as it prints it.
-#[derive(Debug, Clone, PartialEq)]
-pub struct LoadRun {
-    pub rate: u64,
-    /// Requests due in the measured part, and answered.
-    pub due: u64,
-    pub answered: u64,
-    /// Answers other than 200, connections broken, answers later than 2 s.
-    pub errors_status: u64,
-    pub errors_io: u64,
-    pub errors_timeout: u64,
-    /// Times the generator woke more than 100 us later than planned (its CPU
-    /// was taken), and how late in all.
-    pub stalls: u64,
-    pub stalled_ns: u64,
-    pub stall_max_ns: u64,
-    /// Time it spent sending and receiving: the rest it waited.
-    pub working_ns: u64,
-    /// From the end of the warm-up to the last answer.
-    pub measured_ns: u64,
-    /// From the time each request was due (what a user sees).
-    pub corrected: Quantiles,
-    /// From the time it went out (what a closed-loop tool reports).
-    pub uncorrected: Quantiles,
-    /// How long requests waited to go out.
-    pub send_delay: Quantiles,
-    /// CPU time other work took on the server's CPU during the run (its
-    /// busy time in /proc/stat less the server's own): filled by bench, not
-    /// printed by the generator.
-    pub server_cpu_other_ns: u64,
+json_struct! {
+    read
+    /// One run of the generator, as it prints it.
+    #[derive(Debug, Clone, PartialEq)]
+    pub struct LoadRun {
+        pub rate: u64,
+        /// Requests due in the measured part, and answered.
+        pub due: u64,
+        pub answered: u64,
+        /// Answers other than 200, connections broken, answers later than 2 s.
+        pub errors_status: u64,
+        pub errors_io: u64,
+        pub errors_timeout: u64,
+        /// Times the generator woke more than 100 us later than planned (its CPU
+        /// was taken), and how late in all.
+        pub stalls: u64,
+        pub stalled_ns: u64,
+        pub stall_max_ns: u64,
+        /// Time it spent sending and receiving: the rest it waited.
+        pub working_ns: u64,
+        /// From the end of the warm-up to the last answer.
+        pub measured_ns: u64,
+        /// From the time each request was due (what a user sees).
+        pub corrected: Quantiles,
+        /// From the time it went out (what a closed-loop tool reports).
+        pub uncorrected: Quantiles,
+        /// How long requests waited to go out.
+        pub send_delay: Quantiles,
+        /// CPU time other work took on the server's CPU during the run (its
+        /// busy time in /proc/stat less the server's own): filled by bench, not
+        /// printed by the generator.
+        pub server_cpu_other_ns: u64 = 0,
+    }
 }
 
 impl LoadRun {
@@ -202,56 +179,6 @@ impl LoadRun {
 
     pub fn errors(&self) -> u64 {
         self.errors_status + self.errors_io + self.errors_timeout
-    }
-
-    fn from_json(value: &Value) -> Result<LoadRun> {
-        let field = |name: &str| {
-            value
-                .get(name)
-                .and_then(Value::as_u64)
-                .with_context(|| format!("no whole number `{name}`"))
-        };
-        let quantiles = |name: &str| {
-            Quantiles::from_json(value.get(name).unwrap_or(&Value::Null))
-                .with_context(|| format!("in `{name}`"))
-        };
-        Ok(LoadRun {
-            rate: field("rate")?,
-            due: field("due")?,
-            answered: field("answered")?,
-            errors_status: field("errors_status")?,
-            errors_io: field("errors_io")?,
-            errors_timeout: field("errors_timeout")?,
-            stalls: field("stalls")?,
-            stalled_ns: field("stalled_ns")?,
-            stall_max_ns: field("stall_max_ns")?,
-            working_ns: field("working_ns")?,
-            measured_ns: field("measured_ns")?,
-            corrected: quantiles("corrected")?,
-            uncorrected: quantiles("uncorrected")?,
-            send_delay: quantiles("send_delay")?,
-            server_cpu_other_ns: 0,
-        })
-    }
-
-    pub fn json(&self) -> Value {
-        json!({
-            "rate": self.rate,
-            "due": self.due,
-            "answered": self.answered,
-            "errors_status": self.errors_status,
-            "errors_io": self.errors_io,
-            "errors_timeout": self.errors_timeout,
-            "stalls": self.stalls,
-            "stalled_ns": self.stalled_ns,
-            "stall_max_ns": self.stall_max_ns,
-            "working_ns": self.working_ns,
-            "measured_ns": self.measured_ns,
-            "corrected": self.corrected.json(),
-            "uncorrected": self.uncorrected.json(),
-            "send_delay": self.send_delay.json(),
-            "server_cpu_other_ns": self.server_cpu_other_ns,
-        })
     }
 }
 
@@ -330,7 +257,7 @@ mod tests {
         let mut args = generator::Args::parse(args("1000", 1, 4, &url).into_iter()).unwrap();
         args.warmup = Duration::ZERO;
         let report = generator::run(&args).unwrap();
-        let json: Value = serde_json::from_str(&report.json()).unwrap();
+        let json: serde_json::Value = serde_json::from_str(&report.json()).unwrap();
         let run = LoadRun::from_json(&json).unwrap();
         assert_eq!(
             (run.due, run.answered, run.errors()),

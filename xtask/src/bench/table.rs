@@ -1,5 +1,6 @@
 //! The figures as a person reads them: one row per figure, one column per server.
 
+use super::report::Report;
 use super::*;
 
 /// The report for a person: one row per figure, one column per server.

@@ -7,6 +7,8 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
+use crate::bench::json::ToJson;
+
 /// One thread's counters, as schedstat gives them.
 #[derive(Clone, Copy, Debug, Default)]
 struct Sched {
@@ -123,8 +125,11 @@ impl Usage {
             wait_per_slice_us: s.wait_ns / s.slices.max(1) / 1000,
         }
     }
+}
 
-    pub fn json(&self) -> serde_json::Value {
+/// Its total, each thread's share, and the throttled periods.
+impl ToJson for Usage {
+    fn to_json(&self) -> serde_json::Value {
         let share = |s: Share| serde_json::json!({ "cpu": s.cpu, "wait_per_slice_us": s.wait_per_slice_us });
         serde_json::json!({
             "total": share(self.total()),
