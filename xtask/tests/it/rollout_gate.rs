@@ -5,13 +5,13 @@
 //! pauses for a promotion only after it passed, and aborts when it failed,
 //! whoever promotes: here the plugin itself, through kubectl, without xtask.
 
-mod rollout_support;
-mod support;
-
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-use rollout_support::{NAMESPACE, Pod, Ran, Spawned, World, image, promote_args, release_args};
+use crate::rollout_support::{
+    NAMESPACE, Pod, Ran, Spawned, World, image, promote_args, release_args,
+};
+use crate::support;
 use serde_json::Value;
 
 /// `kubectl ARGS` in the world (the kubectl double, the plugin double behind
