@@ -7,13 +7,11 @@
 //! The earlier image's tag is a real commit of this clone (HEAD), as
 //! `package` tags images, so the version it reports is `git describe` of it.
 
-mod rollout_support;
-mod support;
-
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use rollout_support::{NAMESPACE, Pod, REPOSITORY, World, image, root};
+use crate::rollout_support::{NAMESPACE, Pod, REPOSITORY, World, image, root};
+use crate::support;
 use serde_json::Value;
 
 /// `TAG@sha256:` and 64 times `fill`: an image reference by digest.

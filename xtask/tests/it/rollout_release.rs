@@ -4,14 +4,11 @@
 //! previews (500, silent) are tiny std servers. Every test's world checks, as
 //! it is dropped, that no process the test started is left running.
 
-mod rollout_support;
-mod support;
-
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use rollout_support::{
-    NAMESPACE, Pod, Ran, Spawned, World, deploy_args, image, promote_args, release_args,
+use crate::rollout_support::{
+    self, NAMESPACE, Pod, Ran, Spawned, World, deploy_args, image, promote_args, release_args,
     require_tool,
 };
 

@@ -1,8 +1,6 @@
 //! What every test of `cargo xtask` shares: the workspace root, the built
 //! xtask with a clean environment, a finished command as text, the CI rule
-//! for a test whose tool is missing, and a minimal HTTP client. Each test
-//! crate takes what it needs (`mod support;`), so the rest is unused there.
-#![allow(dead_code)]
+//! for a test whose tool is missing, and a minimal HTTP client.
 
 pub mod runs;
 

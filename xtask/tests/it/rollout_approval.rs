@@ -4,12 +4,10 @@
 //! what runs where. Races are played out with the doubles' shared state, as
 //! two pipelines (or a laptop and a pipeline) would play them on one Rollout.
 
-mod rollout_support;
-mod support;
-
-use rollout_support::{
-    NAMESPACE, Pod, Ran, World, deploy_args, image, image_v2_args, promote_args, release_args,
+use crate::rollout_support::{
+    self, NAMESPACE, Pod, Ran, World, deploy_args, image, image_v2_args, promote_args, release_args,
 };
+use crate::support;
 
 const DIGEST_A: &str = "sha256:aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa";
 const DIGEST_B: &str = "sha256:bbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbb";

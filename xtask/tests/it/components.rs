@@ -3,12 +3,10 @@
 //! machine's own `cargo` and `rustc`, alone in a folder, with an empty
 //! CARGO_HOME, so that cargo finds no `cargo-fmt` or `cargo-clippy` anywhere.
 
-mod support;
-
 use std::path::Path;
 use std::process::Command;
 
-use support::{Ran, run, xtask};
+use crate::support::{self, Ran, run, xtask};
 
 /// A toolchain of this machine's real `cargo` and `rustc` and nothing else.
 struct Minimal {

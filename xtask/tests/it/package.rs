@@ -8,15 +8,13 @@
 //! Tests that need the engine (or the registry) fail when CI is set and it is
 //! missing; elsewhere they skip, saying why.
 
-#[path = "package/support.rs"]
 mod engine;
-mod support;
 
 use std::process::Command;
 use std::time::{Duration, Instant};
 
+use crate::support::{self, *};
 use engine::*;
-use support::*;
 
 // --- The image that `cargo xtask package` builds --------------------------
 

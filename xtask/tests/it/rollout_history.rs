@@ -3,12 +3,10 @@
 //! then read back by the built xtask from the ReplicaSets the kubectl double
 //! serves.
 
-mod rollout_support;
-mod support;
-
 use std::time::{Duration, Instant};
 
-use rollout_support::{GET_ROLLOUT, NAMESPACE, World, image};
+use crate::rollout_support::{GET_ROLLOUT, NAMESPACE, World, image};
+use crate::support;
 use serde_json::Value;
 
 /// `TAG@sha256:` and 64 times `fill`: an image reference by digest.

@@ -1,13 +1,11 @@
 //! `cargo xtask` end to end: the built xtask binary, the real cargo and git.
 
-mod support;
-
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use support::{output as run, root, text, xtask_with as xtask};
+use crate::support::{self, output as run, root, text, xtask_with as xtask};
 
 fn git_describe() -> String {
     let out = Command::new("git")

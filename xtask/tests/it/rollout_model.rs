@@ -32,9 +32,6 @@
 //!   a known gap met fails like any broken rule (to see whether one is still
 //!   open, and its shrunk sequence).
 
-mod rollout_support;
-mod support;
-
 use std::collections::BTreeMap;
 use std::ffi::OsString;
 use std::fmt;
@@ -44,11 +41,12 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
-use rollout_support::{
-    Collected, GET_ROLLOUT, NAMESPACE, Pod, READ_FAILURE_KINDS, REPOSITORY, World, doubles, image,
+use crate::rollout_support::{
+    self, Collected, GET_ROLLOUT, NAMESPACE, Pod, READ_FAILURE_KINDS, REPOSITORY, World, doubles,
+    image,
 };
+use crate::support::{self, Ran};
 use serde_json::{Value, json};
-use support::Ran;
 
 /// What only a clock step reaches: every controller delay is 0 or this (seconds).
 const LATER: f64 = 1000.0;

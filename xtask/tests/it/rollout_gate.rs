@@ -5,13 +5,13 @@
 //! pauses for a promotion only after it passed, and aborts when it failed,
 //! whoever promotes: here the plugin itself, through kubectl, without xtask.
 
-mod rollout_support;
-mod support;
-
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-use rollout_support::{NAMESPACE, Pod, Ran, Spawned, World, image, promote_args, release_args};
+use crate::rollout_support::{
+    NAMESPACE, Pod, Ran, Spawned, World, image, promote_args, release_args,
+};
+use crate::support;
 use serde_json::Value;
 
 /// `kubectl ARGS` in the world (the kubectl double, the plugin double behind
@@ -174,7 +174,7 @@ fn deploy_wait_and_status_name_an_inconclusive_check_and_what_to_do() {
     world.gate(Some(0.1));
     world.behaviour("v2", Some(0.1), None);
     // No Job binary for v2: its Job cannot pull the image, the run is Inconclusive.
-    let run = world.run(&rollout_support::deploy_args(&[
+    let run = world.run(&crate::rollout_support::deploy_args(&[
         "--wait",
         "--poll-interval",
         "100ms",

@@ -13,14 +13,12 @@
 //! they reach the recorders as the words they are. Not pasted: `status`,
 //! `history` and `doctor` (read-only: stdout is their report, not a plan).
 
-mod rollout_support;
-mod support;
-
 use std::os::unix::fs::PermissionsExt as _;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
-use rollout_support::{NAMESPACE, REPOSITORY, World, doubles, image};
+use crate::rollout_support::{NAMESPACE, REPOSITORY, World, doubles, image};
+use crate::support;
 
 /// What a shell would run if a plan let it: each of these creates CANARY.
 const HOSTILE: &str =

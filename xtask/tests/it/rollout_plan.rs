@@ -3,13 +3,10 @@
 //! name checks, a missing plugin. The doubles are first on PATH, so read-only
 //! probes (`kubectl get`) really run.
 
-mod rollout_support;
-mod support;
-
-use rollout_support::{
+use crate::rollout_support::{
     GET_ROLLOUT, NAMESPACE, REPOSITORY, World, deploy_args, doubles, image, image_v2_args,
 };
-use support::run;
+use crate::support::{self, run};
 
 fn plugin() -> String {
     doubles()

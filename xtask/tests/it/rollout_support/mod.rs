@@ -2,7 +2,6 @@
 //! doubles first on PATH, a marker to find every process a test started), the
 //! `api` pods (real binaries, or tiny std servers for broken ones), the
 //! built xtask binary to run, and the steps that set a world up.
-#![allow(dead_code)] // each test file uses a different part
 
 use std::ffi::OsStr;
 use std::io::{BufRead, BufReader, Read, Write};
@@ -388,11 +387,6 @@ impl World {
     /// spec.revisionHistoryLimit (rollout.yaml's 3; None: unset, Argo's default 10).
     pub fn revision_history_limit(&self, limit: Option<u32>) {
         self.edit(|s| s["revision_history_limit"] = json!(limit));
-    }
-
-    /// abortScaleDownDelaySeconds (default 30): how long an aborted ReplicaSet keeps its pods.
-    pub fn abort_scale_down_delay(&self, seconds: f64) {
-        self.edit(|s| s["abort_scale_down_delay"] = json!(seconds));
     }
 
     /// The controller acts on an abort `seconds` after the plugin set

@@ -6,12 +6,10 @@
 //! them. So PATH holds stand-ins that record any call and fail: only their
 //! presence matters, and a call would be the bug.
 
-mod support;
-
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
-use support::root;
+use crate::support::{self, root};
 
 const XTASK: &str = env!("CARGO_BIN_EXE_xtask");
 const VERSION: &str = "v9.9.9-plan";

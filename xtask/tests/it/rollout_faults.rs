@@ -4,14 +4,13 @@
 //! the controller erases, a call that fails after its write landed. Each test
 //! names, in one comment line, the upstream behaviour its double follows.
 
-mod rollout_support;
-mod support;
-
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-use rollout_support::{NAMESPACE, Pod, Ran, Spawned, World, deploy_args, image, release_args};
-use support::run;
+use crate::rollout_support::{
+    NAMESPACE, Pod, Ran, Spawned, World, deploy_args, image, release_args,
+};
+use crate::support::run;
 
 /// v1 active and served by a real api v1; the preview v2 is a real api v2, ready after 0.3s.
 fn blue_green_world() -> Option<(World, Pod, Pod)> {

@@ -2,8 +2,6 @@
 //! ends, and what it prints can be pasted. The built xtask binary, the real
 //! git and bash, and std servers on loopback.
 
-mod support;
-
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::process::{Command, Output, Stdio};
@@ -12,7 +10,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use support::{output as run, text, xtask_with as xtask};
+use crate::support::{self, output as run, text, xtask_with as xtask};
 
 // --- Dry-run lines can be pasted ------------------------------------------
 

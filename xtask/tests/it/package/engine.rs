@@ -1,4 +1,4 @@
-//! What the package tests share beyond `tests/support`: the Docker engine
+//! What the package tests share beyond `support`: the Docker engine
 //! gate, the one image build they all use, containers and a real registry
 //! that are always removed.
 

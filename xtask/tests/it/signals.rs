@@ -5,14 +5,14 @@
 //! (`release ... 2>&1 | head -n 3`). The built xtask, the doubles first on
 //! PATH, real `api` binaries as pods.
 
-mod rollout_support;
-mod support;
-
 use std::os::unix::process::CommandExt as _;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use rollout_support::{NAMESPACE, Ran, Spawned, World, image, promote_args, release_args};
+use crate::rollout_support::{
+    self, NAMESPACE, Ran, Spawned, World, image, promote_args, release_args,
+};
+use crate::support;
 
 const SET_IMAGE_V2: &str =
     "set image api api=registry.example.com/shop/api:v2 -n shop --request-timeout=10s";

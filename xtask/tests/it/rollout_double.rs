@@ -2,17 +2,14 @@
 //! plugin double is reached through the real kubectl (`kubectl argo rollouts
 //! ...`: plugin dispatch is real), the way a person would call it.
 
-mod rollout_support;
-mod support;
-
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use rollout_support::{
-    GET_ROLLOUT, NAMESPACE, Pod, Ran, Spawned, World, http_get, image, require_tool,
+use crate::rollout_support::{
+    self, GET_ROLLOUT, NAMESPACE, Pod, Ran, Spawned, World, http_get, image, require_tool,
 };
+use crate::support::{self, run};
 use serde_json::{Value, json};
-use support::run;
 
 /// `kubectl argo rollouts ARGS -n shop`, through the kubectl double and the real kubectl.
 fn rollouts(world: &World, args: &[&str]) -> Ran {
