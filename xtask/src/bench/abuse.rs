@@ -6,10 +6,11 @@ use std::process::Command;
 use std::thread::JoinHandle;
 use std::time::Duration;
 
-use anyhow::Result;
+use anyhow::{Context as _, Result};
 
 use super::Bench;
 use super::json::ToJson as _;
+use super::procfs::two_cpus;
 use super::server::{PORT_PLACEHOLDER, free_port};
 use crate::build::Build;
 use crate::context::Context;
@@ -101,6 +102,8 @@ impl Bench {
             (self.silent + self.trickle + self.slowloris + self.pipeliners).max(self.burst),
         ) + 1_000;
         let nofile = raise_nofile(cx, want.max(65_536))?;
+        let cpus = separate_cpus(cx)?;
+        let server_cpu = cpus.map(|(server, _)| server);
         let env: BTreeMap<String, String> = SERVICE_SETTINGS
             .iter()
             .filter_map(|k| Some((k.to_string(), std::env::var(k).ok()?)))
@@ -119,9 +122,9 @@ impl Bench {
             let start = match &docker {
                 Some(docker) => {
                     let name = container_name(phase);
-                    container_step(cx, docker, &tag, &name, port, port, &env)
+                    container_step(cx, docker, &tag, &name, [port, port], &env, server_cpu)
                 }
-                None => process_step(cx, &built.binary, port, port, &env),
+                None => process_step(cx, &built.binary, port, port, &env, server_cpu),
             };
             cx.plan(start.line());
             cx.plan(format_args!(
@@ -153,9 +156,10 @@ impl Bench {
             let port = free_port()?;
             match &docker {
                 Some(docker) => {
-                    Subject::container(cx, docker, &tag, &container_name(phase), port, &env)
+                    let name = container_name(phase);
+                    Subject::container(cx, docker, &tag, &name, port, &env, server_cpu)
                 }
-                None => Subject::process(cx, &built.binary, port, &env),
+                None => Subject::process(cx, &built.binary, port, &env, server_cpu),
             }
         };
         let hold = Duration::from_secs(self.hold);
@@ -249,6 +253,35 @@ pub fn raise_nofile(cx: &Context, want: u64) -> Result<u64> {
     Ok(max_open_files(&limits).unwrap_or(1024))
 }
 
+/// The server's CPU and the bench's own, apart (the first two this process
+/// may use), with this process's main thread moved to its own, so that the
+/// threads it starts after (the floods', the clients') are there too: the floods'
+/// work in the kernel (a pipelining flood keeps both CPUs of a 2-CPU machine
+/// 85% busy in the kernel, `vmstat`) is then not the server's, as an attacker's
+/// is not on a real node; the probe client runs beside the floods, which only
+/// makes its share of the wait larger. None, with a note, on one CPU.
+fn separate_cpus(cx: &Context) -> Result<Option<(usize, usize)>> {
+    let status = std::fs::read_to_string("/proc/self/status").context("read /proc/self/status")?;
+    let (server, bench) = match two_cpus(&status) {
+        Ok(cpus) => cpus,
+        Err(err) => {
+            cx.say(format_args!(
+                "note: the server and the floods share the CPU: {err:#}"
+            ));
+            return Ok(None);
+        }
+    };
+    let mut taskset = Command::new("taskset");
+    // Not --all-tasks: a thread that ends meanwhile fails it (No such process).
+    taskset.args(["--cpu-list", "--pid", &bench.to_string()]);
+    taskset.arg(std::process::id().to_string());
+    cx.change(taskset)
+        .stdout(Stdout::Dropped)
+        .within(Duration::from_secs(5), "is the machine very busy?")
+        .run(cx)?;
+    Ok(Some((server, bench)))
+}
+
 /// The soft limit on open files in /proc/<pid>/limits.
 fn max_open_files(limits: &str) -> Option<u64> {
     let line = limits.lines().find(|l| l.starts_with("Max open files"))?;
@@ -311,14 +344,15 @@ mod tests {
         let name = format!("api-abuse-1-{PHASE_PLACEHOLDER}");
         let (port, tag) = (PORT_PLACEHOLDER, "api-abuse-1:bench");
         assert_eq!(
-            container_step(&cx, docker, tag, &name, port, port, &env).line(),
+            container_step(&cx, docker, tag, &name, [port, port], &env, Some(0)).line(),
             "/usr/bin/docker run --detach --name 'api-abuse-1-<phase>' --network host \
-             --memory 128m --memory-swap 128m --env 'PORT=<port>' --env 'PROBE_PORT=<port>' \
-             --env HOST=127.0.0.1 --env 'LOG_LEVEL=debug info' api-abuse-1:bench"
+             --memory 128m --memory-swap 128m --cpuset-cpus 0 --env 'PORT=<port>' \
+             --env 'PROBE_PORT=<port>' --env HOST=127.0.0.1 --env 'LOG_LEVEL=debug info' \
+             api-abuse-1:bench"
         );
         assert_eq!(
-            process_step(&cx, binary, port, port, &env).line(),
-            "PORT='<port>' PROBE_PORT='<port>' HOST=127.0.0.1 LOG_LEVEL='debug info' /b/api"
+            process_step(&cx, binary, port, port, &env, Some(0)).line(),
+            "PORT='<port>' PROBE_PORT='<port>' HOST=127.0.0.1 LOG_LEVEL='debug info' taskset -c 0 /b/api"
         );
     }
 }

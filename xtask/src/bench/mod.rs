@@ -94,7 +94,9 @@ cannot saturate the server: `server CPU busy` well under 100% says so.
 With --abuse, instead: the service under abuse, each kind against a fresh server in a \
 container of the static binary with rollout.yaml's memory limit (docker run --memory 128m \
 --network host, listening on 127.0.0.1 only; a plain process when there is no Docker \
-engine): --silent connections that send nothing, --trickle ones that send one byte, \
+engine), on a CPU of its own (--cpuset-cpus, or taskset -c) while this process and its \
+floods and clients take another (taskset --pid), as an attacker is not on the \
+pod's node: --silent connections that send nothing, --trickle ones that send one byte, \
 --slowloris ones that send a request head a byte at a time, --pipeliners that send \
 pipelined requests and never read, each flood alone and then all at once, every client \
 connecting again when the server closes it, held --hold seconds while a well-behaved client \

@@ -407,9 +407,12 @@ fn abuse_in_a_memory_limited_container_kills_nothing_and_memory_comes_back() {
     let peak = burst["rss_peak_kib"].as_u64().unwrap();
     let last = burst["rss_after_kib"].as_array().unwrap().last().unwrap();
     let last = last.as_u64().unwrap();
+    let idle = burst["rss_idle_kib"].as_u64().unwrap();
+    // Back: below the peak, or (a server with a CPU of its own answers the
+    // burst as it comes, and barely grows) within 1 MiB of idle.
     assert!(
-        last < peak,
-        "RSS {last} KiB after the burst, peak {peak} KiB"
+        last < peak || last <= idle + 1024,
+        "RSS {last} KiB after the burst, peak {peak} KiB, idle {idle} KiB"
     );
     // No container or image of the run is left behind.
     let docker = |args: &[&str]| {

@@ -595,16 +595,33 @@ fn bench_abuse_plan_runs_exactly_its_commands_with_the_service_settings_as_they_
         &[&args[..], &["--no-container"]].concat(),
         &settings,
     );
-    assert_commands_or_comments(&plan, 3);
+    assert_commands_or_comments(&plan, 4);
     let calls = tools.paste(&plan);
-    assert_eq!(calls.len(), 3, "{plan}");
+    assert_eq!(calls.len(), 4, "{plan}");
     assert_eq!(
         calls[0][..3],
         words(&["API_VERSION=v1.2.3-rc.1+b_7", "cargo", "build"])
     );
     assert_eq!(calls[1][..2], words(&["prlimit", "--pid"]), "{plan}");
     assert_eq!(calls[1][3], "--nofile=65536:65536", "{plan}");
-    assert_eq!(calls[2], words(&["api"]), "{plan}");
+    // This process (its floods and clients) on one CPU, the server on another.
+    let pid = calls[1][2].clone();
+    let pin = &calls[2];
+    assert_eq!(
+        pin[..3],
+        words(&["taskset", "--cpu-list", "--pid"]),
+        "{plan}"
+    );
+    assert_eq!(pin[4], pid, "{plan}");
+    let (bench_cpu, server_cpu) = (pin[3].clone(), &calls[3][2]);
+    assert_ne!(&bench_cpu, server_cpu, "{plan}");
+    // taskset is the recorder here: the server is its argument, by its path.
+    let api = tools.tool("api").display().to_string();
+    assert_eq!(
+        calls[3],
+        words(&["taskset", "-c", server_cpu, &api]),
+        "{plan}"
+    );
     assert!(
         plan.contains("PORT='<port>' PROBE_PORT='<port>' HOST=127.0.0.1 LOG_LEVEL=$'a\\'b"),
         "{plan}"
@@ -613,9 +630,11 @@ fn bench_abuse_plan_runs_exactly_its_commands_with_the_service_settings_as_they_
     // With docker (a recorder: a dry run runs no docker, not even `docker version`).
     let tools = bench_tools("abuse-docker", &[("docker", PathBuf::from("false"))]);
     let plan = bench_plan(&tools, &args, &settings);
-    assert_commands_or_comments(&plan, 4);
-    let calls = tools.paste(&plan);
-    assert_eq!(calls.len(), 4, "{plan}");
+    assert_commands_or_comments(&plan, 5);
+    let mut calls = tools.paste(&plan);
+    assert_eq!(calls.len(), 5, "{plan}");
+    let pin = calls.remove(2);
+    assert_eq!(pin[0], "taskset", "{plan}");
     let pid = calls[1][2].clone();
     let root = tools.dir.display().to_string();
     let build_dir = format!("{root}/target/bench/abuse-{pid}");
@@ -633,7 +652,10 @@ fn bench_abuse_plan_runs_exactly_its_commands_with_the_service_settings_as_they_
         "128m",
         "--memory-swap",
         "128m",
+        "--cpuset-cpus",
     ]));
+    let server_cpu = if pin[3] == "0" { "1" } else { "0" };
+    run.push(server_cpu.to_owned());
     run.extend(words(&[
         "--env",
         "PORT=<port>",

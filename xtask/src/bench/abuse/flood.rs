@@ -323,13 +323,15 @@ pub fn burst(subject: &Subject, n: usize, settle: Duration) -> Result<Burst> {
         settle.as_secs()
     );
     let rss_idle_kib = subject.rss_kib();
+    // From before the first connection: a server with a CPU of its own may
+    // have answered them all before the last is written.
+    let sampler = Sampler::start(subject.pid);
     let mut streams = open_many(subject.addr, n, Duration::from_secs(30));
     for stream in &mut streams {
         let _ = stream.set_write_timeout(Some(PROBE_TIMEOUT));
         let _ = stream.write_all(PIPELINED);
     }
     let mut answered = 0;
-    let sampler = Sampler::start(subject.pid);
     // Each closed once answered: past the active limit, the rest wait for those.
     for mut stream in streams {
         let _ = stream.set_read_timeout(Some(Duration::from_secs(10)));

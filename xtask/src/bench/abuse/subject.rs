@@ -75,9 +75,20 @@ pub fn process_step(
     port: &str,
     probe_port: &str,
     env: &BTreeMap<String, String>,
+    cpu: Option<usize>,
 ) -> Step {
+    let command = match cpu {
+        Some(cpu) => {
+            let mut taskset = Command::new("taskset");
+            taskset
+                .args(["-c", &cpu.to_string()])
+                .arg(binary.as_std_path());
+            taskset
+        }
+        None => Command::new(binary.as_std_path()),
+    };
     let mut step = cx
-        .change(Command::new(binary.as_std_path()))
+        .change(command)
         .env("PORT", port)
         .env("PROBE_PORT", probe_port)
         .env("HOST", "127.0.0.1");
@@ -88,19 +99,23 @@ pub fn process_step(
 }
 
 /// The step that starts the server as `docker run --network host --memory
-/// 128m` of `image`, named `name`; ports and `env` as [`process_step`].
+/// 128m` of `image`, named `name`; `[port, probe_port]`, `env` and `cpu` as
+/// [`process_step`].
 pub fn container_step(
     cx: &Context,
     docker: &Utf8Path,
     image: &str,
     name: &str,
-    port: &str,
-    probe_port: &str,
+    [port, probe_port]: [&str; 2],
     env: &BTreeMap<String, String>,
+    cpu: Option<usize>,
 ) -> Step {
     let mut command = Command::new(docker.as_std_path());
     command.args(["run", "--detach", "--name", name, "--network", "host"]);
     command.args(["--memory", MEMORY_LIMIT, "--memory-swap", MEMORY_LIMIT]);
+    if let Some(cpu) = cpu {
+        command.args(["--cpuset-cpus", &cpu.to_string()]);
+    }
     command.args(["--env", &format!("PORT={port}")]);
     command.args(["--env", &format!("PROBE_PORT={probe_port}")]);
     command.args(["--env", "HOST=127.0.0.1"]);
@@ -131,9 +146,17 @@ impl Subject {
         binary: &Utf8Path,
         port: u16,
         env: &BTreeMap<String, String>,
+        cpu: Option<usize>,
     ) -> Result<Subject> {
         let probe_port = free_port()?;
-        let step = process_step(cx, binary, &port.to_string(), &probe_port.to_string(), env);
+        let step = process_step(
+            cx,
+            binary,
+            &port.to_string(),
+            &probe_port.to_string(),
+            env,
+            cpu,
+        );
         let process = step
             .spawn(cx)?
             .context("the server is not started under --dry-run")?;
@@ -160,10 +183,11 @@ impl Subject {
         name: &str,
         port: u16,
         env: &BTreeMap<String, String>,
+        cpu: Option<usize>,
     ) -> Result<Subject> {
         let probe_port = free_port()?;
         let (port_word, probe_word) = (port.to_string(), probe_port.to_string());
-        container_step(cx, docker, image, name, &port_word, &probe_word, env).run(cx)?;
+        container_step(cx, docker, image, name, [&port_word, &probe_word], env, cpu).run(cx)?;
         let mut subject = Subject {
             process: None,
             container: Some(name.to_owned()),
