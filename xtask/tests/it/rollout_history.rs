@@ -3,8 +3,6 @@
 //! then read back by the built xtask from the ReplicaSets the kubectl double
 //! serves.
 
-use std::time::{Duration, Instant};
-
 use crate::rollout_support::{GET_ROLLOUT, NAMESPACE, World, image};
 use crate::support;
 use serde_json::Value;
@@ -12,25 +10,6 @@ use serde_json::Value;
 /// `TAG@sha256:` and 64 times `fill`: an image reference by digest.
 fn by_digest(tag: &str, fill: char) -> String {
     format!("{tag}@sha256:{}", fill.to_string().repeat(64))
-}
-
-/// `kubectl argo rollouts ARGS -n shop` through the kubectl double; must succeed.
-fn plugin(world: &World, args: &[&str]) {
-    let mut cmd = world.kubectl(&["argo", "rollouts"]);
-    cmd.args(args).args(["-n", NAMESPACE]);
-    support::run(&mut cmd).ok();
-}
-
-fn wait_for_phase(world: &World, phase: &str) {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while world.rollout_object()["status"]["phase"] != phase {
-        assert!(
-            Instant::now() < deadline,
-            "never {phase}: {:#}",
-            world.rollout_object()
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
 }
 
 /// v1 (revision 1) then v2, v3, v4 promoted, v5 paused on the preview; all by digest.
@@ -49,14 +28,11 @@ fn five_revisions_with(setup: impl FnOnce(&World)) -> Option<(World, Vec<String>
     setup(&world);
     for (i, tag) in tags.iter().enumerate().skip(1) {
         world.behaviour(tag, Some(0.0), None);
-        plugin(
-            &world,
-            &["set", "image", "api", &format!("api={}", image(tag))],
-        );
-        wait_for_phase(&world, "Paused");
+        world.plugin_by_hand(&["set", "image", "api", &format!("api={}", image(tag))]);
+        world.wait_for_phase("Paused");
         if i < 4 {
-            plugin(&world, &["promote", "api"]);
-            wait_for_phase(&world, "Healthy");
+            world.plugin_by_hand(&["promote", "api"]);
+            world.wait_for_phase("Healthy");
         }
     }
     Some((world, tags))

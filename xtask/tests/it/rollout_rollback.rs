@@ -8,7 +8,6 @@
 //! `package` tags images, so the version it reports is `git describe` of it.
 
 use std::process::Command;
-use std::time::{Duration, Instant};
 
 use crate::rollout_support::{NAMESPACE, Pod, REPOSITORY, World, image, root};
 use crate::support;
@@ -30,25 +29,6 @@ fn git(args: &[&str]) -> String {
     String::from_utf8(out.stdout).unwrap().trim().to_owned()
 }
 
-/// `kubectl argo rollouts ARGS -n shop` through the kubectl double; must succeed.
-fn plugin(world: &World, args: &[&str]) {
-    let mut cmd = world.kubectl(&["argo", "rollouts"]);
-    cmd.args(args).args(["-n", NAMESPACE]);
-    support::run(&mut cmd).ok();
-}
-
-fn wait_for_phase(world: &World, phase: &str) {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while world.rollout_object()["status"]["phase"] != phase {
-        assert!(
-            Instant::now() < deadline,
-            "never {phase}: {:#}",
-            world.rollout_object()
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
-
 /// Revision 1 (HEAD's image, by digest) was active; revision 2 (v2) was
 /// rolled out and promoted by a person with the plugin, then the gate went on.
 /// The old ReplicaSet keeps its pods for `scale_down_delay` seconds after the
@@ -68,13 +48,10 @@ fn rolled_forward(scale_down_delay: f64, version: &str) -> Option<Rolled> {
     world.scale_down_delay(scale_down_delay);
     let v2 = by_digest("v2", '2');
     world.behaviour(&v2, Some(0.0), None);
-    plugin(
-        &world,
-        &["set", "image", "api", &format!("api={}", image(&v2))],
-    );
-    wait_for_phase(&world, "Paused");
-    plugin(&world, &["promote", "api"]);
-    wait_for_phase(&world, "Healthy");
+    world.plugin_by_hand(&["set", "image", "api", &format!("api={}", image(&v2))]);
+    world.wait_for_phase("Paused");
+    world.plugin_by_hand(&["promote", "api"]);
+    world.wait_for_phase("Healthy");
     assert_eq!(world.active_image(), Some(image(&v2)));
     world.gate(Some(0.1));
     world.image_binary(&old_tag, version);
@@ -270,13 +247,10 @@ fn an_image_tag_that_is_no_commit_here_needs_the_version_given() {
     world.scale_down_delay(0.0);
     let v2 = by_digest("v2", '2');
     world.behaviour(&v2, Some(0.0), None);
-    plugin(
-        &world,
-        &["set", "image", "api", &format!("api={}", image(&v2))],
-    );
-    wait_for_phase(&world, "Paused");
-    plugin(&world, &["promote", "api"]);
-    wait_for_phase(&world, "Healthy");
+    world.plugin_by_hand(&["set", "image", "api", &format!("api={}", image(&v2))]);
+    world.wait_for_phase("Paused");
+    world.plugin_by_hand(&["promote", "api"]);
+    world.wait_for_phase("Healthy");
     let before = world.calls().len();
     let run = rollback(&world, &[]);
     run.failed();

@@ -417,6 +417,27 @@ impl World {
         }
     }
 
+    /// `kubectl argo rollouts ARGS -n shop` through the kubectl double, as a
+    /// person with the plugin runs it, past xtask (what it says is not checked).
+    pub fn plugin_by_hand(&self, args: &[&str]) {
+        let mut cmd = self.kubectl(&["argo", "rollouts"]);
+        cmd.args(args).args(["-n", NAMESPACE]);
+        crate::support::run(&mut cmd).ok();
+    }
+
+    /// Waits up to 10 s for the Rollout's status.phase to be `phase`.
+    pub fn wait_for_phase(&self, phase: &str) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while self.rollout_object()["status"]["phase"] != phase {
+            assert!(
+                Instant::now() < deadline,
+                "never {phase}: {:#}",
+                self.rollout_object()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
     /// What `kubectl get rollouts.argoproj.io api -o json -n shop` prints now
     /// (the kubectl double, reconciled from the clock; the test's own look, so
     /// not logged in `kubectl_calls` and not subject to the faults).
