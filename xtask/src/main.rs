@@ -95,11 +95,14 @@ impl Cli {
             .subcommands(TASKS.iter().map(|row| (row.command)()))
     }
 
-    fn from(matches: &ArgMatches) -> Cli {
+    /// `matches` as `command` (the one that parsed them) read them: a task's
+    /// subcommand stands at its row's place, so no task's `Command` is made again.
+    fn from(command: &Command, matches: &ArgMatches) -> Cli {
         let task = matches.subcommand().map(|(name, m)| {
-            let row = TASKS
-                .iter()
-                .find(|row| (row.command)().get_name() == name)
+            let row = command
+                .get_subcommands()
+                .position(|c| c.get_name() == name)
+                .and_then(|at| TASKS.get(at))
                 .unwrap_or_else(|| unreachable!("`{name}` is not among Cli::command()'s tasks"));
             (row.read)(m)
         });
@@ -112,7 +115,9 @@ impl Cli {
 
     /// Parses the process's arguments; on a usage error (or --help), prints and exits as clap does.
     fn parse() -> Cli {
-        Cli::from(&Cli::command().get_matches())
+        let mut command = Cli::command();
+        let matches = command.get_matches_mut();
+        Cli::from(&command, &matches)
     }
 
     #[cfg(test)]
@@ -121,7 +126,9 @@ impl Cli {
         I: IntoIterator<Item = T>,
         T: Into<std::ffi::OsString> + Clone,
     {
-        Ok(Cli::from(&Cli::command().try_get_matches_from(argv)?))
+        let mut command = Cli::command();
+        let matches = command.try_get_matches_from_mut(argv)?;
+        Ok(Cli::from(&command, &matches))
     }
 }
 

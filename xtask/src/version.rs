@@ -16,13 +16,23 @@ pub fn resolve(cx: &Context, dir: &Utf8Path) -> Result<String> {
 }
 
 fn resolve_with(cx: &Context, dir: &Utf8Path, from_env: Option<String>) -> Result<String> {
-    if let Some(version) = from_env
-        && !version.is_empty()
-    {
-        check_version(&version).with_context(|| format!("{API_VERSION}={version:?}"))?;
-        return Ok(version);
+    match checked(from_env)? {
+        Some(version) => Ok(version),
+        None => describe(cx, dir),
     }
-    describe(cx, dir)
+}
+
+/// `API_VERSION` if set and not empty, checked; None otherwise.
+pub fn from_env() -> Result<Option<String>> {
+    checked(std::env::var(API_VERSION).ok())
+}
+
+fn checked(from_env: Option<String>) -> Result<Option<String>> {
+    let Some(version) = from_env.filter(|v| !v.is_empty()) else {
+        return Ok(None);
+    };
+    check_version(&version).with_context(|| format!("{API_VERSION}={version:?}"))?;
+    Ok(Some(version))
 }
 
 /// `git describe --tags --always --dirty` of the checkout at `dir`.

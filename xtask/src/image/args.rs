@@ -27,6 +27,19 @@ pub struct ImageArgs {
 }
 
 impl ImageArgs {
+    /// Exactly `image`, as if its repository, tag and digest were all given
+    /// on the command line (what `rollback` releases).
+    pub fn exactly(image: &ImageRef) -> ImageArgs {
+        ImageArgs {
+            image: Some(image.repository.clone()),
+            tag: Some(image.tag.clone()),
+            digest: image.digest.clone(),
+            allow_dirty: false,
+            tag_on_command_line: true,
+            digest_on_command_line: true,
+        }
+    }
+
     pub fn args() -> [Arg; 4] {
         [
             option(

@@ -104,7 +104,6 @@ impl Task for Abort {
             true => Some(self.expected.resolve(cx)?),
             false => None,
         };
-        interrupt::install();
         let limit = self.target.request_timeout.saturating_mul(6);
         let state = wait::reconciled(cx, &cluster.kubectl, limit, Duration::from_millis(500))?;
         let Some((preview, line)) = in_flight(cx, &cluster, &state, expected.as_ref())? else {

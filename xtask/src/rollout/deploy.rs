@@ -99,7 +99,6 @@ impl Task for Deploy {
     fn run(self, cx: &Context) -> Result<()> {
         let cluster = self.target.cluster()?;
         let image = self.image.resolve(cx)?;
-        interrupt::install();
         let before = first_read(cx, &cluster, &self.waiting)?;
         refuse_foreign_update(&cluster, &before, &image, self.replace)?;
         refuse_what_the_controller_skips(cx, &cluster, &before, &image, self.fast_rollback)?;

@@ -129,7 +129,6 @@ impl Task for Promote {
     fn run(self, cx: &Context) -> Result<()> {
         let cluster = self.target.cluster()?;
         let expected = self.expected.resolve(cx)?;
-        interrupt::install();
         let limit = self.target.request_timeout.saturating_mul(6);
         let state = wait::reconciled(cx, &cluster.kubectl, limit, self.poll_interval)?;
         let mut state = wait_for_analysis(cx, &cluster, state, self.timeout, self.poll_interval)?;

@@ -122,7 +122,6 @@ impl Task for Release {
         let kubectl = self.check.prepare()?;
         let image = self.image.resolve(cx)?;
         let expected = self.check.expected_version(cx)?;
-        interrupt::install();
         let before = deploy::first_read(cx, &cluster, &self.waiting)?;
         deploy::refuse_foreign_update(&cluster, &before, &image, self.replace)?;
         deploy::refuse_what_the_controller_skips(

@@ -131,14 +131,7 @@ impl Task for Rollback {
             true => cx.plan(format_args!("# {line}")),
             false => cx.say(line),
         }
-        self.release.image = ImageArgs {
-            image: Some(image.repository.clone()),
-            tag: Some(image.tag.clone()),
-            digest: image.digest.clone(),
-            allow_dirty: false,
-            tag_on_command_line: true,
-            digest_on_command_line: true,
-        };
+        self.release.image = ImageArgs::exactly(&image);
         self.release.check.expect_version = Some(version);
         self.release.run(cx).context("rollback")
     }
@@ -150,15 +143,10 @@ impl Rollback {
         if self.release.check.expect_version.is_some() {
             return self.release.check.expected_version(cx);
         }
-        if let Some(v) = std::env::var(version::API_VERSION)
-            .ok()
-            .filter(|v| !v.is_empty())
-        {
-            version::check_version(&v)
-                .with_context(|| format!("{}={v:?}", version::API_VERSION))?;
-            return Ok(v);
+        match version::from_env()? {
+            Some(v) => Ok(v),
+            None => built_version(cx, image),
         }
-        built_version(cx, image)
     }
 }
 

@@ -144,7 +144,6 @@ impl Task for Sanity {
         let target = self.target.checked()?;
         let kubectl = self.check.prepare()?;
         let expected = self.check.expected_version(cx)?;
-        interrupt::install();
         let place = match &self.check.url {
             Some(url) => Endpoint::Url(url.clone()),
             None => Endpoint::Service {
