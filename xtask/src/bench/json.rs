@@ -74,6 +74,16 @@ impl FromJson for u64 {
     }
 }
 
+impl FromJson for String {
+    fn read(object: &Value, key: &str) -> Result<String> {
+        object
+            .get(key)
+            .and_then(Value::as_str)
+            .map(str::to_owned)
+            .with_context(|| format!("no string `{key}`"))
+    }
+}
+
 /// The JSON key of a field: its name, or the one given with `=> "key"`.
 macro_rules! json_key {
     ($field:ident) => {

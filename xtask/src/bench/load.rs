@@ -12,7 +12,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use super::json::json_struct;
-use anyhow::{Context as _, Result};
+use anyhow::{Context as _, Result, bail};
 use camino::{Utf8Path, Utf8PathBuf};
 
 use crate::context::{Context, Step};
@@ -26,6 +26,10 @@ pub const BINARY: &str = "target/bench/load";
 const MARKER: &str = "XTASK-LOAD ";
 /// Sent at the rate before the measured part of each run, not counted.
 pub const WARMUP_SECS: u32 = 1;
+/// How long one server has the load before the next takes it, in a run of
+/// several: short beside the machine's weather (a stall, a slower CPU for a
+/// while), so that it falls on every server alike; long beside a request.
+pub const SLICE_MS: u32 = 100;
 /// How long `rustc` may take: a few seconds on a quiet machine.
 const BUILD_LIMIT: Duration = Duration::from_secs(300);
 
@@ -63,9 +67,10 @@ pub fn build(cx: &Context) -> Result<Utf8PathBuf> {
     Ok(out)
 }
 
-/// The generator's arguments for one run.
-pub fn args(rate: &str, secs: u32, connections: u32, url: &str) -> Vec<String> {
-    vec![
+/// The generator's arguments for one run: each of `urls` gets `secs` of the
+/// load at `rate`, in slices of [`SLICE_MS`], in turn.
+pub fn args(rate: &str, secs: u32, connections: u32, urls: &[String]) -> Vec<String> {
+    let mut args = vec![
         "--rate".into(),
         rate.into(),
         "--duration".into(),
@@ -74,12 +79,16 @@ pub fn args(rate: &str, secs: u32, connections: u32, url: &str) -> Vec<String> {
         WARMUP_SECS.to_string(),
         "--connections".into(),
         connections.to_string(),
-        url.into(),
-    ]
+    ];
+    if urls.len() > 1 {
+        args.extend(["--slice".into(), SLICE_MS.to_string()]);
+    }
+    args.extend(urls.iter().cloned());
+    args
 }
 
 /// The generator pinned to `cpu` (under SCHED_FIFO when `realtime`) at
-/// `rate` for `secs`, on `connections` to `url`.
+/// `rate` for `secs` a URL, on `connections` to each of `urls`, in turn.
 #[allow(clippy::too_many_arguments)] // one run's settings, each a plain value
 pub fn step(
     cx: &Context,
@@ -89,7 +98,7 @@ pub fn step(
     rate: u64,
     secs: u32,
     connections: u32,
-    url: &str,
+    urls: &[String],
 ) -> Step {
     let mut command = match realtime {
         true => {
@@ -100,17 +109,19 @@ pub fn step(
         false => Command::new("taskset"),
     };
     command.args(["-c", &cpu.to_string(), binary.as_str()]);
-    command.args(args(&rate.to_string(), secs, connections, url));
+    command.args(args(&rate.to_string(), secs, connections, urls));
     // Its own give-up is 2 s after the last request is due.
-    let limit = Duration::from_secs(u64::from(secs + WARMUP_SECS) + 30);
+    let run_secs = (secs + WARMUP_SECS) as usize * urls.len();
+    let limit = Duration::from_secs(run_secs as u64 + 30);
     cx.change(command)
         .stdout(Stdout::Kept)
         .keep_stderr()
         .within(limit, "is the machine very busy?")
 }
 
-/// Runs [`step`] and reads the generator's figures.
-pub fn run(cx: &Context, step: Step) -> Result<Option<LoadRun>> {
+/// Runs [`step`] and reads the generator's figures, a run for each of its
+/// `urls` in their order.
+pub fn run(cx: &Context, step: Step, urls: &[String]) -> Result<Option<Vec<LoadRun>>> {
     let line = step.line();
     let Some(done) = step.run(cx)? else {
         return Ok(None);
@@ -118,7 +129,7 @@ pub fn run(cx: &Context, step: Step) -> Result<Option<LoadRun>> {
     if cx.verbose {
         eprint!("{}", done.stdout);
     }
-    parse(&done.stdout)
+    parse(&done.stdout, urls)
         .with_context(|| format!("read the figures of `{line}`"))
         .map(Some)
 }
@@ -141,6 +152,7 @@ json_struct! {
     /// One run of the generator, as it prints it.
     #[derive(Debug, Clone, PartialEq)]
     pub struct LoadRun {
+        pub url: String,
         pub rate: u64,
         /// Requests due in the measured part, and answered.
         pub due: u64,
@@ -164,9 +176,15 @@ json_struct! {
         pub uncorrected: Quantiles,
         /// How long requests waited to go out.
         pub send_delay: Quantiles,
-        /// CPU time other work took on the server's CPU during the run (its
-        /// busy time in /proc/stat less the server's own): filled by bench, not
-        /// printed by the generator.
+        /// Answers the kernel stamped on arrival: the others count until read.
+        pub stamped: u64,
+        /// How long answers waited to be read: the generator's own delay, not counted.
+        pub read_delay: Quantiles,
+        /// The server's CPU time during the run (/proc/<pid>/task/*/schedstat),
+        /// and the time other work took on its CPU (that CPU's busy time in
+        /// /proc/stat less the servers' own): filled by bench, not printed by
+        /// the generator.
+        pub server_cpu_ns: u64 = 0,
         pub server_cpu_other_ns: u64 = 0,
     }
 }
@@ -177,21 +195,36 @@ impl LoadRun {
         self.working_ns as f64 / self.measured_ns.max(1) as f64
     }
 
+    /// The server's CPU time per answered request, in nanoseconds.
+    pub fn cpu_per_request_ns(&self) -> u64 {
+        self.server_cpu_ns / self.answered.max(1)
+    }
+
     pub fn errors(&self) -> u64 {
         self.errors_status + self.errors_io + self.errors_timeout
     }
 }
 
-/// The `XTASK-LOAD` line among the generator's output.
-pub fn parse(stdout: &str) -> Result<LoadRun> {
-    let json = stdout
+/// The `XTASK-LOAD` lines among the generator's output: one for each of
+/// `urls`, in their order.
+pub fn parse(stdout: &str, urls: &[String]) -> Result<Vec<LoadRun>> {
+    let runs = stdout
         .lines()
-        .find_map(|line| line.strip_prefix(MARKER))
-        .with_context(|| format!("the load generator printed no `{MARKER}` line"))?;
-    serde_json::from_str(json)
-        .map_err(anyhow::Error::from)
-        .and_then(|value| LoadRun::from_json(&value))
-        .with_context(|| format!("parse {json}"))
+        .filter_map(|line| line.strip_prefix(MARKER))
+        .map(|json| {
+            serde_json::from_str(json)
+                .map_err(anyhow::Error::from)
+                .and_then(|value| LoadRun::from_json(&value))
+                .with_context(|| format!("parse {json}"))
+        })
+        .collect::<Result<Vec<LoadRun>>>()?;
+    let got: Vec<&str> = runs.iter().map(|run| run.url.as_str()).collect();
+    if got != urls {
+        bail!(
+            "the load generator printed `{MARKER}` lines for {got:?}, not one for each of {urls:?}"
+        );
+    }
+    Ok(runs)
 }
 
 #[cfg(test)]
@@ -201,10 +234,13 @@ mod tests {
     #[test]
     fn the_generator_prints_what_bench_reads() {
         assert_eq!(MARKER, generator::MARKER);
-        let mut args =
-            generator::Args::parse(args("1000", 3, 8, "http://127.0.0.1:9/health").into_iter())
-                .unwrap();
+        let urls = ["http://127.0.0.1:9/health".to_owned()];
+        let mut args = generator::Args::parse(args("1000", 3, 8, &urls).into_iter()).unwrap();
         assert_eq!((args.rate, args.connections), (1000, 8));
+        let two = [urls[0].clone(), "http://127.0.0.1:10/health".to_owned()];
+        let slices = generator::Args::parse(super::args("1000", 3, 8, &two).into_iter()).unwrap();
+        assert_eq!(slices.slice, Duration::from_millis(SLICE_MS.into()));
+        assert_eq!(slices.targets.len(), 2);
         assert_eq!(args.warmup, Duration::from_secs(WARMUP_SECS.into()));
         // Nothing listens on port 9 of loopback: the generator says so.
         args.timeout = Duration::from_secs(1);
@@ -215,6 +251,12 @@ mod tests {
     /// A server that answers every request at once, except that the one
     /// request 300 ms in holds every answer up for 200 ms.
     fn stalling_server() -> u16 {
+        server(Some(300), Duration::from_millis(200))
+    }
+
+    /// A server that answers every request at once, except that its
+    /// `stall`th request holds every answer up for `hold`.
+    fn server(stall: Option<u32>, hold: Duration) -> u16 {
         use std::io::{Read, Write};
         use std::sync::{Arc, Mutex};
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
@@ -234,8 +276,8 @@ mod tests {
                         head.clear();
                         let mut answered = answers.lock().unwrap();
                         *answered += 1;
-                        if *answered == 300 {
-                            std::thread::sleep(Duration::from_millis(200));
+                        if Some(*answered) == stall {
+                            std::thread::sleep(hold);
                         }
                         let answer = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok";
                         if stream.write_all(answer).is_err() {
@@ -253,40 +295,87 @@ mod tests {
     #[test]
     fn a_stall_counts_against_every_request_it_holds_up() {
         let port = stalling_server();
-        let url = format!("http://127.0.0.1:{port}/health");
-        let mut args = generator::Args::parse(args("1000", 1, 4, &url).into_iter()).unwrap();
+        let urls = [format!("http://127.0.0.1:{port}/health")];
+        let mut args = generator::Args::parse(args("1000", 1, 4, &urls).into_iter()).unwrap();
         args.warmup = Duration::ZERO;
-        let report = generator::run(&args).unwrap();
-        let json: serde_json::Value = serde_json::from_str(&report.json()).unwrap();
-        let run = LoadRun::from_json(&json).unwrap();
+        let reports = generator::run(&args).unwrap();
+        let out: String = reports
+            .iter()
+            .map(|report| format!("{}{}\n", generator::MARKER, report.json()))
+            .collect();
+        let [run] = &parse(&out, &urls).unwrap()[..] else {
+            panic!("one run: {out}")
+        };
         assert_eq!(
             (run.due, run.answered, run.errors()),
             (1000, 1000, 0),
-            "{json}"
+            "{out}"
         );
         // Some 200 requests fall due during the stall; the 10th longest of
         // 1000 waited nearly all of it.
-        assert!(run.corrected.p99 >= 150_000_000, "{json}");
+        assert!(run.corrected.p99 >= 150_000_000, "{out}");
         // All but the 4 in flight waited for a connection, not for an answer.
-        assert!(run.send_delay.p99 >= 100_000_000, "{json}");
+        assert!(run.send_delay.p99 >= 100_000_000, "{out}");
+    }
+
+    /// Two servers in turn, 100 ms each: the one that stalls is charged its
+    /// stall, the other nothing, though its slices come while the first's
+    /// requests still wait.
+    #[test]
+    fn a_stall_counts_against_its_own_server_only() {
+        let hold = Duration::from_millis(400);
+        let (stalling, steady) = (server(Some(300), hold), server(None, hold));
+        let urls = [stalling, steady].map(|port| format!("http://127.0.0.1:{port}/health"));
+        let mut args = generator::Args::parse(args("1000", 1, 4, &urls).into_iter()).unwrap();
+        args.warmup = Duration::ZERO;
+        let out: String = generator::run(&args)
+            .unwrap()
+            .iter()
+            .map(|report| format!("{}{}\n", generator::MARKER, report.json()))
+            .collect();
+        let runs = parse(&out, &urls).unwrap();
+        // 1000 requests a second each, less the first tenth of each slice (a gap).
+        for run in &runs {
+            assert_eq!(
+                (run.due, run.answered, run.errors()),
+                (900, 900, 0),
+                "{out}"
+            );
+        }
+        // Its 300th answer ends its third slice (0.4-0.5 s of the run): its next
+        // slice's requests all wait 200-300 ms for the stall to end, more than
+        // 1% of its 1000.
+        assert!(runs[0].corrected.p99 >= 150_000_000, "{out}");
+        assert!(runs[1].corrected.p99 < 50_000_000, "{out}");
     }
 
     #[test]
     fn figures_come_from_the_marked_line() {
         let q =
             r#"{"p50_ns":40000,"p90_ns":50000,"p99_ns":90000,"p999_ns":200000,"max_ns":900000}"#;
-        let out = format!(
-            "noise\nXTASK-LOAD {{\"rate\":1000,\"duration_us\":5000000,\"connections\":64,\
-             \"due\":5000,\"answered\":4999,\"errors_status\":1,\"errors_io\":0,\
+        let line = |url: &str| {
+            format!(
+                "XTASK-LOAD {{\"url\":\"{url}\",\"rate\":1000,\"duration_us\":5000000,\"connections\":64,\
+             \"due\":5000,\"answered\":4999,\"stamped\":4999,\"errors_status\":1,\"errors_io\":0,\
              \"errors_timeout\":1,\"stalls\":2,\"stalled_ns\":70000,\"stall_max_ns\":40000,\
              \"working_ns\":1000000,\"measured_ns\":5000000000,\
-             \"corrected\":{q},\"uncorrected\":{q},\"send_delay\":{q}}}\n"
-        );
-        let run = parse(&out).unwrap();
+             \"corrected\":{q},\"uncorrected\":{q},\"send_delay\":{q},\"read_delay\":{q}}}\n"
+            )
+        };
+        let urls = [
+            "http://a:1/health".to_owned(),
+            "http://b:2/health".to_owned(),
+        ];
+        let out = format!("noise\n{}{}", line(&urls[0]), line(&urls[1]));
+        let runs = parse(&out, &urls).unwrap();
+        let run = &runs[1];
+        assert_eq!(run.url, urls[1]);
         assert_eq!((run.rate, run.answered, run.errors()), (1000, 4999, 2));
         assert_eq!((run.corrected.p99, run.corrected.p999), (90_000, 200_000));
-        assert!(parse("XTASK-LOAD {}").is_err());
-        let err = format!("{:#}", parse("nothing").unwrap_err());
-        assert!(err.contains("no `XTASK-LOAD ` line"), "{err}");
+        assert!(parse("XTASK-LOAD {}", &urls[..1]).is_err());
+        let err = format!("{:#}", parse("nothing", &urls[..1]).unwrap_err());
+        assert!(err.contains("printed `XTASK-LOAD ` lines for []"), "{err}");
+        let swapped = format!("{}{}", line(&urls[1]), line(&urls[0]));
+        assert!(parse(&swapped, &urls).is_err(), "each run is its URL's");
     }
 }

@@ -6,6 +6,7 @@ use std::ops::RangeInclusive;
 use anyhow::Result;
 
 mod abuse;
+mod idle;
 mod json;
 mod latency;
 mod load;
@@ -47,27 +48,34 @@ size of the release binary. When `go` is installed, an equivalent Go net/http se
 Latency is measured open loop, at the same fixed rates for both servers (--rates, \
 5,000, 10,000 and 20,000/s unless told): fixed rather than shares of Go's saturated \
 requests/s, which moved by 43% between two quiet runs and took the rates, and the p99 near \
-saturation, with it; fixed rates compare like with like from run to run and in the README. \
-Each is shown as a share of Go's saturated requests/s of the same run, and a rate at 75% of \
-either server's or more is warned of. The load generator (xtask/bench/load.rs, built with \
-rustc) sends each request when it is due, whatever happened to the ones before, and counts \
-its latency from that time, so a stall counts against every request it holds up \
-(coordinated omission corrected, as wrk2 does); between requests it sleeps in ppoll. At \
-saturation, wrk's latency is the queue it builds, and wrk's one CPU bounds the faster \
-server's requests/s; so the goals are judged on the latency at fixed rates and on CPU per \
-request, and requests/s is shown with what bounds it.
+saturation, with it. Each is shown as a share of Go's saturated requests/s of the same run, \
+and a rate at 75% of either server's or more is warned of. The load generator \
+(xtask/bench/load.rs, built with rustc) sends each request when it is due, whatever happened \
+to the ones before. A request that waits for a connection (all of them wait on the server) \
+counts from the time it was due, so a stall counts against every request it holds up \
+(coordinated omission corrected, as wrk2 does); one the generator sent late itself counts \
+from the time it went out. It ends when the kernel received the answer (SO_TIMESTAMPING), \
+not when the generator got round to reading it: the generator's own delays are not the \
+server's. At each rate, one run loads both servers in turn, 100 ms each, for --duration times \
+--rounds seconds each, so the machine's weather (other work, the host taking a CPU) falls on \
+both alike; each server's CPU time per request in that run is shown beside its latency. \
+While they run, bench holds /dev/cpu_dma_latency at 0 where it may (root), so idle CPUs \
+poll rather than halt: on a virtual machine the wake-up from a halt goes through the host's \
+scheduler and was most of both servers' latency. At saturation, wrk's latency is the queue \
+it builds, and wrk's one CPU bounds the faster server's requests/s, so the two servers are \
+compared at different loads (CPU per request there moved by 15% between three runs, where \
+at the fixed rates it moved by 6% at most): the goals are judged on the latency and the CPU per \
+request at the fixed rates, and requests/s is shown with what bounds it.
 
 The server is pinned to one CPU and wrk or the generator to another (taskset), so they do \
 not compete; with one CPU the service runs on its current-thread runtime. The servers take \
-turns in each round (after a warm-up), in the latency runs in an order swapped every round; \
-the medians over the rounds are reported. A latency run is disturbed when the generator \
-woke late by 0.5% of the run in all (its CPU was taken), or when other work took 5% of the \
-server's CPU (its busy time in /proc/stat less the server's own); it is made again, twice \
-at most, the least disturbed kept, and bench says so. Other work on the machine moves the \
-figures most: close it, or use --realtime, which runs the servers and the generator under \
-SCHED_FIFO so that other work only runs while they sleep (both servers alike; on a machine \
-at load 6, it brought both servers' p50 at 5,000/s from 250-650 us to about 100 us). This \
-is a measurement, not a test: it does not fail when a goal is missed, but says so.
+turns in each saturation round (after a warm-up), and the medians over the rounds are \
+reported. A latency run is disturbed when other work took 5% of the servers' CPU (its busy \
+time in /proc/stat, the host's steal aside, less the servers' own); it is made again, twice \
+at most, the least disturbed kept, and bench says so. Other work on the machine moves the figures most: close it, or use \
+--realtime, which runs the servers and the generator under SCHED_FIFO so that other work \
+only runs while they sleep (both servers alike). This is a measurement, not a test: it does \
+not fail when a goal is missed, but says so.
 
 Runs:
   RUSTFLAGS='-C target-feature=+crt-static' API_VERSION=<v> cargo build
@@ -83,10 +91,12 @@ Runs:
   taskset -c <cpu1> wrk -t1 -c<n> -d<secs>s --latency -s xtask/bench/report.lua
     http://127.0.0.1:<port>/health
   chrt --all-tasks --fifo --pid 50 <pid>                   (--realtime: each server)
-  [chrt --fifo 50] taskset -c <cpu1> target/bench/load --rate <r> --duration <secs>
-    --warmup 1 --connections <n> http://127.0.0.1:<port>/health  (each rate and server, each round)
+  [chrt --fifo 50] taskset -c <cpu1> target/bench/load --rate <r> --duration <secs x rounds>
+    --warmup 1 --connections <n> --slice 100 http://127.0.0.1:<port>/health
+    http://127.0.0.1:<port>/health                 (each rate: both servers in turn, 100 ms each)
 and reads VmRSS and VmHWM from /proc/<pid>/status, utime and stime from /proc/<pid>/stat, \
-and the busy time of the server's CPU from /proc/stat.
+each thread's CPU time from /proc/<pid>/task/*/schedstat, and the busy time of the server's \
+CPU from /proc/stat.
 
 CPU time per request is the fairest speed figure when wrk, which has one CPU too, \
 cannot saturate the server: `server CPU busy` well under 100% says so.
@@ -165,7 +175,8 @@ impl Task for Bench {
                 "DURATION",
                 "5",
                 1..=600,
-                "Seconds of measured load per round and server, at saturation and at each fixed rate",
+                "Seconds of measured load per round and server at saturation; at each fixed rate, each \
+                 server gets DURATION x ROUNDS seconds in one run",
             ))
             .arg(count(
                 "rounds",

@@ -70,7 +70,10 @@ json_struct! {
 json_struct! {
     #[derive(Debug)]
     pub struct Goals {
-        /// At each fixed rate.
+        /// At each fixed rate, both goals: the servers compared in the same
+        /// state (the same offered load) and the same weather (in turn, 100 ms
+        /// each). CPU per request at saturation compares them at different
+        /// loads (wrk's one CPU bounds the api), and moved by 15% between runs.
         pub p99_no_worse_than_go: Option<bool>,
         pub requests_per_cpu_second_at_least_1_8x_go: Option<bool>,
         pub idle_rss_at_most_2_mb: bool,
@@ -93,6 +96,10 @@ json_struct! {
         pub rate_base: &'static str,
         /// Whether the latency runs were under SCHED_FIFO.
         pub realtime: bool,
+        /// Each server's seconds of load at each fixed rate.
+        pub latency_secs: u32,
+        /// Whether idle CPUs polled during the latency runs (/dev/cpu_dma_latency held at 0).
+        pub idle_polling: bool,
         pub latency: Vec<latency::AtRate>,
         pub api: Figures,
         pub go: Option<Figures>,

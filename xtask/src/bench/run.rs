@@ -16,7 +16,7 @@ use super::server::{
 use super::table::table;
 use super::{
     Bench, GO_BINARY, GO_SOURCE, GOAL_BINARY_BYTES, GOAL_CPU_RATIO, GOAL_IDLE_RSS_BYTES, LOAD_PATH,
-    STARTS, WARMUP_SECS, latency, load, wrk,
+    STARTS, WARMUP_SECS, idle, latency, load, wrk,
 };
 use crate::build::Build;
 use crate::context::{Context, Step};
@@ -112,13 +112,12 @@ impl Bench {
             Some(go) => ("go", go.requests_per_sec),
             None => ("api", api.requests_per_sec),
         };
-        let latency = self.latency_rounds(cx, &servers, &generator, base, server_cpu, wrk_cpu)?;
+        let (latency, idle_polling) =
+            self.latency_runs(cx, &servers, &generator, base, server_cpu, wrk_cpu)?;
 
         let goals = Goals {
             p99_no_worse_than_go: latency::p99_goal(&latency),
-            requests_per_cpu_second_at_least_1_8x_go: ratios
-                .as_ref()
-                .map(|r| r.requests_per_cpu_second >= GOAL_CPU_RATIO),
+            requests_per_cpu_second_at_least_1_8x_go: latency::cpu_goal(&latency, GOAL_CPU_RATIO),
             idle_rss_at_most_2_mb: api.rss_idle_kib * 1024 <= GOAL_IDLE_RSS_BYTES,
             binary_under_2_mb: api.binary_bytes < GOAL_BINARY_BYTES,
         };
@@ -133,6 +132,8 @@ impl Bench {
             wrk_cpu,
             rate_base,
             realtime: self.realtime,
+            latency_secs: self.latency_secs(),
+            idle_polling,
             latency,
             api,
             go,
@@ -166,7 +167,7 @@ impl Bench {
             }
         }
         if let Some(warning) =
-            latency::disturbed_warning(&report.latency, self.duration, self.realtime)
+            latency::disturbed_warning(&report.latency, self.latency_secs(), self.realtime)
         {
             cx.say(warning);
         }
@@ -186,11 +187,11 @@ impl Bench {
     }
 
     /// Latency at each fixed rate: both servers started once, pinned to the
-    /// same CPU (an idle one costs nothing), then in each round each rate
-    /// against each server in turn, the order swapped every round (ABAB,
-    /// BABA), so a slow drift of the machine touches both alike. `base` is the
-    /// saturated requests/s the rates are shown as shares of.
-    fn latency_rounds(
+    /// same CPU (an idle one costs nothing), idle CPUs polling where bench may
+    /// ask (`idle`), then one run at each rate against both servers in turn
+    /// every SLICE_MS, so that the machine's weather falls on both alike.
+    /// `base` is the saturated requests/s the rates are shown as shares of.
+    fn latency_runs(
         &self,
         cx: &Context,
         servers: &[Server],
@@ -198,7 +199,20 @@ impl Bench {
         base: f64,
         server_cpu: usize,
         load_cpu: usize,
-    ) -> Result<Vec<latency::AtRate>> {
+    ) -> Result<(Vec<latency::AtRate>, bool)> {
+        // Released when this returns, and by the kernel however bench ends.
+        let polling = match idle::poll() {
+            Ok(polling) => Some(polling),
+            Err(why) => {
+                cx.say(format_args!(
+                    "note: idle CPUs will halt between requests ({why}): on a virtual machine \
+                     the wake-up from a halt is in every latency, and moves the p99 from run to \
+                     run; run bench as root to hold {} at 0",
+                    idle::PATH
+                ));
+                None
+            }
+        };
         let mut running = Vec::new();
         for server in servers {
             let mut process = ServerProcess::start(cx, server, Some(server_cpu), true)?;
@@ -220,56 +234,79 @@ impl Bench {
                 redone: 0,
             })
             .collect();
-        for round in 1..=self.rounds {
-            for at in &mut at {
-                for i in latency::round_order(round, servers.len()) {
-                    let (server, process) = (&servers[i], &running[i]);
-                    cx.say(format_args!(
-                        "# latency round {round}/{}: {} at {}/s ({}% of the base), open loop",
-                        self.rounds, server.name, at.rate, at.percent
-                    ));
-                    let (run, redone) = self.least_disturbed_run(
-                        cx, generator, process, at.rate, server_cpu, load_cpu,
-                    )?;
-                    at.redone += redone;
-                    match server.name {
-                        "api" => at.api.push(run),
-                        _ => at.go.push(run),
-                    }
+        for (i, at) in at.iter_mut().enumerate() {
+            // Who has the first slice alternates from rate to rate.
+            let order = latency::round_order(i as u32 + 1, servers.len());
+            let names: Vec<&str> = order.iter().map(|&i| servers[i].name).collect();
+            cx.say(format_args!(
+                "# latency at {}/s ({}% of the base): {}, open loop, {} s each{}",
+                at.rate,
+                at.percent,
+                names.join(" and "),
+                self.latency_secs(),
+                match names.len() {
+                    1 => String::new(),
+                    _ => format!(", in turn every {} ms", load::SLICE_MS),
+                }
+            ));
+            let processes: Vec<&ServerProcess> = order.iter().map(|&i| &running[i]).collect();
+            let (runs, redone) =
+                self.least_disturbed_run(cx, generator, &processes, at.rate, server_cpu, load_cpu)?;
+            at.redone += redone;
+            for (&i, run) in order.iter().zip(runs) {
+                match servers[i].name {
+                    "api" => at.api.push(run),
+                    _ => at.go.push(run),
                 }
             }
         }
-        Ok(at)
+        Ok((at, polling.is_some()))
     }
 
-    /// One run at `rate`, made again while disturbed (twice at most); the
-    /// least disturbed is kept. Returns it and how many runs were redone.
+    /// One run at `rate` against `servers` in turn, made again while
+    /// disturbed (twice at most); the least disturbed is kept. Returns its
+    /// figures, one for each server in their order, and how many runs were
+    /// redone.
     fn least_disturbed_run(
         &self,
         cx: &Context,
         generator: &Utf8PathBuf,
-        server: &ServerProcess,
+        servers: &[&ServerProcess],
         rate: u64,
         server_cpu: usize,
         load_cpu: usize,
-    ) -> Result<(load::LoadRun, u32)> {
-        let mut kept: Option<load::LoadRun> = None;
+    ) -> Result<(Vec<load::LoadRun>, u32)> {
+        let urls: Vec<String> = servers.iter().map(|server| server.url()).collect();
+        let cpu_ns = || -> Result<Vec<u64>> { servers.iter().map(|s| s.cpu_ns()).collect() };
+        let mut kept: Option<Vec<load::LoadRun>> = None;
         let mut redone = 0;
         for attempt in 0..=latency::REDO_DISTURBED {
             let busy_before = cpu_busy(server_cpu)?;
-            let server_before = server.cpu_ticks()?;
-            let step = self.load_step(cx, generator, load_cpu, rate, &server.url());
-            let mut run = load::run(cx, step)?.expect("a measured run reports");
-            let other_ticks = (cpu_busy(server_cpu)? - busy_before)
-                .saturating_sub(server.cpu_ticks()? - server_before);
-            run.server_cpu_other_ns = (other_ticks as f64 / USER_HZ * 1e9) as u64;
-            let disturbed = latency::disturbed(&run, self.duration, self.realtime);
-            let disturbance = |r: &load::LoadRun| r.stalled_ns + r.server_cpu_other_ns;
+            let before = cpu_ns()?;
+            let step = self.load_step(cx, generator, load_cpu, rate, &urls);
+            let mut runs = load::run(cx, step, &urls)?.expect("a measured run reports");
+            let busy_ns = (cpu_busy(server_cpu)? - busy_before) as f64 / USER_HZ * 1e9;
+            let used: Vec<u64> = cpu_ns()?.iter().zip(&before).map(|(a, b)| a - b).collect();
+            // Other work's share of the server CPU's busy time, split evenly
+            // among the servers that took turns on it.
+            let other_ns = (busy_ns as u64).saturating_sub(used.iter().sum()) / runs.len() as u64;
+            for (run, used) in runs.iter_mut().zip(used) {
+                run.server_cpu_ns = used;
+                run.server_cpu_other_ns = other_ns;
+            }
+            let disturbed = runs
+                .iter()
+                .find_map(|run| latency::disturbed(run, self.latency_secs(), self.realtime));
+            let disturbance = |runs: &[load::LoadRun]| -> u64 {
+                runs.iter()
+                    .map(|r| r.stalled_ns + r.server_cpu_other_ns)
+                    .sum()
+            };
             if kept
-                .as_ref()
-                .is_none_or(|k| disturbance(&run) < disturbance(k))
+                .as_deref()
+                .is_none_or(|k| disturbance(&runs) < disturbance(k))
             {
-                kept = Some(run);
+                kept = Some(runs);
             }
             let Some(why) = disturbed else { break };
             if attempt == latency::REDO_DISTURBED {
@@ -312,16 +349,23 @@ impl Bench {
             wrk,
         })
     }
-    /// The load generator at `rate` against `url`, with this bench's settings.
+    /// Each server's seconds of load in a latency run: as many as in all its
+    /// saturation rounds, in one run, so that its p99 is taken over all of
+    /// them, in the same weather as the other's.
+    pub(super) fn latency_secs(&self) -> u32 {
+        self.duration * self.rounds
+    }
+
+    /// The load generator at `rate` against `urls` in turn, with this bench's settings.
     fn load_step(
         &self,
         cx: &Context,
         generator: &Utf8Path,
         cpu: usize,
         rate: u64,
-        url: &str,
+        urls: &[String],
     ) -> Step {
-        let (secs, connections) = (self.duration, self.connections);
+        let (secs, connections) = (self.latency_secs(), self.connections);
         load::step(
             cx,
             generator,
@@ -330,7 +374,7 @@ impl Bench {
             rate,
             secs,
             connections,
-            url,
+            urls,
         )
     }
 
@@ -371,11 +415,14 @@ impl Bench {
             .collect::<Vec<_>>()
             .join(", ");
         lines.push(format!(
-            "# then both servers started once, pinned; {} rounds of: each rate ({rates}), each \
-             server in turn, the order swapped every round: the load generator, open loop; a run \
-             disturbed (the generator woke late, or other work on the server's CPU from \
-             /proc/stat) is made again, twice at most",
-            self.rounds
+            "# then both servers started once, pinned, and {} held at 0 (idle CPUs poll) where it \
+             can be opened; at each rate ({rates}), one run of the load generator, open loop, {} s \
+             a server, the servers in turn every {} ms, with /proc/<pid>/task/*/schedstat CPU \
+             time; a run disturbed (other work on the servers' CPU, from /proc/stat) is made again, \
+             twice at most",
+            idle::PATH,
+            self.latency_secs(),
+            load::SLICE_MS
         ));
         for server in servers {
             lines.push(start(server, Some(server_cpu)));
@@ -383,8 +430,9 @@ impl Bench {
                 lines.push(realtime_step(cx, PID_PLACEHOLDER).line());
             }
         }
+        let urls: Vec<String> = servers.iter().map(|_| url.clone()).collect();
         for &rate in &self.rates.0 {
-            lines.push(self.load_step(cx, generator, wrk_cpu, rate, &url).line());
+            lines.push(self.load_step(cx, generator, wrk_cpu, rate, &urls).line());
         }
         lines
     }

@@ -10,7 +10,7 @@ use camino::{Utf8Path, Utf8PathBuf};
 use xshell::cmd;
 
 use super::LOAD_PATH;
-use super::procfs::{cpu_busy_ticks, stat_cpu_ticks, status_field_kib};
+use super::procfs::{cpu_busy_ticks, schedstat_cpu_ns, stat_cpu_ticks, status_field_kib};
 use crate::context::{Context, Step};
 use crate::http;
 use crate::process::{Background, Stdout};
@@ -141,6 +141,27 @@ impl ServerProcess {
         let path = format!("/proc/{}/stat", self.process.id());
         let stat = std::fs::read_to_string(&path).with_context(|| format!("read {path}"))?;
         stat_cpu_ticks(&stat).with_context(|| format!("utime and stime in {path}"))
+    }
+
+    /// CPU time so far, in nanoseconds: the sum over its threads of
+    /// /proc/<pid>/task/<tid>/schedstat (exact, where /proc/<pid>/stat counts ticks).
+    /// A thread that ended takes its time with it: the servers keep theirs.
+    pub fn cpu_ns(&self) -> Result<u64> {
+        let tasks = format!("/proc/{}/task", self.process.id());
+        let mut sum = 0;
+        for task in std::fs::read_dir(&tasks).with_context(|| format!("list {tasks}"))? {
+            let path = task?.path().join("schedstat");
+            match std::fs::read_to_string(&path) {
+                Ok(line) => {
+                    sum += schedstat_cpu_ns(&line)
+                        .with_context(|| format!("{}: {line:?}", path.display()))?;
+                }
+                // The thread ended between the listing and the read.
+                Err(err) if err.kind() == std::io::ErrorKind::NotFound => {}
+                Err(err) => return Err(err).with_context(|| format!("read {}", path.display())),
+            }
+        }
+        Ok(sum)
     }
 
     /// A `kB` field of /proc/<pid>/status: VmRSS, VmHWM.

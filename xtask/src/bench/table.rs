@@ -46,7 +46,7 @@ pub fn table(report: &Report) -> String {
         ratios.map(|r| r.requests_per_sec_best),
     );
     row(
-        "server CPU per request",
+        "CPU/request, saturated",
         format!("{:.2} us", api.cpu_us_per_request),
         go.map(|g| format!("{:.2} us", g.cpu_us_per_request)),
         ratios.map(|r| 1.0 / r.requests_per_cpu_second),
@@ -98,11 +98,18 @@ pub fn table(report: &Report) -> String {
     }
     let redone: u32 = report.latency.iter().map(|at| at.redone).sum();
     out.push_str(&format!(
-        "latency: open loop at fixed rates (% of {}'s saturated requests/s in brackets), from \
-         the time each request was due, so a stall counts against every request it holds up; \
-         the median of {} rounds, the servers' order swapped each round{}{}\n",
+        "latency: open loop at fixed rates (% of {}'s saturated requests/s in brackets), {} s a \
+         server in one run, the servers in turn every {} ms; from the time a request was due \
+         when it waited for a connection (a stall counts against every request it holds up), \
+         else from the time it went out, to the time the kernel received its answer{}{}{}\n",
         report.rate_base,
-        report.rounds,
+        report.latency_secs,
+        load::SLICE_MS,
+        if report.idle_polling {
+            "; idle CPUs polling"
+        } else {
+            "; idle CPUs halting (not root: the wake-ups are in the figures)"
+        },
         if report.realtime {
             "; servers and generator under SCHED_FIFO"
         } else {
@@ -127,8 +134,8 @@ pub fn table(report: &Report) -> String {
     };
     let goals = &report.goals;
     out.push_str(&format!(
-        "goals (on the medians): p99 <= go at every fixed rate: {}; requests per CPU-second >= \
-         {GOAL_CPU_RATIO}x go: {}; idle RSS <= 2 MB: {}; binary < 2 MB: {}",
+        "goals, at every fixed rate: p99 <= go: {}; requests per CPU-second >= {GOAL_CPU_RATIO}x \
+         go: {}; and idle RSS <= 2 MB: {}; binary < 2 MB: {}",
         verdict(goals.p99_no_worse_than_go),
         verdict(goals.requests_per_cpu_second_at_least_1_8x_go),
         verdict(Some(goals.idle_rss_at_most_2_mb)),

@@ -132,13 +132,13 @@ taskset -c {load} wrk -t1 -c32 -d7s --latency -s xtask/bench/report.lua 'http://
 PORT='<port>' HOST=127.0.0.1 taskset -c {server} {root}/target/bench/api-go
 taskset -c {load} wrk -t1 -c32 -d1s 'http://127.0.0.1:<port>/health'
 taskset -c {load} wrk -t1 -c32 -d7s --latency -s xtask/bench/report.lua 'http://127.0.0.1:<port>/health'
-# then both servers started once, pinned; 3 rounds of: each rate (1000/s, 3000/s), each server in turn, the order swapped every round: the load generator, open loop; a run disturbed (the generator woke late, or other work on the server's CPU from /proc/stat) is made again, twice at most
+# then both servers started once, pinned, and /dev/cpu_dma_latency held at 0 (idle CPUs poll) where it can be opened; at each rate (1000/s, 3000/s), one run of the load generator, open loop, 21 s a server, the servers in turn every 100 ms, with /proc/<pid>/task/*/schedstat CPU time; a run disturbed (other work on the servers' CPU, from /proc/stat) is made again, twice at most
 PORT='<port>' HOST=127.0.0.1 taskset -c {server} {root}/bin/api
 chrt --all-tasks --fifo --pid 50 '<pid>'
 PORT='<port>' HOST=127.0.0.1 taskset -c {server} {root}/target/bench/api-go
 chrt --all-tasks --fifo --pid 50 '<pid>'
-chrt --fifo 50 taskset -c {load} {root}/target/bench/load --rate 1000 --duration 7 --warmup 1 --connections 32 'http://127.0.0.1:<port>/health'
-chrt --fifo 50 taskset -c {load} {root}/target/bench/load --rate 3000 --duration 7 --warmup 1 --connections 32 'http://127.0.0.1:<port>/health'
+chrt --fifo 50 taskset -c {load} {root}/target/bench/load --rate 1000 --duration 21 --warmup 1 --connections 32 --slice 100 'http://127.0.0.1:<port>/health' 'http://127.0.0.1:<port>/health'
+chrt --fifo 50 taskset -c {load} {root}/target/bench/load --rate 3000 --duration 21 --warmup 1 --connections 32 --slice 100 'http://127.0.0.1:<port>/health' 'http://127.0.0.1:<port>/health'
 "
     );
     assert_eq!(stdout, expected);

@@ -530,8 +530,15 @@ fn bench_plan_runs_exactly_the_builds_servers_and_loads_with_placeholders_as_wor
     let fifo = words(&["chrt", "--all-tasks", "--fifo", "--pid", "50", "<pid>"]);
     let rate = |rate: &str| {
         let mut argv = words(&["chrt", "--fifo", "50", "taskset", "-c", &load, &generator]);
-        argv.extend(words(&["--rate", rate, "--duration", "7", "--warmup", "1"]));
-        argv.extend(words(&["--connections", "32", url]));
+        argv.extend(words(&[
+            "--rate",
+            rate,
+            "--duration",
+            "21",
+            "--warmup",
+            "1",
+        ]));
+        argv.extend(words(&["--connections", "32", "--slice", "100", url, url]));
         argv
     };
     let expected = vec![
