@@ -58,7 +58,7 @@ pub fn percent_of(rate: u64, saturated: f64) -> u32 {
     (rate as f64 * 100.0 / saturated.max(1.0)).round() as u32
 }
 
-/// One rate: each server's runs, one per round.
+/// One rate: each server's runs (one: both servers in turn, all its seconds).
 #[derive(Debug)]
 pub struct AtRate {
     /// The rate in percent of the base's saturated requests/s (Go's, else the api's).
@@ -93,18 +93,17 @@ pub fn disturbed(run: &LoadRun, secs: u32, realtime: bool) -> Option<String> {
     None
 }
 
-/// What orders the runs of a round: the servers in turn, api first in odd
-/// rounds and go first in even ones (ABAB, then BABA), so that neither
-/// always follows the other.
-pub fn round_order(round: u32, servers: usize) -> Vec<usize> {
+/// The servers' order in the `n`th run (from 1): api first in odd runs
+/// and go first in even ones, so that neither always follows the other.
+pub fn order(n: u32, servers: usize) -> Vec<usize> {
     let mut order: Vec<usize> = (0..servers).collect();
-    if round % 2 == 0 {
+    if n % 2 == 0 {
         order.reverse();
     }
     order
 }
 
-/// Medians over the rounds, in nanoseconds.
+/// Medians over a server's runs at a rate (of one, its figures), in nanoseconds.
 #[derive(Debug, Clone, Copy)]
 pub struct Medians {
     pub p50: u64,
@@ -357,10 +356,10 @@ mod tests {
     }
 
     #[test]
-    fn rounds_alternate_which_server_goes_first() {
-        assert_eq!(round_order(1, 2), [0, 1]);
-        assert_eq!(round_order(2, 2), [1, 0]);
-        assert_eq!(round_order(3, 1), [0]);
+    fn runs_alternate_which_server_goes_first() {
+        assert_eq!(order(1, 2), [0, 1]);
+        assert_eq!(order(2, 2), [1, 0]);
+        assert_eq!(order(3, 1), [0]);
     }
 
     #[test]

@@ -70,8 +70,8 @@ request at the fixed rates, and requests/s is shown with what bounds it.
 The server is pinned to one CPU and wrk or the generator to another (taskset), so they do \
 not compete; with one CPU the service runs on its current-thread runtime. The servers take \
 turns in each saturation round (after a warm-up), and the medians over the rounds are \
-reported. A latency run is disturbed when other work took 5% of the servers' CPU (its busy \
-time in /proc/stat, the host's steal aside, less the servers' own); it is made again, twice \
+reported. A latency run is disturbed when other work took 5% of the servers' CPU (the user, \
+nice and system time of that CPU in /proc/stat less the servers' own); it is made again, twice \
 at most, the least disturbed kept, and bench says so. Other work on the machine moves the figures most: close it, or use \
 --realtime, which runs the servers and the generator under SCHED_FIFO so that other work \
 only runs while they sleep (both servers alike). This is a measurement, not a test: it does \

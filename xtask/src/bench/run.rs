@@ -236,7 +236,7 @@ impl Bench {
             .collect();
         for (i, at) in at.iter_mut().enumerate() {
             // Who has the first slice alternates from rate to rate.
-            let order = latency::round_order(i as u32 + 1, servers.len());
+            let order = latency::order(i as u32 + 1, servers.len());
             let names: Vec<&str> = order.iter().map(|&i| servers[i].name).collect();
             cx.say(format_args!(
                 "# latency at {}/s ({}% of the base): {}, open loop, {} s each{}",
@@ -298,9 +298,7 @@ impl Bench {
                 .iter()
                 .find_map(|run| latency::disturbed(run, self.latency_secs(), self.realtime));
             let disturbance = |runs: &[load::LoadRun]| -> u64 {
-                runs.iter()
-                    .map(|r| r.stalled_ns + r.server_cpu_other_ns)
-                    .sum()
+                runs.iter().map(|r| r.server_cpu_other_ns).sum()
             };
             if kept
                 .as_deref()
