@@ -413,14 +413,20 @@ impl Bench {
             .collect::<Vec<_>>()
             .join(", ");
         lines.push(format!(
-            "# then both servers started once, pinned, and {} held at 0 (idle CPUs poll) where it \
-             can be opened; at each rate ({rates}), one run of the load generator, open loop, {} s \
-             a server, the servers in turn every {} ms, with /proc/<pid>/task/*/schedstat CPU \
-             time; a run disturbed (other work on the servers' CPU, from /proc/stat) is made again, \
-             twice at most",
+            "# then {} started once, pinned, and {} held at 0 (idle CPUs poll) where it can be \
+             opened; at each rate ({rates}), one run of the load generator, open loop, {} s a \
+             server{}, with /proc/<pid>/task/*/schedstat CPU time; a run disturbed (other work on \
+             the servers' CPU, from /proc/stat) is made again, twice at most",
+            match servers.len() {
+                1 => "the server",
+                _ => "both servers",
+            },
             idle::PATH,
             self.latency_secs(),
-            load::SLICE_MS
+            match servers.len() {
+                1 => String::new(),
+                _ => format!(", the servers in turn every {} ms", load::SLICE_MS),
+            },
         ));
         for server in servers {
             lines.push(start(server, Some(server_cpu)));
